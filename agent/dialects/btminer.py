@@ -1,0 +1,16 @@
+"""Placeholder until the btminer parser lands (issue 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agent.model import MinerReading
+
+NAME = "btminer"
+COMMANDS: tuple[str, ...] = ("version", "summary", "pools")
+JOINABLE = True
+
+
+def parse(replies: Mapping[str, Mapping[str, Any]]) -> MinerReading:
+    raise NotImplementedError

@@ -1,0 +1,98 @@
+"""The miner model table (configs/models.yaml) and power estimates from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.model import MinerReading, PowerSource
+from common.configfile import Section
+
+DEFAULT_MODELS_PATH = Path(__file__).resolve().parent.parent / "configs" / "models.yaml"
+TH = 1e12  # H/s per TH/s; J/TH to J/H is the same factor
+
+_VENDOR_PREFIXES = ("antminer", "whatsminer", "avalonminer", "avalon", "bitmain", "microbt", "canaan")
+# Whatsminer reports the board revision after the model ("M30S++V40"); it does not change J/TH much.
+_REVISION_SUFFIX = re.compile(r"v\d+$")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    nominal_hashrate_hs: float
+    joules_per_hash: float
+
+    @property
+    def nominal_power_w(self) -> float:
+        return self.nominal_hashrate_hs * self.joules_per_hash
+
+
+def normalise_model(model: str) -> str:
+    """Reduce a model string to its identity: "Antminer S19 XP" and "S19XP" both give "s19xp"."""
+    # "+" is significant for Whatsminer (M30S, M30S+, M30S++); keep it.
+    key = re.sub(r"\(.*?\)", "", model.lower())
+    key = re.sub(r"[^a-z0-9+]", "", key)
+    for prefix in _VENDOR_PREFIXES:
+        if key.startswith(prefix) and len(key) > len(prefix):
+            key = key[len(prefix):]
+            break
+    return _REVISION_SUFFIX.sub("", key) or key
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTable:
+    specs: tuple[ModelSpec, ...]
+    by_key: dict[str, ModelSpec]
+
+    def lookup(self, model: str | None) -> ModelSpec | None:
+        if not model:
+            return None
+        return self.by_key.get(normalise_model(model))
+
+
+def load_model_table(path: str | Path = DEFAULT_MODELS_PATH) -> ModelTable:
+    """Load and validate the model table; raises ConfigError naming file, line and key."""
+    top = Section.of_file(path)
+    specs: list[ModelSpec] = []
+    by_key: dict[str, ModelSpec] = {}
+    for item in top.sections("models", required=True):
+        name = item.string("name")
+        aliases = item.strings("aliases", ())
+        hashrate_ths = item.number("nominal_hashrate_ths", exclusive_minimum=0)
+        j_per_th = item.number("efficiency_j_per_th", exclusive_minimum=0)
+        item.done()
+        if name is None or hashrate_ths is None or j_per_th is None:
+            continue
+        spec = ModelSpec(name=name, nominal_hashrate_hs=hashrate_ths * TH, joules_per_hash=j_per_th / TH)
+        specs.append(spec)
+        for alias in (name, *aliases):
+            key = normalise_model(alias)
+            other = by_key.get(key)
+            if other is not None and other is not spec:
+                item.error("aliases", f"{alias!r} already names {other.name!r}")
+            by_key[key] = spec
+    top.done()
+    top.problems.raise_if_any()
+    return ModelTable(specs=tuple(specs), by_key=by_key)
+
+
+def estimate_power(reading: MinerReading, table: ModelTable) -> MinerReading:
+    """Fill in power from the model's J/TH when the firmware does not report it.
+
+    Unknown model or unknown hashrate leaves power unknown (None) and says why in `problems`.
+    """
+    if reading.power_w is not None:
+        return reading
+    spec = table.lookup(reading.model)
+    if spec is None:
+        why = f"power unknown: model {reading.model!r} is not in the model table"
+        return dataclasses.replace(reading, problems=(*reading.problems, why))
+    hashrate = reading.hashrate_hs if reading.hashrate_hs is not None else reading.hashrate_avg_hs
+    if hashrate is None:
+        why = "power unknown: no hashrate to estimate from"
+        return dataclasses.replace(reading, problems=(*reading.problems, why))
+    return dataclasses.replace(
+        reading, power_w=hashrate * spec.joules_per_hash, power_source=PowerSource.ESTIMATE
+    )

@@ -1,0 +1,307 @@
+"""YAML config loading shared by agent, collector and simulator.
+
+Every error names the file, the line, the dotted key and what is wrong, e.g.
+``configs/sites.yaml:14: sites[2].allocation_mw: expected a number > 0, got '12MW'``.
+Errors are collected (not raised one at a time) so an operator sees them all at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    path: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else self.path
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """One or more problems in a config file; str() is one line per problem."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _located(loader: _UniqueKeyLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        out = _Map(line=node.start_mark.line + 1)
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line + 1
+            out[key] = _located(loader, value_node)
+            out.lines[key] = value_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        seq = _Seq(_located(loader, n) for n in node.value)
+        seq.line = node.start_mark.line + 1
+        seq.lines = [n.start_mark.line + 1 for n in node.value]
+        return seq
+    return loader.construct_object(node, deep=True)
+
+
+class _Map(dict):  # type: ignore[type-arg]
+    """A YAML mapping that remembers where each value stood."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.lines: dict[Any, int] = {}
+
+
+class _Seq(list):  # type: ignore[type-arg]
+    line: int = 0
+    lines: list[int]
+
+
+def parse_yaml(text: str, path: str) -> Any:
+    """Parse YAML text into dicts/lists that keep line numbers; raise ConfigError on bad syntax."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        return _located(loader, node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or "invalid YAML"
+        raise ConfigError([ConfigProblem(path, line, "", f"invalid YAML: {problem}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigProblem(path, None, "", f"invalid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file; a missing or unreadable file is a ConfigError, not a traceback."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read file: {reason}")]) from None
+    return parse_yaml(text, str(path))
+
+
+class Problems:
+    """Collects problems while a document is being validated."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.items: list[ConfigProblem] = []
+
+    def add(self, line: int | None, key: str, message: str) -> None:
+        self.items.append(ConfigProblem(self.path, line, key, message))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    return repr(value)
+
+
+class Section:
+    """A validating view onto one YAML mapping.
+
+    Read keys with the typed getters; call `done()` at the end to report unknown keys. A bad value is
+    recorded in `problems` and the getter returns the default, so validation carries on and every
+    problem is reported in one go.
+    """
+
+    def __init__(self, problems: Problems, data: Any, key_path: str = "", line: int | None = None) -> None:
+        self.problems = problems
+        self.key_path = key_path
+        self.line = getattr(data, "line", line)
+        self.valid = isinstance(data, dict)
+        if data is None:
+            data, self.valid = _Map(line=line or 0), True
+        elif not self.valid:
+            problems.add(self.line, key_path or "(top level)", f"expected a mapping, got {_describe(data)}")
+            data = _Map(line=line or 0)
+        self.data: dict[Any, Any] = data
+        self._used: set[Any] = set()
+
+    @classmethod
+    def of_file(cls, path: str | Path) -> Section:
+        """Read a file and return its top-level section (raises ConfigError on syntax errors)."""
+        data = read_yaml(path)
+        return cls(Problems(str(path)), data, "", 1)
+
+    def key(self, name: str | int) -> str:
+        if isinstance(name, int):
+            return f"{self.key_path}[{name}]"
+        return f"{self.key_path}.{name}" if self.key_path else str(name)
+
+    def line_of(self, name: Any) -> int | None:
+        lines = getattr(self.data, "lines", {})
+        return lines.get(name, self.line)
+
+    def error(self, name: str, message: str) -> None:
+        self.problems.add(self.line_of(name), self.key(name), message)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str, default: Any = _MISSING) -> Any:
+        self._used.add(name)
+        if name not in self.data:
+            if default is _MISSING:
+                self.problems.add(self.line, self.key(name), "required key is missing")
+                return None
+            return default
+        return self.data[name]
+
+    def get(
+        self,
+        name: str,
+        kind: Callable[[Any], T],
+        default: Any = _MISSING,
+        *,
+        expected: str,
+        check: Callable[[T], bool] | None = None,
+    ) -> T:
+        """Read `name`, convert with `kind` (raising ValueError/TypeError on bad input), then `check`."""
+        value = self.raw(name, default)
+        if name not in self.data:
+            return value  # type: ignore[no-any-return]
+        try:
+            converted = kind(value)
+            ok = check is None or check(converted)
+        except (TypeError, ValueError):
+            ok, converted = False, None
+        if not ok:
+            self.error(name, f"expected {expected}, got {_describe(value)}")
+            return default if default is not _MISSING else None  # type: ignore[no-any-return]
+        return converted  # type: ignore[return-value]
+
+    def string(self, name: str, default: Any = _MISSING, *, check: Callable[[str], bool] | None = None,
+               expected: str = "a non-empty string") -> str:
+        return self.get(name, as_str, default, expected=expected, check=check)
+
+    def number(self, name: str, default: Any = _MISSING, *, minimum: float | None = None,
+               exclusive_minimum: float | None = None, maximum: float | None = None) -> float:
+        parts = ["a number"]
+        if exclusive_minimum is not None:
+            parts.append(f"> {exclusive_minimum:g}")
+        if minimum is not None:
+            parts.append(f">= {minimum:g}")
+        if maximum is not None:
+            parts.append(f"<= {maximum:g}")
+
+        def check(v: float) -> bool:
+            return ((minimum is None or v >= minimum)
+                    and (exclusive_minimum is None or v > exclusive_minimum)
+                    and (maximum is None or v <= maximum))
+
+        return self.get(name, as_number, default, expected=" ".join(parts), check=check)
+
+    def integer(self, name: str, default: Any = _MISSING, *, minimum: int | None = None,
+                maximum: int | None = None) -> int:
+        parts = ["an integer"]
+        if minimum is not None:
+            parts.append(f">= {minimum}")
+        if maximum is not None:
+            parts.append(f"<= {maximum}")
+        return self.get(
+            name, as_int, default, expected=" ".join(parts),
+            check=lambda v: (minimum is None or v >= minimum) and (maximum is None or v <= maximum),
+        )
+
+    def boolean(self, name: str, default: Any = _MISSING) -> bool:
+        return self.get(name, as_bool, default, expected="true or false")
+
+    def choice(self, name: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
+        return self.get(name, as_str, default, expected=f"one of {', '.join(choices)}",
+                        check=lambda v: v in choices)
+
+    def section(self, name: str, required: bool = False) -> Section:
+        value = self.raw(name, _MISSING if required else None)
+        return Section(self.problems, value, self.key(name), self.line_of(name))
+
+    def sections(self, name: str, required: bool = False) -> Iterator[Section]:
+        """Yield one Section per item of a list of mappings."""
+        value = self.raw(name, _MISSING if required else None)
+        if value is None:
+            return
+        if not isinstance(value, list):
+            self.error(name, f"expected a list, got {_describe(value)}")
+            return
+        lines = getattr(value, "lines", [self.line_of(name)] * len(value))
+        for i, item in enumerate(value):
+            yield Section(self.problems, item, f"{self.key(name)}[{i}]", lines[i])
+
+    def strings(self, name: str, default: Any = _MISSING) -> tuple[str, ...]:
+        value = self.raw(name, default)
+        if name not in self.data:
+            return value  # type: ignore[no-any-return]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.error(name, f"expected a list of strings, got {_describe(value)}")
+            return ()
+        return tuple(value)
+
+    def done(self) -> None:
+        """Report keys that no getter asked for, suggesting the closest known key."""
+        if not self.valid:
+            return
+        for key in self.data:
+            if key in self._used:
+                continue
+            hint = difflib.get_close_matches(str(key), [str(k) for k in self._used], n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            known = ", ".join(sorted(str(k) for k in self._used))
+            allowed = f"; known keys: {known}" if known and not hint else ""
+            self.problems.add(self.line_of(key), self.key(str(key)), f"unknown key{suggestion}{allowed}")
+
+
+def as_str(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError
+    return value
+
+
+def as_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError
+    return float(value)
+
+
+def as_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError
+    return value
+
+
+def as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
