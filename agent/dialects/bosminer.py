@@ -8,7 +8,7 @@ from typing import Any
 from agent.model import MinerReading
 
 NAME = "bosminer"
-COMMANDS: tuple[str, ...] = ("version", "summary", "pools")
+COMMANDS: tuple[str, ...] = ("version", "summary", "pools", "fans", "temps", "tunerstatus", "devdetails")
 JOINABLE = True
 
 

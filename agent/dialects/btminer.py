@@ -8,7 +8,7 @@ from typing import Any
 from agent.model import MinerReading
 
 NAME = "btminer"
-COMMANDS: tuple[str, ...] = ("version", "summary", "pools")
+COMMANDS: tuple[str, ...] = ("summary", "pools", "devs", "devdetails")
 JOINABLE = True
 
 

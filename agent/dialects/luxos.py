@@ -8,7 +8,7 @@ from typing import Any
 from agent.model import MinerReading
 
 NAME = "luxos"
-COMMANDS: tuple[str, ...] = ("version", "summary", "pools")
+COMMANDS: tuple[str, ...] = ("version", "summary", "pools", "stats", "power")
 JOINABLE = True
 
 
