@@ -1,0 +1,286 @@
+"""Collector config (configs/sites.yaml): the fleet, its sites, their allocations, thresholds, alerting.
+
+Every MW figure is converted to W here, once; the rest of the collector works in watts and seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, time
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from common.configfile import Section
+
+MW = 1e6  # W per MW
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
+ALERT_NAMES = (
+    "SiteOverAllocation",
+    "SiteNearAllocation",
+    "SiteDataStale",
+    "AgentDown",
+    "FleetOverAllocation",
+    "SiteMinersDown",
+)
+_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleWindow:
+    """An allocation that applies on `days` from `start` to `end` local time (end <= start crosses midnight)."""
+
+    days: frozenset[int]  # datetime.weekday() of the day the window starts
+    start: time
+    end: time  # time(0, 0) with end_of_day=True means 24:00
+    end_of_day: bool
+    timezone: str
+    allocation_w: float
+
+    def applies(self, at_s: float) -> bool:
+        """Whether the window is in force at the POSIX time `at_s`."""
+        local = datetime.fromtimestamp(at_s, ZoneInfo(self.timezone))
+        now = local.time().replace(tzinfo=None)
+        day = local.weekday()
+        if self.end_of_day:
+            return day in self.days and now >= self.start
+        if self.start < self.end:
+            return day in self.days and self.start <= now < self.end
+        # Crosses midnight: the evening part belongs to today, the morning part to yesterday's window.
+        return (day in self.days and now >= self.start) or ((day - 1) % 7 in self.days and now < self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    id: str
+    name: str
+    allocation_w: float
+    pue: float  # facility draw = miner draw x pue + aux_w
+    aux_w: float
+    agents: tuple[str, ...]  # base URLs of the agent shards polling this site; their totals add up
+    schedule: tuple[ScheduleWindow, ...] = ()
+
+    def allocation_at(self, at_s: float) -> float:
+        """The allocation in force at `at_s`: the strictest window that applies, else the base allocation."""
+        applying = [w.allocation_w for w in self.schedule if w.applies(at_s)]
+        return min(applying) if applying else self.allocation_w
+
+    def facility_power_w(self, miner_power_w: float) -> float:
+        return miner_power_w * self.pue + self.aux_w
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    near_ratio: float = 0.95
+    # An alert clears only once its value is below line x (1 - hysteresis_ratio): no flapping on the line.
+    hysteresis_ratio: float = 0.02
+    hold_s: float = 60.0
+    hold_overrides_s: tuple[tuple[str, float], ...] = ()
+    stale_after_s: float = 60.0
+    miners_down_ratio: float = 0.2
+
+    def hold_for(self, alertname: str) -> float:
+        return dict(self.hold_overrides_s).get(alertname, self.hold_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Alerting:
+    alertmanager_urls: tuple[str, ...] = ()
+    webhook_url: str | None = None
+    resend_interval_s: float = 60.0
+    timeout_s: float = 5.0
+    max_retries: int = 5
+    retry_base_s: float = 0.5
+    retry_max_s: float = 30.0
+    queue_limit: int = 10_000
+    external_url: str | None = None  # where operators reach this collector; used in generatorURL
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorConfig:
+    path: str
+    fleet_name: str
+    fleet_allocation_w: float
+    allow_oversubscription: bool
+    sites: tuple[Site, ...]
+    thresholds: Thresholds
+    alerting: Alerting
+    listen_address: str = "127.0.0.1"
+    listen_port: int = 9300
+    poll_interval_s: float = 15.0
+    poll_timeout_s: float = 5.0
+
+    def site(self, site_id: str) -> Site | None:
+        return next((s for s in self.sites if s.id == site_id), None)
+
+
+def _is_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _is_zone(value: str) -> bool:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _clock(item: Section, name: str) -> time | None:
+    value = item.string(name, expected="a time 'HH:MM' (00:00 to 24:00)",
+                        check=lambda v: bool(_HHMM.match(v)) and (v[:2] != "24" or v == "24:00"))
+    if value is None:
+        return None
+    hours, minutes = int(value[:2]), int(value[3:])
+    return time(0, 0) if hours == 24 else time(hours, minutes)
+
+
+def _load_window(item: Section, site_zone: str) -> ScheduleWindow | None:
+    days_raw = item.strings("days", DAYS)
+    days = frozenset(DAYS.index(d.lower()) for d in days_raw if d.lower() in DAYS)
+    if len(days) != len({d.lower() for d in days_raw}) or not days_raw:
+        item.error("days", f"expected a list of days from {', '.join(DAYS)}, got {list(days_raw)!r}")
+    start = _clock(item, "from")
+    end = _clock(item, "to")
+    zone = item.string("timezone", site_zone, check=_is_zone, expected="an IANA time zone such as 'Europe/Oslo'")
+    allocation_mw = item.number("allocation_mw", exclusive_minimum=0)
+    end_of_day = item.data.get("to") == "24:00"
+    if start is not None and end is not None and start == end and not end_of_day:
+        item.error("to", "window is empty: 'to' equals 'from' (use 00:00 to 24:00 for a whole day)")
+    item.done()
+    if start is None or end is None or allocation_mw is None or zone is None:
+        return None
+    return ScheduleWindow(days=days, start=start, end=end, end_of_day=end_of_day, timezone=zone,
+                          allocation_w=allocation_mw * MW)
+
+
+def _load_site(item: Section) -> Site | None:
+    site_id = item.string("id", check=lambda v: bool(_SITE_ID.match(v)),
+                          expected="a site id of lowercase letters, digits, '-' or '_' (at most 63)")
+    name = item.string("name", site_id)
+    allocation_mw = item.number("allocation_mw", exclusive_minimum=0)
+    pue = item.number("pue", 1.0, minimum=1.0, maximum=3.0)
+    aux_mw = item.number("aux_mw", 0.0, minimum=0.0)
+    agents = item.strings("agents")
+    for url in agents or ():
+        if not _is_url(url):
+            item.error("agents", f"expected http(s) URLs such as 'http://127.0.0.1:9100', got {url!r}")
+    if agents is not None and len(set(agents)) != len(agents):
+        item.error("agents", "the same agent URL is listed twice; its totals would be counted twice")
+    zone = item.string("timezone", "UTC", check=_is_zone, expected="an IANA time zone such as 'Europe/Oslo'")
+    windows = tuple(w for w in (_load_window(s, zone or "UTC") for s in item.sections("schedule")) if w)
+    item.done()
+    if site_id is None or allocation_mw is None or not agents:
+        if agents == ():
+            item.error("agents", "expected at least one agent URL")
+        return None
+    return Site(id=site_id, name=name or site_id, allocation_w=allocation_mw * MW, pue=pue, aux_w=aux_mw * MW,
+                agents=tuple(u.rstrip("/") for u in agents), schedule=windows)
+
+
+def _load_thresholds(sec: Section) -> Thresholds:
+    d = Thresholds()
+    near = sec.number("near_ratio", d.near_ratio, exclusive_minimum=0, maximum=1)
+    hysteresis = sec.number("hysteresis_ratio", d.hysteresis_ratio, minimum=0, maximum=0.5)
+    hold = sec.number("hold_s", d.hold_s, minimum=0)
+    overrides: list[tuple[str, float]] = []
+    per_alert = sec.section("hold_overrides_s")
+    for name in list(per_alert.data):
+        if name not in ALERT_NAMES:
+            per_alert.error(str(name), f"unknown alert; known: {', '.join(ALERT_NAMES)}")
+            per_alert.raw(str(name))
+            continue
+        value = per_alert.number(name, minimum=0)
+        if value is not None:
+            overrides.append((name, value))
+    stale = sec.number("stale_after_s", d.stale_after_s, exclusive_minimum=0)
+    down = sec.number("miners_down_ratio", d.miners_down_ratio, exclusive_minimum=0, maximum=1)
+    sec.done()
+    if near is not None and hysteresis is not None and near * (1 - hysteresis) <= 0:
+        sec.error("hysteresis_ratio", "leaves no room below near_ratio")
+    return Thresholds(near_ratio=near, hysteresis_ratio=hysteresis, hold_s=hold,
+                      hold_overrides_s=tuple(overrides), stale_after_s=stale, miners_down_ratio=down)
+
+
+def _load_alerting(sec: Section) -> Alerting:
+    d = Alerting()
+    url_expected = "an http(s) URL such as 'http://127.0.0.1:9093'"
+    urls = sec.strings("alertmanager_urls", ())
+    for url in urls:
+        if not _is_url(url):
+            sec.error("alertmanager_urls", f"expected a list of http(s) URLs, got {url!r}")
+    webhook = sec.string("webhook_url", None, check=_is_url, expected=url_expected)
+    resend = sec.number("resend_interval_s", d.resend_interval_s, exclusive_minimum=0)
+    timeout = sec.number("timeout_s", d.timeout_s, exclusive_minimum=0)
+    retries = sec.integer("max_retries", d.max_retries, minimum=0, maximum=100)
+    base = sec.number("retry_base_s", d.retry_base_s, exclusive_minimum=0)
+    cap = sec.number("retry_max_s", d.retry_max_s, exclusive_minimum=0)
+    limit = sec.integer("queue_limit", d.queue_limit, minimum=1)
+    external = sec.string("external_url", None, check=_is_url, expected=url_expected)
+    sec.done()
+    if base is not None and cap is not None and cap < base:
+        sec.error("retry_max_s", f"expected a number >= retry_base_s ({base:g}), got {cap:g}")
+    return Alerting(alertmanager_urls=tuple(u.rstrip("/") for u in urls), webhook_url=webhook,
+                    resend_interval_s=resend, timeout_s=timeout, max_retries=retries, retry_base_s=base,
+                    retry_max_s=cap, queue_limit=limit, external_url=external)
+
+
+def load_collector_config(path: str | Path) -> CollectorConfig:
+    """Load and validate a sites file; raises ConfigError with one line per problem."""
+    top = Section.of_file(path)
+    fleet = top.section("fleet", required=True)
+    fleet_name, fleet_mw, oversubscribe = None, None, False
+    if top.has("fleet"):  # a missing section is one problem, not one per key inside it
+        fleet_name = fleet.string("name")
+        fleet_mw = fleet.number("allocation_mw", exclusive_minimum=0)
+        oversubscribe = fleet.boolean("allow_oversubscription", False)
+        fleet.done()
+
+    sites: list[Site] = []
+    seen: dict[str, int] = {}
+    agent_owner: dict[str, str] = {}
+    site_items = list(top.sections("sites", required=True))
+    if top.has("sites") and not site_items and isinstance(top.data.get("sites"), list):
+        top.error("sites", "expected at least one site")
+    for i, item in enumerate(site_items):
+        site = _load_site(item)
+        if site is None:
+            continue
+        if site.id in seen:
+            item.error("id", f"duplicate site id {site.id!r} (also sites[{seen[site.id]}])")
+            continue
+        seen[site.id] = i
+        for url in site.agents:
+            if url in agent_owner:
+                item.error("agents", f"{url!r} is already an agent of site {agent_owner[url]!r}")
+            agent_owner[url] = site.id
+        sites.append(site)
+
+    thresholds = _load_thresholds(top.section("thresholds"))
+    alerting = _load_alerting(top.section("alerting"))
+    listen = top.section("listen")
+    address = listen.string("address", "127.0.0.1")
+    port = listen.integer("port", 9300, minimum=0, maximum=65535)
+    listen.done()
+    poll = top.section("poll")
+    interval = poll.number("interval_s", 15.0, exclusive_minimum=0)
+    timeout = poll.number("timeout_s", 5.0, exclusive_minimum=0)
+    poll.done()
+    top.done()
+
+    if interval is not None and timeout is not None and timeout > interval:
+        poll.error("timeout_s", f"expected a number <= interval_s ({interval:g}), got {timeout:g}")
+    if fleet_mw is not None and not oversubscribe:
+        total_w = sum(s.allocation_w for s in sites)
+        if total_w > fleet_mw * MW * (1 + 1e-9):
+            fleet.error("allocation_mw", f"site allocations add up to {total_w / MW:g} MW, more than the fleet's "
+                        f"{fleet_mw:g} MW (set allow_oversubscription: true if that is intended)")
+    top.problems.raise_if_any()
+    return CollectorConfig(
+        path=str(path), fleet_name=fleet_name, fleet_allocation_w=fleet_mw * MW,
+        allow_oversubscription=oversubscribe, sites=tuple(sites), thresholds=thresholds, alerting=alerting,
+        listen_address=address, listen_port=port, poll_interval_s=interval, poll_timeout_s=timeout,
+    )
