@@ -5,7 +5,7 @@ Polls each site's agents (/api/v1/summary), adds their shards up per site, appli
 Alertmanager (and an optional webhook). Serves /metrics, /api/v1/sites, /api/v1/alerts and /healthz.
 
   megawatch collector --config configs/sites.yaml
-  megawatch collector --config configs/sites.yaml --check-config
+  megawatch collector --check-config configs/sites.yaml
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from common.logs import LEVELS, configure_logging, get_logger
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", default="configs/sites.yaml",
                         help="sites, allocations, thresholds and alerting (default: %(default)s)")
-    parser.add_argument("--check-config", action="store_true",
-                        help="validate the config, print every problem as file:line: key: problem, and exit "
-                             "(0 = valid, 2 = invalid)")
+    parser.add_argument("--check-config", metavar="FILE", nargs="?", const="",
+                        help="validate FILE (default: --config), print every problem as file:line: key: problem, "
+                             "and exit (0 = valid, 2 = invalid)")
     parser.add_argument("--listen", metavar="HOST:PORT",
                         help="override listen.address/listen.port from the config (e.g. 127.0.0.1:0)")
     parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
@@ -34,13 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from collector.config import load_collector_config
 
+    path = args.check_config or args.config
     try:
-        config = load_collector_config(args.config)
+        config = load_collector_config(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if args.check_config:
-        print(f"{args.config}: ok ({len(config.sites)} sites, "
+    if args.check_config is not None:
+        print(f"{path}: ok ({len(config.sites)} sites, "
               f"{sum(len(s.agents) for s in config.sites)} agents)", file=sys.stderr)
         return 0
     address, port = config.listen_address, config.listen_port
