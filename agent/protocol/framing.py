@@ -1,0 +1,244 @@
+"""Bytes from a miner -> one JSON object; the ONLY place replies are repaired.
+
+Contract: `decode_reply` raises nothing but `EmptyReply` and `BadReply`; `check_status` and `split_joined`
+raise/return `CommandRejected`. Valid JSON costs one `raw_decode` plus a strip (the fast path); only when
+that fails are the named repairs below applied, each on tokens outside JSON strings (a value such as the
+S9k's `"chain_xtime3":"{X6=1}"` is never touched), except `_repair_invalid_escapes`, whose target lives
+inside strings by nature. Bare `NaN`/`Infinity`, which Python's json would turn into floats, decode as
+None: unknown is never a number (CGMINER-API.md §4 #7).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.protocol.errors import BadReply, CommandRejected, EmptyReply
+
+# strict=False: cgminer escapes only `"` and `\`, so raw newlines/control characters reach us inside
+# strings (CGMINER-API.md §1.5, §4 #5). One decoder built once: json.loads(..., strict=False) would
+# build a new JSONDecoder (and scanner) on every call.
+_DECODER = json.JSONDecoder(strict=False, parse_constant=lambda _name: None)
+
+# Strip set: cgminer ends every reply with NUL; some firmware adds a newline; a BOM would stop the parser.
+_STRIP = " \t\r\n\x00\ufeff"
+
+# A JSON string, or an unterminated one running to the end of a truncated reply (so the repairs never
+# treat the text of a cut-off string as structure). Unrolled-loop form: fast on 67 KB replies.
+_STRING = re.compile(r'("[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z))', re.DOTALL)
+
+# The slow path masks every string as _MARK, so the structural repairs run as one C-level regex pass each
+# over the skeleton and can never see string contents. \x1f cannot be valid JSON outside a string.
+_MARK = "\x1f"
+
+# Literal replacements with lookaheads: a template with group references costs ~3 µs per call in Python.
+_OBJECTS_WITHOUT_COMMA = re.compile(r"\}(?=\s*\{)")
+_ARRAY_LEADING_COMMA = re.compile(r"\[\s*,")
+_TRAILING_COMMA = re.compile(r",(?=\s*[}\]])")
+_ADJACENT_STRINGS = re.compile(_MARK + r"(?=\s*" + _MARK + ")")
+# Group 1 keeps valid escape pairs (so `\\'` stays an escaped backslash before a quote); group 2 is the
+# character of an escape JSON lacks, kept without its backslash.
+_ESCAPE_PAIR = re.compile(r'(\\["\\/bfnrtu])|\\(.)', re.DOTALL)
+_BARE_NON_NUMBER = re.compile(r"(?<![\w.+-])[-+]?(?:nan|inf(?:inity)?)(?![\w.])", re.IGNORECASE)
+
+_FAILURE_LETTERS = frozenset({"E", "F"})
+
+
+@dataclass(frozen=True, slots=True)
+class Masked:
+    """A reply split for repair: `skeleton` has each JSON string replaced by _MARK, `strings` holds them."""
+
+    skeleton: str
+    strings: tuple[str, ...]
+
+    @classmethod
+    def of(cls, text: str) -> Masked | None:
+        """Mask `text`; None when a _MARK outside strings would make the split ambiguous (never valid JSON)."""
+        parts = _STRING.split(text)
+        skeleton = _MARK.join(parts[0::2])
+        strings = tuple(parts[1::2])
+        return cls(skeleton, strings) if skeleton.count(_MARK) == len(strings) else None
+
+    def text(self) -> str:
+        parts: list[str] = [""] * (2 * len(self.strings) + 1)
+        parts[0::2] = self.skeleton.split(_MARK)
+        parts[1::2] = self.strings
+        return "".join(parts)
+
+
+def decode_reply(raw: bytes) -> dict[str, Any]:
+    """Decode one reply body into its top-level JSON object, repairing known firmware defects.
+
+    Trailing NULs/whitespace are stripped and bytes decoded as UTF-8 with replacement; trailing garbage
+    after the first JSON value is ignored. Raises EmptyReply when nothing but NULs/whitespace came, and
+    BadReply (carrying the raw bytes) when no repair yields a JSON object - including plain-text replies
+    (`Socket connect failed...`, legacy `STATUS=S,...|`).
+    """
+    text = raw.decode("utf-8", "replace").strip(_STRIP)
+    if not text:
+        raise EmptyReply(f"empty reply ({len(raw)} bytes of NUL/whitespace)")
+    try:
+        obj = _decode_first(text)
+    except (ValueError, RecursionError):
+        obj = _decode_repaired(text, raw)
+    if type(obj) is not dict:
+        raise BadReply(f"reply is JSON {type(obj).__name__}, not an object", raw)
+    return obj
+
+
+def _decode_first(text: str) -> Any:
+    return _DECODER.raw_decode(text)[0]
+
+
+def _decode_repaired(text: str, raw: bytes) -> Any:
+    masked = Masked.of(text)
+    if masked is None:
+        raise BadReply(f"control character 0x1f outside a string; starts {text[:40]!r}", raw)
+    for repair in REPAIRS:
+        masked = repair(masked)
+    try:
+        return _decode_first(masked.text().strip(_STRIP))
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: deeply nested garbage ([[[[...) exhausts the C scanner's recursion guard.
+        raise BadReply(f"not JSON even after repairs ({_describe(exc)}); starts {text[:40]!r}", raw) from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at char {exc.pos}"
+    return "nested too deeply"
+
+
+def _in_skeleton(masked: Masked, pattern: re.Pattern[str], replacement: str) -> Masked:
+    skeleton = pattern.sub(replacement, masked.skeleton)
+    return masked if skeleton == masked.skeleton else Masked(skeleton, masked.strings)
+
+
+def repair_objects_without_comma(masked: Masked) -> Masked:
+    """`}{` -> `},{`: bmminer's minerstats() prints STATS[0] then STATS[1] with no comma.
+
+    Seen raw: Antminer D3 Blissz (captures/antminer-d3-blissz-cgminer4.10_stats.txt), L3+ (CGMINER-API.md §3.1).
+    """
+    return _in_skeleton(masked, _OBJECTS_WITHOUT_COMMA, "},")
+
+
+def repair_array_leading_comma(masked: Masked) -> Masked:
+    """`[,{` -> `[{`: the same bmminer family sometimes prints the comma before the first item."""
+    return _in_skeleton(masked, _ARRAY_LEADING_COMMA, "[")
+
+
+def repair_trailing_comma(masked: Masked) -> Masked:
+    """`,}` / `,]` -> `}` / `]`: Whatsminer and bmminer leave a comma after the last member."""
+    return _in_skeleton(masked, _TRAILING_COMMA, "")
+
+
+def repair_invalid_escapes(masked: Masked) -> Masked:
+    """`\\'` (and any other escape JSON lacks) -> the bare character; the one repair inside strings.
+
+    Seen: Whatsminer M20S `"Firmware Version":"\\'20200917.22.REL\\'"` (captures/whatsminer-m20s_summary.txt).
+    """
+    if not any("\\" in string for string in masked.strings):
+        return masked
+    strings = tuple(_ESCAPE_PAIR.sub(r"\1\2", string) if "\\" in string else string for string in masked.strings)
+    return Masked(masked.skeleton, strings)
+
+
+def repair_adjacent_strings(masked: Masked) -> Masked:
+    """`"value""temp0"` -> `"value","temp0"`: a comma missing between two strings.
+
+    btminer 2023-01-06 drops the comma before `"temp0"` (pyasic's note; CGMINER-API.md §4 #11). Two string
+    tokens with only whitespace between them are never valid JSON, so a comma is the only reading.
+    """
+    return _in_skeleton(masked, _ADJACENT_STRINGS, _MARK + ",")
+
+
+def repair_bare_non_numbers(masked: Masked) -> Masked:
+    """Bare `nan`, `-nan`, `inf`, `-inf` (printf of a float: cgminer summary/lcd, Avalon) -> `null`.
+
+    Only whole tokens outside strings: a pool named "binance" keeps its letters (pyasic issue #212).
+    """
+    return _in_skeleton(masked, _BARE_NON_NUMBER, "null")
+
+
+def repair_leading_comma(masked: Masked) -> Masked:
+    """A reply that starts with `,` (Avalon: `,"id":1}`) gets its opening brace back."""
+    head = masked.skeleton.lstrip(_STRIP)
+    if not head.startswith(","):
+        return masked
+    return Masked("{" + head[1:], masked.strings)
+
+
+# Applied in this order on the slow path only; each is tested on its own.
+REPAIRS: tuple[Callable[[Masked], Masked], ...] = (
+    repair_objects_without_comma,
+    repair_array_leading_comma,
+    repair_trailing_comma,
+    repair_invalid_escapes,
+    repair_adjacent_strings,
+    repair_bare_non_numbers,
+    repair_leading_comma,
+)
+
+
+def check_status(obj: dict[str, Any]) -> None:
+    """Raise CommandRejected when the reply's STATUS letter is E (error) or F (fatal).
+
+    STATUS is a list of one object (cgminer), an object, or a plain string (Whatsminer native commands,
+    `"BYE"`/`"RESTART"`). S and I are success. W (warning) is treated as success and NOT raised: on read
+    commands cgminer forks use it for "nothing here" answers (old "No pools"), which still leave a usable
+    reply; the caller sees the letter, Code and Msg in `obj["STATUS"]` like any other field. A reply
+    without STATUS is not rejected here (there is nothing to reject on).
+    """
+    status = obj.get("STATUS")
+    if type(status) is list and status:
+        status = status[0]
+    if type(status) is dict:
+        letter = status.get("STATUS")
+        if type(letter) is str and letter.upper() in _FAILURE_LETTERS:
+            raise _rejection(letter.upper(), status.get("Code"), status.get("Msg"))
+    elif type(status) is str and status.upper() in _FAILURE_LETTERS:
+        # Whatsminer native replies: {"STATUS":"E","Code":132,"Msg":"..."} - Code/Msg beside STATUS.
+        raise _rejection(status.upper(), obj.get("Code"), obj.get("Msg"))
+
+
+def _rejection(letter: str, code: Any, msg: Any) -> CommandRejected:
+    if type(code) is not int:
+        try:
+            code = int(code)
+        except (TypeError, ValueError, OverflowError):
+            code = None
+    text = msg if type(msg) is str else json.dumps(msg, default=str) if msg is not None else "no message"
+    return CommandRejected(text[:300], code, letter)
+
+
+def split_joined(
+    obj: dict[str, Any], commands: Iterable[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, CommandRejected]]:
+    """Split a multicommand reply `{"a":[{...}],"b":[{...}],"id":1}` into one reply object per command.
+
+    Each section is a one-element list in real replies (cg:api.c head_join) and is unwrapped; a bare
+    object is accepted too. A section with STATUS E/F, a missing section, or one that is not an object
+    goes to the rejected dict (missing/malformed ones with code None), so a caller can retry it alone.
+    A top-level E/F (firmware that cannot join: Code 14/23/45) raises CommandRejected.
+    """
+    check_status(obj)
+    replies: dict[str, dict[str, Any]] = {}
+    rejected: dict[str, CommandRejected] = {}
+    for command in dict.fromkeys(commands):
+        section = obj.get(command)
+        if type(section) is list and len(section) == 1:
+            section = section[0]
+        if type(section) is not dict:
+            what = "missing" if section is None else f"a {type(section).__name__}, not an object"
+            rejected[command] = CommandRejected(f"section {command!r} of the joined reply is {what}", None)
+            continue
+        try:
+            check_status(section)
+        except CommandRejected as exc:
+            rejected[command] = exc
+            continue
+        replies[command] = section
+    return replies, rejected
