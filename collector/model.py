@@ -1,0 +1,146 @@
+"""What the collector knows: agent summaries, per-site and fleet totals, alerts. Base units; None = unknown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSummary:
+    """One agent's /api/v1/summary, normalised. Every figure is None when the agent did not give it."""
+
+    agent_id: str | None
+    site: str | None
+    cycle_ts: float | None  # POSIX time the agent's last poll cycle completed, by the agent's clock
+    # How old the cycle was when the agent answered, by its own clock: immune to clock skew between hosts.
+    age_at_fetch_s: float | None
+    hashrate_hs: float | None
+    power_firmware_w: float | None
+    power_estimate_w: float | None
+    miners_power_unknown: int | None
+    miners_up: int | None
+    miners_down: int | None
+    miners_stale: int | None
+    miners_total: int | None
+
+    @property
+    def power_w(self) -> float | None:
+        """Miner power from both sources; None when neither is known (never 0 for unknown)."""
+        return add(self.power_firmware_w, self.power_estimate_w)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentObservation:
+    """The collector's memory of one agent: its last good summary and how the last fetch went."""
+
+    url: str
+    summary: AgentSummary | None = None  # last good summary, kept while the agent is down
+    fetched_at: float | None = None  # collector clock when `summary` was fetched
+    up: bool = False  # the last fetch succeeded
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    down_since: float | None = None
+
+
+class SiteStatus(StrEnum):
+    OK = "ok"  # every agent answered and its data is fresh
+    PARTIAL = "partial"  # some agents fresh, others down, stale or never heard from
+    STALE = "stale"  # no agent fresh; figures are carried from the last known values
+    NO_DATA = "no_data"  # no agent has ever answered
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    url: str
+    up: bool
+    stale: bool
+    has_data: bool
+    age_s: float | None
+    last_error: str | None
+    down_since: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTotals:
+    """A site at one instant. Power figures include carried values from stale agents (see `status`)."""
+
+    site_id: str
+    name: str
+    status: SiteStatus
+    allocation_w: float
+    hashrate_hs: float | None
+    power_firmware_w: float | None
+    power_estimate_w: float | None
+    miner_power_w: float | None
+    facility_power_w: float | None
+    utilisation_ratio: float | None
+    headroom_w: float | None
+    estimated_power_ratio: float | None
+    miners_up: int | None
+    miners_down: int | None
+    miners_stale: int | None
+    miners_total: int | None
+    miners_power_unknown: int | None
+    data_age_s: float | None  # age of the oldest data counted in the totals
+    stale: bool
+    agents: tuple[AgentView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetTotals:
+    name: str
+    at: float
+    allocation_w: float
+    hashrate_hs: float | None
+    miner_power_w: float | None
+    facility_power_w: float | None
+    utilisation_ratio: float | None
+    headroom_w: float | None
+    estimated_power_ratio: float | None
+    miners_up: int | None
+    miners_down: int | None
+    miners_total: int | None
+    sites_stale: int
+    stale: bool
+    sites: tuple[SiteTotals, ...]
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    WARNING = "warning"
+
+
+class AlertPhase(StrEnum):
+    PENDING = "pending"  # condition holds, hold time not yet over
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert instance; identity is (name, labels)."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]  # besides alertname and severity: site, agent, fleet
+    severity: Severity
+    phase: AlertPhase
+    since: float  # when the condition started (pending) - the "since when" an operator reads
+    fired_at: float | None
+    resolved_at: float | None
+    summary: str
+    description: str
+    value: float | None
+
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return self.name, self.labels
+
+
+def add(*values: N | None) -> N | None:
+    """Sum the known values; None only when none is known (an unknown is never counted as 0)."""
+    known = [v for v in values if v is not None]
+    return sum(known[1:], known[0]) if known else None
