@@ -6,10 +6,12 @@ it never turns into 0 W. Only a site no agent has ever answered for has unknown 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from collector.config import CollectorConfig, Site
-from collector.model import AgentObservation, AgentView, FleetTotals, SiteStatus, SiteTotals, add
+from collector.model import (
+    AgentObservation, AgentSummary, AgentView, Draw, FleetTotals, SiteStatus, SiteTotals, add,
+)
 
 
 def agent_age_s(obs: AgentObservation, now: float) -> float | None:
@@ -46,24 +48,19 @@ def _status(views: tuple[AgentView, ...]) -> SiteStatus:
     return SiteStatus.PARTIAL if any(not v.stale for v in views) else SiteStatus.STALE
 
 
-def aggregate_site(site: Site, observations: Mapping[str, AgentObservation], now: float,
-                   stale_after_s: float) -> SiteTotals:
-    """Add the site's agent shards up, apply its overhead and compare with the allocation in force at `now`."""
-    obs = [observations.get(url) or AgentObservation(url=url) for url in site.agents]
-    views = tuple(view_agent(o, now, stale_after_s) for o in obs)
-    summaries = [o.summary for o in obs if o.summary is not None]
-    firmware_w = add(*(s.power_firmware_w for s in summaries))
-    estimate_w = add(*(s.power_estimate_w for s in summaries))
+def make_draw(allocation_w: float, parts: Sequence[AgentSummary | Draw],
+              overhead: Callable[[float], float] | None = None) -> Draw:
+    """Add agent summaries (a site) or draws (the fleet) up; `overhead` maps miner power to facility power."""
+    firmware_w = add(*(p.power_firmware_w for p in parts))
+    estimate_w = add(*(p.power_estimate_w for p in parts))
     miner_w = add(firmware_w, estimate_w)
-    facility_w = site.facility_power_w(miner_w) if miner_w is not None else None
-    allocation_w = site.allocation_at(now)
-    ages = [v.age_s for v in views if v.age_s is not None]
-    return SiteTotals(
-        site_id=site.id,
-        name=site.name,
-        status=_status(views),
+    if isinstance(next(iter(parts), None), Draw):
+        facility_w = add(*(p.facility_power_w for p in parts if isinstance(p, Draw)))
+    else:
+        facility_w = overhead(miner_w) if overhead is not None and miner_w is not None else miner_w
+    return Draw(
         allocation_w=allocation_w,
-        hashrate_hs=add(*(s.hashrate_hs for s in summaries)),
+        hashrate_hs=add(*(p.hashrate_hs for p in parts)),
         power_firmware_w=firmware_w,
         power_estimate_w=estimate_w,
         miner_power_w=miner_w,
@@ -71,11 +68,26 @@ def aggregate_site(site: Site, observations: Mapping[str, AgentObservation], now
         utilisation_ratio=_ratio(facility_w, allocation_w),
         headroom_w=allocation_w - facility_w if facility_w is not None else None,
         estimated_power_ratio=_share(estimate_w, miner_w),
-        miners_up=add(*(s.miners_up for s in summaries)),
-        miners_down=add(*(s.miners_down for s in summaries)),
-        miners_stale=add(*(s.miners_stale for s in summaries)),
-        miners_total=add(*(s.miners_total for s in summaries)),
-        miners_power_unknown=add(*(s.miners_power_unknown for s in summaries)),
+        miners_up=add(*(p.miners_up for p in parts)),
+        miners_down=add(*(p.miners_down for p in parts)),
+        miners_stale=add(*(p.miners_stale for p in parts)),
+        miners_total=add(*(p.miners_total for p in parts)),
+        miners_power_unknown=add(*(p.miners_power_unknown for p in parts)),
+    )
+
+
+def aggregate_site(site: Site, observations: Mapping[str, AgentObservation], now: float,
+                   stale_after_s: float) -> SiteTotals:
+    """Add the site's agent shards up, apply its overhead and compare with the allocation in force at `now`."""
+    obs = [observations.get(url) or AgentObservation(url=url) for url in site.agents]
+    views = tuple(view_agent(o, now, stale_after_s) for o in obs)
+    summaries = [o.summary for o in obs if o.summary is not None]
+    ages = [v.age_s for v in views if v.age_s is not None]
+    return SiteTotals(
+        site_id=site.id,
+        name=site.name,
+        status=_status(views),
+        draw=make_draw(site.allocation_at(now), summaries, site.facility_power_w),
         data_age_s=max(ages) if ages else None,
         stale=any(v.stale for v in views),
         agents=views,
@@ -86,23 +98,10 @@ def aggregate_fleet(config: CollectorConfig, observations: Mapping[str, AgentObs
                     now: float) -> FleetTotals:
     """Every site's totals and the fleet's, against the fleet's total allocation."""
     sites = tuple(aggregate_site(s, observations, now, config.thresholds.stale_after_s) for s in config.sites)
-    facility_w = add(*(s.facility_power_w for s in sites))
-    miner_w = add(*(s.miner_power_w for s in sites))
-    estimate_w = add(*(s.power_estimate_w for s in sites))
-    allocation_w = config.fleet_allocation_w
     return FleetTotals(
         name=config.fleet_name,
         at=now,
-        allocation_w=allocation_w,
-        hashrate_hs=add(*(s.hashrate_hs for s in sites)),
-        miner_power_w=miner_w,
-        facility_power_w=facility_w,
-        utilisation_ratio=_ratio(facility_w, allocation_w),
-        headroom_w=allocation_w - facility_w if facility_w is not None else None,
-        estimated_power_ratio=_share(estimate_w, miner_w),
-        miners_up=add(*(s.miners_up for s in sites)),
-        miners_down=add(*(s.miners_down for s in sites)),
-        miners_total=add(*(s.miners_total for s in sites)),
+        draw=make_draw(config.fleet_allocation_w, [s.draw for s in sites]),
         sites_stale=sum(1 for s in sites if s.status in (SiteStatus.STALE, SiteStatus.NO_DATA)),
         stale=any(s.stale for s in sites),
         sites=sites,

@@ -65,26 +65,33 @@ class AgentView:
 
 
 @dataclass(frozen=True, slots=True)
-class SiteTotals:
-    """A site at one instant. Power figures include carried values from stale agents (see `status`)."""
+class Draw:
+    """Power and hashrate against an allocation; shared by a site and the fleet."""
 
-    site_id: str
-    name: str
-    status: SiteStatus
     allocation_w: float
     hashrate_hs: float | None
     power_firmware_w: float | None
     power_estimate_w: float | None
     miner_power_w: float | None
-    facility_power_w: float | None
-    utilisation_ratio: float | None
-    headroom_w: float | None
-    estimated_power_ratio: float | None
+    facility_power_w: float | None  # what the grid sees: miner power with the facility overhead
+    utilisation_ratio: float | None  # facility power / allocation
+    headroom_w: float | None  # allocation - facility power; negative when over
+    estimated_power_ratio: float | None  # share of miner power that is our estimate, not firmware-reported
     miners_up: int | None
     miners_down: int | None
     miners_stale: int | None
     miners_total: int | None
     miners_power_unknown: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTotals:
+    """A site at one instant. Its draw includes carried values from stale agents (see `status`)."""
+
+    site_id: str
+    name: str
+    status: SiteStatus
+    draw: Draw
     data_age_s: float | None  # age of the oldest data counted in the totals
     stale: bool
     agents: tuple[AgentView, ...]
@@ -94,18 +101,9 @@ class SiteTotals:
 class FleetTotals:
     name: str
     at: float
-    allocation_w: float
-    hashrate_hs: float | None
-    miner_power_w: float | None
-    facility_power_w: float | None
-    utilisation_ratio: float | None
-    headroom_w: float | None
-    estimated_power_ratio: float | None
-    miners_up: int | None
-    miners_down: int | None
-    miners_total: int | None
-    sites_stale: int
-    stale: bool
+    draw: Draw
+    sites_stale: int  # sites with no fresh agent at all
+    stale: bool  # some figure in the fleet's draw is stale
     sites: tuple[SiteTotals, ...]
 
 

@@ -20,11 +20,11 @@ def test_facility_power_applies_pue_and_aux_and_compares_with_allocation() -> No
     site = make_site(allocation_mw=10, pue=1.1, aux_mw=0.5)
     obs = {site.agents[0]: observed(site.agents[0], make_summary(power_w=8 * MW, estimate_w=1 * MW), at=100)}
     t = aggregate_site(site, obs, now=101, stale_after_s=STALE_AFTER)
-    assert t.miner_power_w == 9 * MW
-    assert t.facility_power_w == pytest.approx(9 * MW * 1.1 + 0.5 * MW)
-    assert t.utilisation_ratio == pytest.approx(10.4 / 10)
-    assert t.headroom_w == pytest.approx(-0.4 * MW)
-    assert t.estimated_power_ratio == pytest.approx(1 / 9)
+    assert t.draw.miner_power_w == 9 * MW
+    assert t.draw.facility_power_w == pytest.approx(9 * MW * 1.1 + 0.5 * MW)
+    assert t.draw.utilisation_ratio == pytest.approx(10.4 / 10)
+    assert t.draw.headroom_w == pytest.approx(-0.4 * MW)
+    assert t.draw.estimated_power_ratio == pytest.approx(1 / 9)
     assert t.status is SiteStatus.OK and not t.stale
 
 
@@ -34,9 +34,9 @@ def test_shards_add_up(shards: list[tuple[float, float, int, int]]) -> None:
     obs = {url: observed(url, make_summary(power_w=fw, estimate_w=est, up=up, down=down), at=0)
            for url, (fw, est, up, down) in zip(site.agents, shards, strict=True)}
     t = aggregate_site(site, obs, now=1, stale_after_s=STALE_AFTER)
-    assert t.miner_power_w == pytest.approx(sum(fw + est for fw, est, _, _ in shards))
-    assert t.miners_up == sum(s[2] for s in shards)
-    assert t.miners_total == sum(s[2] + s[3] for s in shards)
+    assert t.draw.miner_power_w == pytest.approx(sum(fw + est for fw, est, _, _ in shards))
+    assert t.draw.miners_up == sum(s[2] for s in shards)
+    assert t.draw.miners_total == sum(s[2] + s[3] for s in shards)
 
 
 @given(st.lists(watts.filter(lambda w: w > 0), min_size=2, max_size=5), st.data())
@@ -47,7 +47,7 @@ def test_a_down_or_stale_agent_is_carried_never_zero(powers: list[float], data: 
     obs = {url: observed(url, make_summary(power_w=p, estimate_w=None), at=0, up=i not in dead)
            for i, (url, p) in enumerate(zip(site.agents, powers, strict=True))}
     t = aggregate_site(site, obs, now=later, stale_after_s=STALE_AFTER)
-    assert t.miner_power_w == pytest.approx(sum(powers))  # the dead agents' last values are still counted
+    assert t.draw.miner_power_w == pytest.approx(sum(powers))  # the dead agents' last values are still counted
     assert t.status in (SiteStatus.PARTIAL, SiteStatus.STALE)
     if later > STALE_AFTER:
         assert t.stale and t.status is SiteStatus.STALE and t.data_age_s == pytest.approx(later)
@@ -70,9 +70,9 @@ def test_status_ok_partial_stale_no_data() -> None:
 
 def test_no_agent_ever_answered_is_unknown_not_zero() -> None:
     t = aggregate_site(make_site(), {}, now=0, stale_after_s=STALE_AFTER)
-    assert t.miner_power_w is None and t.facility_power_w is None and t.hashrate_hs is None
-    assert t.utilisation_ratio is None and t.headroom_w is None
-    assert t.allocation_w == 10 * MW  # the allocation in force is always known and shown
+    assert t.draw.miner_power_w is None and t.draw.facility_power_w is None and t.draw.hashrate_hs is None
+    assert t.draw.utilisation_ratio is None and t.draw.headroom_w is None
+    assert t.draw.allocation_w == 10 * MW  # the allocation in force is always known and shown
 
 
 def test_age_counts_how_old_the_agent_cycle_was_when_fetched() -> None:
@@ -88,9 +88,9 @@ def test_unknown_power_fields_do_not_read_as_zero() -> None:
     obs = {a: observed(a, make_summary(power_w=None, estimate_w=None), 0),
            b: observed(b, make_summary(power_w=2 * MW, estimate_w=None), 0)}
     t = aggregate_site(site, obs, now=1, stale_after_s=STALE_AFTER)
-    assert t.miner_power_w == 2 * MW
+    assert t.draw.miner_power_w == 2 * MW
     only_unknown = aggregate_site(site, {a: obs[a]}, now=1, stale_after_s=STALE_AFTER)
-    assert only_unknown.miner_power_w is None and only_unknown.utilisation_ratio is None
+    assert only_unknown.draw.miner_power_w is None and only_unknown.draw.utilisation_ratio is None
 
 
 def test_fleet_totals_add_sites_and_count_stale_sites() -> None:
@@ -99,9 +99,9 @@ def test_fleet_totals_add_sites_and_count_stale_sites() -> None:
     obs = {s1.agents[0]: observed(s1.agents[0], make_summary(power_w=5 * MW), 0),
            s2.agents[0]: observed(s2.agents[0], make_summary(power_w=10 * MW, up=50, down=50), 0, up=False)}
     fleet = aggregate_fleet(config, obs, now=120)
-    assert fleet.facility_power_w == pytest.approx(5 * MW + 12 * MW)
-    assert fleet.utilisation_ratio == pytest.approx(17 / 40)
-    assert fleet.miners_down == 50 and fleet.miners_total == 200
+    assert fleet.draw.facility_power_w == pytest.approx(5 * MW + 12 * MW)
+    assert fleet.draw.utilisation_ratio == pytest.approx(17 / 40)
+    assert fleet.draw.miners_down == 50 and fleet.draw.miners_total == 200
     assert fleet.sites_stale == 2 and fleet.stale
     fresh = aggregate_fleet(replace(config), obs, now=1)
     assert fresh.sites_stale == 0 and not fresh.stale
