@@ -1,0 +1,293 @@
+"""The poll loop: every miner once per interval, bounded concurrency, one snapshot per cycle.
+
+A fixed pool of worker tasks (sized to the concurrency limit) pulls miners from one shared iterator:
+one task per miner would grow memory with the fleet (shared/PERF-NOTES.md: 28 -> 100 MB at 30k miners).
+Every miner's whole poll (detection, a join or its per-command fallback) runs under one deadline, so a
+hung miner costs only its own `request_timeout_s`. State changes are logged once; single polls only at
+debug level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType, ModuleType
+from typing import Any, Protocol
+
+from agent import dialects as dialect_table
+from agent.config import AgentConfig, MinerTarget
+from agent.model import MinerReading
+from agent.models import estimate_power
+from agent.protocol.errors import CommandRejected, ErrorKind, MinerError
+from agent.state import OK, OUTCOMES, AgentCounters, FleetSnapshot, FleetState, MinerState, classify, summarise
+from common.logs import get_logger
+
+# Failures that mean "nobody answers": retrying them every cycle only burns deadlines.
+_BACKOFF_KINDS = frozenset({ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT})
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Wall-clock unix seconds (timestamps in readings and metrics)."""
+
+    def monotonic(self) -> float:
+        """Seconds for durations and scheduling."""
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+Query = Callable[..., Awaitable[Any]]  # agent.protocol.client.query's signature
+
+
+@dataclass(slots=True)
+class _Track:
+    """The poller's private, mutable memory of one miner (never shared: snapshots copy out of it)."""
+
+    target: MinerTarget
+    dialect: str | None
+    needs_detect: bool
+    joins_fail: bool = False
+    ok: bool | None = None  # outcome of the latest poll; None before the first
+    failures: int = 0
+    skip_until: int = 0  # first cycle in which to poll again (backoff)
+    reading: MinerReading | None = None
+    firmware_version: str | None = None
+    last_success_s: float | None = None
+    last_poll_s: float | None = None
+    poll_duration_s: float | None = None
+    last_error: ErrorKind | None = None
+    parse_failing: bool = False
+
+
+class Poller:
+    """Polls the configured miners and publishes one FleetSnapshot per cycle to `state`."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        state: FleetState,
+        *,
+        query: Query | None = None,
+        deadlines: Any = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        dialects: Mapping[str, ModuleType] | None = None,
+        detect: Callable[[Mapping[str, Mapping[str, Any]]], str] | None = None,
+    ) -> None:
+        if query is None or deadlines is None:
+            # Imported here so the config and state modules load without the wire client.
+            from agent.protocol import client
+
+            query = query or client.query
+            deadlines = deadlines or client.Deadlines(
+                connect_s=config.poll.connect_timeout_s, request_s=config.poll.request_timeout_s
+            )
+        self._config = config
+        self._settings = config.poll
+        self._state = state
+        self._query = query
+        self._deadlines = deadlines
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._dialects = dialects if dialects is not None else dialect_table.DIALECTS
+        self._detect = detect or dialect_table.detect
+        self._log = get_logger(site=config.site)
+        self._tracks = [
+            _Track(t, t.dialect, needs_detect=t.dialect is None) for t in config.miners
+        ]
+        self._cycle = 0
+        self._overrunning = False
+        self._cycles = 0
+        self._overruns = 0
+        self._polls = dict.fromkeys(OUTCOMES, 0)
+
+    @property
+    def cycle(self) -> int:
+        return self._cycle
+
+    async def run(self) -> None:
+        """Poll forever, one cycle per interval, until cancelled. Cycles never overlap."""
+        interval = self._settings.interval_s
+        next_start = self._clock.monotonic()
+        while True:
+            delay = next_start + self._rng.uniform(0, self._settings.jitter_s) - self._clock.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.poll_once()
+            next_start += interval
+            # After an overrun, start at once rather than queue up missed cycles.
+            next_start = max(next_start, self._clock.monotonic())
+
+    async def poll_once(self) -> FleetSnapshot:
+        """Run one cycle: poll every miner that is due, then publish and return the new snapshot."""
+        self._cycle += 1
+        cycle = self._cycle
+        started_s, t0 = self._clock.time(), self._clock.monotonic()
+        due = iter([t for t in self._tracks if t.skip_until <= cycle])
+        workers = [
+            asyncio.create_task(self._work(due), name=f"poll-worker-{i}")
+            for i in range(min(self._settings.concurrency, len(self._tracks)))
+        ]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+        duration = self._clock.monotonic() - t0
+        finished_s = self._clock.time()
+        self._cycles += 1
+        self._note_overrun(cycle, duration)
+        miners = tuple(self._miner_state(t, finished_s) for t in self._tracks)
+        snapshot = FleetSnapshot(
+            site=self._config.site,
+            cycle=cycle,
+            started_s=started_s,
+            finished_s=finished_s,
+            duration_s=duration,
+            miners=miners,
+            totals=summarise(miners, len(self._tracks)),
+            counters=AgentCounters(self._cycles, self._overruns, MappingProxyType(dict(self._polls))),
+        )
+        self._state.publish(snapshot)
+        return snapshot
+
+    def _note_overrun(self, cycle: int, duration: float) -> None:
+        overran = duration > self._settings.interval_s
+        if overran:
+            self._overruns += 1
+            if not self._overrunning:  # logged once per run of overruns, counted every time
+                self._log.warning("cycle_overrun", cycle=cycle, duration_s=round(duration, 3),
+                                  interval_s=self._settings.interval_s, miners=len(self._tracks))
+        elif self._overrunning:
+            self._log.info("cycle_overrun_ended", cycle=cycle, duration_s=round(duration, 3))
+        self._overrunning = overran
+
+    def _miner_state(self, track: _Track, now_s: float) -> MinerState:
+        status, age = classify(bool(track.ok), track.reading, track.last_success_s, now_s,
+                               self._settings.stale_grace_s)
+        return MinerState(
+            target=track.target, status=status, reading=track.reading, last_success_s=track.last_success_s,
+            last_poll_s=track.last_poll_s, poll_duration_s=track.poll_duration_s,
+            consecutive_failures=track.failures, last_error=track.last_error, dialect=track.dialect,
+            stale_age_s=age,
+        )
+
+    async def _work(self, due: Any) -> None:
+        # Iterating a shared iterator is safe: only one coroutine runs at a time between awaits.
+        for track in due:
+            await self._poll_miner(track)
+
+    async def _poll_miner(self, track: _Track) -> None:
+        t0 = self._clock.monotonic()
+        try:
+            async with asyncio.timeout(self._settings.request_timeout_s):
+                if track.needs_detect or track.dialect is None:
+                    await self._detect_dialect(track)
+                assert track.dialect is not None
+                module = self._dialects[track.dialect]
+                replies = await self._fetch(track, module.COMMANDS, module.JOINABLE)
+        except MinerError as exc:
+            self._record_failure(track, exc.kind, t0, exc.message)
+            return
+        except TimeoutError:
+            self._record_failure(track, ErrorKind.TIMEOUT, t0, "whole-poll deadline passed")
+            return
+        reading = self._parse(track, module, replies)
+        if reading is None:
+            self._record_failure(track, ErrorKind.MALFORMED, t0, "parser failed")
+            return
+        self._record_success(track, reading, t0)
+
+    async def _fetch(self, track: _Track, commands: Sequence[str], joinable: bool) -> dict[str, dict[str, Any]]:
+        """Send `commands` as one join, or one per connection where joins fail; at least one must answer."""
+        target = track.target
+        kwargs = dict(port=target.port, deadlines=self._deadlines, max_reply_bytes=self._settings.max_reply_bytes,
+                      allow_control=self._config.control_enabled)
+        if joinable and len(commands) > 1 and not track.joins_fail:
+            try:
+                result = await self._query(target.address, tuple(commands), **kwargs)
+            except CommandRejected as exc:
+                # Some firmware (stock S19) cannot join: remember it and ask one command at a time.
+                track.joins_fail = True
+                self._log.info("join_refused", miner=target.name, code=exc.code, message=exc.message)
+            else:
+                if result.replies:
+                    return dict(result.replies)
+                raise CommandRejected("every command was refused: " + ", ".join(sorted(result.rejected)))
+        replies: dict[str, dict[str, Any]] = {}
+        refused: list[str] = []
+        for command in commands:
+            try:
+                result = await self._query(target.address, (command,), **kwargs)
+            except CommandRejected:
+                refused.append(command)  # e.g. Code 45 for devdetails on a stock Antminer allow-list
+                continue
+            replies.update(result.replies)
+            refused.extend(result.rejected)
+        if not replies:
+            raise CommandRejected("every command was refused: " + ", ".join(refused))
+        return replies
+
+    async def _detect_dialect(self, track: _Track) -> None:
+        replies = await self._fetch(track, dialect_table.DETECT_COMMANDS, True)
+        name = self._detect(replies)
+        previous = track.dialect
+        track.dialect, track.needs_detect = name, False
+        if previous is None:
+            self._log.info("dialect_detected", miner=track.target.name, dialect=name)
+        elif previous != name:
+            self._log.info("dialect_changed", miner=track.target.name, dialect=name, previous=previous)
+
+    def _parse(self, track: _Track, module: ModuleType, replies: dict[str, dict[str, Any]]) -> MinerReading | None:
+        try:
+            reading: MinerReading = module.parse(replies)
+        # A parser bug must not stop the other miners' polls; it is logged loudly, once per miner.
+        except Exception:  # noqa: BLE001
+            if not track.parse_failing:
+                self._log.exception("parse_failed", miner=track.target.name, dialect=track.dialect)
+            track.parse_failing = True
+            return None
+        track.parse_failing = False
+        if track.target.model is not None:
+            reading = dataclasses.replace(reading, model=track.target.model)
+        return estimate_power(reading, self._config.models)
+
+    def _record_success(self, track: _Track, reading: MinerReading, t0: float) -> None:
+        now = self._clock.time()
+        if track.ok is False:
+            self._log.info("miner_up", miner=track.target.name, after_failures=track.failures)
+        version = reading.firmware_version
+        if version is not None and track.firmware_version not in (None, version) and track.target.dialect is None:
+            track.needs_detect = True  # new firmware may speak another dialect: check on the next poll
+            track.joins_fail = False
+        if version is not None:
+            track.firmware_version = version
+        track.ok, track.failures, track.last_error, track.skip_until = True, 0, None, 0
+        track.reading, track.last_success_s, track.last_poll_s = reading, now, now
+        track.poll_duration_s = self._clock.monotonic() - t0
+        self._polls[OK] += 1
+
+    def _record_failure(self, track: _Track, kind: ErrorKind, t0: float, message: str) -> None:
+        if track.ok is not False or track.last_error != kind:
+            event = "miner_down" if track.ok is not False else "miner_failure_changed"
+            self._log.warning(event, miner=track.target.name, error=kind.value, message=message)
+        track.ok, track.last_error = False, kind
+        track.failures += 1
+        track.last_poll_s = self._clock.time()
+        track.poll_duration_s = self._clock.monotonic() - t0
+        self._polls[kind.value] += 1
+        if track.failures >= self._settings.redetect_after_failures and track.target.dialect is None:
+            track.needs_detect, track.joins_fail = True, False
+        if kind in _BACKOFF_KINDS:
+            skip = min(2 ** min(track.failures - 1, 16) - 1, self._settings.backoff_max_cycles)
+            track.skip_until = self._cycle + 1 + skip

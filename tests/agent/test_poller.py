@@ -1,0 +1,286 @@
+"""Poller: one cycle polls every due miner once, failures are typed and isolated, state changes logged once.
+
+These drive `poll_once()` against an in-process fake `query` (same signature as agent.protocol.client.query)
+and a fake dialect, with an injected clock: no sleeps. Real sockets are covered further down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.config import AgentConfig, load_agent_config
+from agent.model import MinerReading, PowerSource
+from agent.poller import Poller
+from agent.protocol.errors import BadReply, CommandRejected, ConnectFailed, ErrorKind, ReplyTooLarge
+from agent.state import FleetState, MinerStatus
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Result:
+    replies: dict[str, dict[str, Any]]
+    rejected: dict[str, CommandRejected] = field(default_factory=dict)
+    reply_bytes: int = 0
+
+
+def _parse(replies: Mapping[str, Mapping[str, Any]]) -> MinerReading:
+    s = replies["summary"]["SUMMARY"][0]
+    return MinerReading(dialect="fake", model=s.get("model"), hashrate_hs=s["hs"],
+                        firmware_version=s.get("fw"), power_w=s.get("w"),
+                        power_source=PowerSource.FIRMWARE if s.get("w") is not None else None)
+
+
+FAKE = SimpleNamespace(NAME="fake", COMMANDS=("summary", "pools"), JOINABLE=True, parse=_parse)
+OTHER = SimpleNamespace(NAME="other", COMMANDS=("summary",), JOINABLE=False, parse=_parse)
+DIALECTS = {"fake": FAKE, "other": OTHER}
+
+
+def _detect(replies: Mapping[str, Mapping[str, Any]]) -> str:
+    return str(replies["version"]["VERSION"][0]["dialect"])
+
+
+class FakeFleet:
+    """Miners by address: a behaviour name, a hashrate, and what they answer."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.behaviour: dict[str, str] = {}
+        self.hashrate: dict[str, float] = {}
+        self.firmware: dict[str, str] = {}
+        self.dialect: dict[str, str] = {}
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+        self.in_flight = self.max_in_flight = 0
+        self.reply_s = 0.01
+
+    async def query(self, host: str, commands: tuple[str, ...], *, port: int, deadlines: Any,
+                    max_reply_bytes: int, allow_control: bool) -> Result:
+        assert allow_control is False  # read-only unless the config says otherwise
+        self.calls.append((host, commands))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)  # yield, as a real socket would, so concurrency is observable
+            self.clock.advance(self.reply_s)
+            how = self.behaviour.get(host, "ok")
+            if how == "refused":
+                raise ConnectFailed("connection refused")
+            if how == "hang":
+                await asyncio.Event().wait()
+            if how == "garbage":
+                raise BadReply("no JSON", b"\x00\xff")
+            if how == "huge":
+                raise ReplyTooLarge("reply over cap", max_reply_bytes)
+            if how == "no_join" and len(commands) > 1:
+                raise CommandRejected("Invalid command", code=14)
+            if how == "api_error":
+                raise CommandRejected("Access denied", code=45)
+            return Result({c: self._reply(host, c) for c in commands})
+        finally:
+            self.in_flight -= 1
+
+    def _reply(self, host: str, command: str) -> dict[str, Any]:
+        if command == "version":
+            return {"VERSION": [{"dialect": self.dialect.get(host, "fake")}]}
+        if command == "summary":
+            return {"SUMMARY": [{"hs": self.hashrate.get(host, 100e12), "model": "S19",
+                                 "fw": self.firmware.get(host, "1.0")}]}
+        return {command.upper(): []}
+
+
+def _config(tmp_path: Path, n: int, **poll: Any) -> AgentConfig:
+    settings = {"interval_s": 15, "request_timeout_s": 5, "connect_timeout_s": 1, "jitter_s": 0,
+                "stale_grace_s": 40, **poll}
+    lines = "".join(f"  {k}: {v}\n" for k, v in settings.items())
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"site: t1\nminers:\n  - range: 127.9.0.1-127.9.0.{n}\npoll:\n{lines}")
+    return load_agent_config(path)
+
+
+def _poller(config: AgentConfig, fleet: FakeFleet) -> tuple[Poller, FleetState]:
+    state = FleetState(config.site, len(config.miners))
+    poller = Poller(config, state, query=fleet.query, deadlines=object(), clock=fleet.clock,
+                    dialects=DIALECTS, detect=_detect)
+    return poller, state
+
+
+@pytest.fixture
+def fleet() -> FakeFleet:
+    return FakeFleet(FakeClock())
+
+
+async def test_cycle_reads_every_miner_once_with_bounded_concurrency(tmp_path: Path, fleet: FakeFleet) -> None:
+    config = _config(tmp_path, 50, concurrency=8)
+    poller, state = _poller(config, fleet)
+    snap = await poller.poll_once()
+    assert state.snapshot is snap and snap.cycle == 1
+    assert snap.totals.up == 50 and snap.totals.hashrate_hs == pytest.approx(50 * 100e12)
+    # First cycle: detection (version+devdetails) then the dialect's join, per miner.
+    assert len(fleet.calls) == 100 and fleet.max_in_flight == 8
+    fleet.calls.clear()
+    await poller.poll_once()
+    assert sorted(fleet.calls) == sorted((f"127.9.0.{i}", ("summary", "pools")) for i in range(1, 51))
+    # S19 is in the model table: power is estimated, never absent, never 0.
+    assert state.snapshot.totals.power_estimate_w > 0 and state.snapshot.totals.power_unknown_miners == 0
+
+
+async def test_each_failure_is_counted_under_its_kind_and_isolated(tmp_path: Path, fleet: FakeFleet) -> None:
+    config = _config(tmp_path, 6)
+    fleet.behaviour.update({"127.9.0.1": "refused", "127.9.0.2": "garbage", "127.9.0.3": "huge",
+                            "127.9.0.4": "api_error"})
+    poller, _ = _poller(config, fleet)
+    snap = await poller.poll_once()
+    polls = snap.counters.polls
+    assert (polls["ok"], polls["unreachable"], polls["malformed"], polls["too_large"], polls["api_error"]) == \
+        (2, 1, 1, 1, 1)
+    by_name = {m.name: m for m in snap.miners}
+    assert by_name["127.9.0.2:4028"].last_error is ErrorKind.MALFORMED
+    assert by_name["127.9.0.5:4028"].status is MinerStatus.UP
+    assert snap.totals.down == 4 and snap.totals.power_unknown_miners == 4
+
+
+async def test_hung_miner_costs_only_its_own_deadline(tmp_path: Path) -> None:
+    # Real time here: the deadline is the thing under test. 0.3 s bounds the whole test.
+    fleet = FakeFleet(FakeClock())
+    config = _config(tmp_path, 20, request_timeout_s=0.3, connect_timeout_s=0.1, concurrency=4)
+    fleet.behaviour["127.9.0.1"] = "hang"
+    poller, _ = _poller(config, fleet)
+    t0 = time.monotonic()
+    snap = await poller.poll_once()
+    elapsed = time.monotonic() - t0
+    assert 0.3 <= elapsed < 0.3 + 0.5
+    assert snap.totals.up == 19
+    assert snap.counters.polls["timeout"] == 1
+
+
+async def test_stale_then_down_never_zero_watts(tmp_path: Path, fleet: FakeFleet) -> None:
+    config = _config(tmp_path, 2, interval_s=15, stale_grace_s=40)
+    poller, _ = _poller(config, fleet)
+    await poller.poll_once()
+    fleet.behaviour["127.9.0.1"] = "garbage"  # answers, so no backoff: polled every cycle
+    ages = []
+    for _ in range(4):
+        fleet.clock.advance(15)
+        snap = await poller.poll_once()
+        m = snap.miners[0]
+        ages.append((m.status, m.stale_age_s is not None))
+        if m.status is MinerStatus.STALE:
+            assert m.power_w is not None and m.power_w > 0  # last reading still counts
+        else:
+            assert m.power_w is None  # unknown, not 0
+    assert [a[0] for a in ages] == [MinerStatus.STALE, MinerStatus.STALE, MinerStatus.DOWN, MinerStatus.DOWN]
+    assert snap.totals.power_unknown_miners == 1 and snap.totals.stale == 0
+
+
+async def test_unreachable_miner_backs_off_but_is_retried(tmp_path: Path, fleet: FakeFleet) -> None:
+    config = _config(tmp_path, 1, backoff_max_cycles=4)
+    fleet.behaviour["127.9.0.1"] = "refused"
+    poller, _ = _poller(config, fleet)
+    polled_in = []
+    for cycle in range(1, 21):
+        before = len(fleet.calls)
+        await poller.poll_once()
+        if len(fleet.calls) > before:
+            polled_in.append(cycle)
+    # failures 1,2,3,4 skip 0,1,3,7 cycles, capped at 4
+    assert polled_in == [1, 2, 4, 8, 13, 18]
+    fleet.behaviour["127.9.0.1"] = "ok"
+    for _ in range(5):
+        snap = await poller.poll_once()
+    assert snap.miners[0].status is MinerStatus.UP
+
+
+async def test_join_refused_falls_back_to_single_commands_and_remembers(tmp_path: Path, fleet: FakeFleet) -> None:
+    config = _config(tmp_path, 1)
+    fleet.behaviour["127.9.0.1"] = "no_join"
+    poller, _ = _poller(config, fleet)
+    snap = await poller.poll_once()
+    assert snap.miners[0].status is MinerStatus.UP
+    fleet.calls.clear()
+    await poller.poll_once()
+    # Remembered: no join attempt any more, one connection per command.
+    assert fleet.calls == [("127.9.0.1", ("summary",)), ("127.9.0.1", ("pools",))]
+
+
+async def test_state_changes_logged_once_not_per_poll(tmp_path: Path, fleet: FakeFleet) -> None:
+    config = _config(tmp_path, 2)
+    poller, _ = _poller(config, fleet)
+    with capture_logs() as logs:
+        await poller.poll_once()
+        await poller.poll_once()
+        fleet.behaviour["127.9.0.2"] = "garbage"
+        for _ in range(3):
+            await poller.poll_once()
+        fleet.behaviour["127.9.0.2"] = "ok"
+        await poller.poll_once()
+        await poller.poll_once()
+    events = [(e["event"], e.get("miner")) for e in logs]
+    assert events == [
+        ("dialect_detected", "127.9.0.1:4028"), ("dialect_detected", "127.9.0.2:4028"),
+        ("miner_down", "127.9.0.2:4028"),
+        ("miner_up", "127.9.0.2:4028"),
+    ]
+
+
+async def test_firmware_change_triggers_redetection(tmp_path: Path, fleet: FakeFleet) -> None:
+    config = _config(tmp_path, 1)
+    poller, _ = _poller(config, fleet)
+    await poller.poll_once()
+    fleet.firmware["127.9.0.1"] = "2.0"
+    fleet.dialect["127.9.0.1"] = "other"
+    with capture_logs() as logs:
+        await poller.poll_once()  # reads fw 2.0 with the old dialect, schedules detection
+        fleet.calls.clear()
+        snap = await poller.poll_once()
+    assert [e["event"] for e in logs] == ["dialect_changed"]
+    assert logs[0]["dialect"] == "other" and logs[0]["previous"] == "fake"
+    assert snap.miners[0].dialect == "other"
+    assert fleet.calls[-1] == ("127.9.0.1", ("summary",))  # "other" does not join
+
+
+async def test_dialect_hint_skips_detection(tmp_path: Path, fleet: FakeFleet) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("site: t1\nminers:\n  - {address: 127.9.0.1, dialect: bmminer, model: S21}\n")
+    config = load_agent_config(path)
+    state = FleetState("t1", 1)
+    poller = Poller(config, state, query=fleet.query, deadlines=object(), clock=fleet.clock,
+                    dialects={"bmminer": FAKE}, detect=_detect)
+    snap = await poller.poll_once()
+    assert fleet.calls == [("127.9.0.1", ("summary", "pools"))]
+    # The model hint overrides the reported "S19": the estimate uses S21's J/TH (17.5).
+    assert snap.miners[0].reading is not None and snap.miners[0].reading.model == "S21"
+    assert snap.totals.power_estimate_w == pytest.approx(100 * 17.5)
+
+
+async def test_overrun_counted_each_time_logged_once(tmp_path: Path, fleet: FakeFleet) -> None:
+    config = _config(tmp_path, 4, interval_s=15, concurrency=1)
+    poller, _ = _poller(config, fleet)
+    fleet.reply_s = 5.0  # 4 miners, serial, 2 calls each on the first cycle: 40 s > 15 s
+    with capture_logs() as logs:
+        await poller.poll_once()
+        await poller.poll_once()
+        fleet.reply_s = 0.01
+        snap = await poller.poll_once()
+    assert snap.counters.overruns == 2 and snap.counters.cycles == 3
+    assert [e["event"] for e in logs if e["event"].startswith("cycle_")] == ["cycle_overrun", "cycle_overrun_ended"]
