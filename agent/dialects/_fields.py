@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from agent.model import Pool
 
 # Firmware reports hashrate under keys prefixed by its unit: "MHS 5s", "GHS av", rate_unit "GH".
 _HASH_UNITS: dict[str, float] = {
@@ -154,3 +157,149 @@ def text(value: Any) -> str | None:
         return None
     cleaned = value.strip().strip("'").strip()
     return cleaned or None
+
+
+# ---- Shared by the cgminer-compatible dialects: summary and pools have the same keys in every fork. ----
+
+_SHORT_WINDOWS = ("5s", "20s", "30s", "1m")
+# Misspelt pool states seen on real firmware (S19/S21 bmminer says "Deed"; CGMINER-API.md §4 #20).
+_POOL_STATUS_ALIASES = {"deed": "dead"}
+
+
+def malformed(value: Any) -> bool:
+    """True for a value that should be a number, is present, and is not one (worth a `problems` note).
+
+    Absent values and the empty/dash placeholders firmware uses for "nothing here" are not malformed.
+    """
+    return value is not None and value not in ("", "-") and number(value) is None
+
+
+def read(item: Mapping[str, Any], key: str, convert: Any, problems: list[str], where: str) -> Any:
+    """`convert(item[key])`; a value that is present but not numeric gives None and a note in `problems`."""
+    value = item.get(key)
+    if malformed(value):
+        problems.append(f"{where}.{key}: not a number: {value!r:.60}")
+        return None
+    return convert(value)
+
+
+def seconds(value: Any) -> float | None:
+    """A duration in seconds; negative is None."""
+    result = number(value)
+    return result if result is not None and result >= 0 else None
+
+
+def numbered(item: Mapping[str, Any], prefix: str) -> dict[int, Any]:
+    """Values of the slot-numbered keys `<prefix>1`, `<prefix>2`, ... (Antminer `fan3`, `chain_rate2`).
+
+    Only digits may follow the prefix, so "temp" takes temp1 but not temp2_1 or temp_max.
+    """
+    pattern = re.compile(re.escape(prefix) + r"(\d+)$")
+    found: dict[int, Any] = {}
+    for key, value in item.items():
+        match = pattern.match(key) if isinstance(key, str) else None
+        if match is not None:
+            found[int(match.group(1))] = value
+    return dict(sorted(found.items()))
+
+
+def _hashrate(item: Mapping[str, Any], windows: Sequence[str], problems: list[str], where: str) -> float | None:
+    for window in windows:
+        for unit in ("MHS", "GHS", "THS", "KHS"):
+            key = f"{unit} {window}"
+            if key in item:
+                return read(item, key, lambda v, unit=unit: to_hs(v, unit), problems, where)
+    return None
+
+
+def summary_fields(reply: Mapping[str, Any] | None, problems: list[str]) -> dict[str, Any]:
+    """MinerReading fields from a cgminer-style `summary` reply (any fork): rates in H/s, counts, uptime.
+
+    Returns {} when there is no reply; a reply without a SUMMARY object is noted in `problems`.
+    """
+    if reply is None:
+        return {}
+    item = first_item(reply, "SUMMARY")
+    if not item:
+        problems.append("summary: reply has no SUMMARY object")
+        return {}
+    return {
+        "hashrate_hs": _hashrate(item, _SHORT_WINDOWS, problems, "summary"),
+        "hashrate_avg_hs": _hashrate(item, ("av",), problems, "summary"),
+        "shares_accepted": read(item, "Accepted", integer, problems, "summary"),
+        "shares_rejected": read(item, "Rejected", integer, problems, "summary"),
+        "shares_stale": read(item, "Stale", integer, problems, "summary"),
+        "hardware_errors": read(item, "Hardware Errors", integer, problems, "summary"),
+        "uptime_s": read(item, "Elapsed", seconds, problems, "summary"),
+    }
+
+
+def pools(reply: Mapping[str, Any] | None, problems: list[str]) -> tuple[Pool, ...]:
+    """Pools from a cgminer-style `pools` reply; slots without a URL (bmminer keeps empty ones) are skipped."""
+    if reply is None:
+        return ()
+    if not isinstance(reply.get("POOLS"), list):
+        problems.append("pools: reply has no POOLS list")
+        return ()
+    found: list[Pool] = []
+    for position, item in enumerate(section(reply, "POOLS")):
+        url = text(item.get("URL"))
+        if url is None:
+            continue
+        where = f"pools[{position}]"
+        index = integer(item.get("POOL"))
+        status = text(item.get("Status"))
+        active = item.get("Stratum Active")
+        found.append(
+            Pool(
+                index=index if index is not None else position,
+                url=url,
+                user=text(item.get("User")),
+                status=_POOL_STATUS_ALIASES.get(status.lower(), status.lower()) if status else None,
+                active=active if isinstance(active, bool) else None,
+                priority=read(item, "Priority", integer, problems, where),
+            )
+        )
+    return tuple(found)
+
+
+def any_description(replies: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The first STATUS Description among the replies, e.g. "BOSminer+ 0.2.0-ea64aec8e"."""
+    for reply in replies.values():
+        found = description(reply)
+        if found is not None:
+            return found
+    return None
+
+
+def split_description(desc: str | None) -> tuple[str | None, str | None]:
+    """"LUXminer 2025.4.8.220305-57b389c7" -> ("LUXminer", "2025.4.8.220305-57b389c7"); no space -> (desc, None)."""
+    if desc is None:
+        return None, None
+    name, _, rest = desc.strip().partition(" ")
+    return name or None, rest.strip() or None
+
+
+def mark_active_pool(found: tuple[Pool, ...]) -> tuple[Pool, ...]:
+    """Firmware without `Stratum Active` (getwork-era forks): the alive pool with the lowest priority is active.
+
+    cgminer fails over in priority order, so that is the pool it mines on. Left alone when any pool already
+    says whether it is active, or when no alive pool has a priority (then nobody can tell: None).
+    """
+    if any(pool.active is not None for pool in found):
+        return found
+    alive = [pool for pool in found if pool.status == "alive" and pool.priority is not None]
+    if not alive:
+        return found
+    chosen = min(alive, key=lambda pool: (pool.priority, pool.index))
+    return tuple(replace(pool, active=pool is chosen) for pool in found)
+
+
+def short_rate(item: Mapping[str, Any], problems: list[str], where: str) -> float | None:
+    """The shortest rolling rate of one section or device ("MHS 5s", "GHS 5s", "MHS 20s", ...) in H/s, noted if malformed."""
+    return _hashrate(item, _SHORT_WINDOWS, problems, where)
+
+
+def average_rate(item: Mapping[str, Any], problems: list[str], where: str) -> float | None:
+    """The since-start average ("MHS av", "GHS av") in H/s, noted if malformed."""
+    return _hashrate(item, ("av",), problems, where)
