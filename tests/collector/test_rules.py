@@ -1,0 +1,151 @@
+"""Alert rules on an injected clock: hold times, hysteresis, resolution, unknown data, actionable messages."""
+
+from __future__ import annotations
+
+from collector.aggregate import aggregate_fleet
+from collector.config import CollectorConfig
+from collector.model import AgentObservation, AlertPhase, FleetTotals, Severity
+from collector.rules import RuleEngine
+from tests.collector.helpers import MW, make_config, make_site, make_summary, observed
+
+HOLD = 30.0
+
+
+def config(**thresholds: float) -> CollectorConfig:
+    return make_config(make_site("a", allocation_mw=10, port=9100), make_site("b", allocation_mw=10, port=9200),
+                       fleet_mw=20, **{"hold_s": HOLD, **thresholds})
+
+
+def fleet_at(cfg: CollectorConfig, now: float, a_mw: float | None, b_mw: float = 5.0, *, a_up: bool = True,
+             a_down: int = 0, fetched_at: float | None = None) -> FleetTotals:
+    a, b = cfg.sites[0].agents[0], cfg.sites[1].agents[0]
+    obs: dict[str, AgentObservation] = {
+        b: observed(b, make_summary(power_w=b_mw * MW), at=now),
+    }
+    if a_mw is not None:
+        obs[a] = observed(a, make_summary(power_w=a_mw * MW, up=100 - a_down, down=a_down),
+                          at=now if fetched_at is None else fetched_at, up=a_up)
+    return aggregate_fleet(cfg, obs, now)
+
+
+def run(engine: RuleEngine, cfg: CollectorConfig, series: list[tuple[float, float | None]], **kw: object):
+    """Feed (time, site A MW) points; return the firing alert names per step."""
+    out = []
+    for now, a_mw in series:
+        ev = engine.evaluate(fleet_at(cfg, now, a_mw, **kw), now)  # type: ignore[arg-type]
+        out.append(ev)
+    return out
+
+
+def firing(ev, name: str = "SiteOverAllocation", site: str = "a") -> bool:
+    return any(a.name == name and ("site", site) in a.labels and a.phase is AlertPhase.FIRING for a in ev.active)
+
+
+def test_over_allocation_fires_after_hold_not_before() -> None:
+    cfg = config()
+    engine = RuleEngine(cfg.thresholds)
+    evs = run(engine, cfg, [(0, 10.5), (15, 10.5), (29.9, 10.5), (30, 10.5)])
+    assert [firing(e) for e in evs] == [False, False, False, True]
+    # Reported once, when it starts firing; near fires with it (Alertmanager inhibits near while over).
+    assert sorted(a.name for a in evs[3].changes) == ["SiteNearAllocation", "SiteOverAllocation"]
+    over = next(a for a in evs[3].active if a.name == "SiteOverAllocation")
+    assert over.severity is Severity.CRITICAL and over.since == 0 and over.fired_at == 30
+    assert not any(firing(e, site="b") for e in evs)
+
+
+def test_a_blip_shorter_than_hold_never_fires() -> None:
+    cfg = config()
+    engine = RuleEngine(cfg.thresholds)
+    evs = run(engine, cfg, [(0, 10.5), (20, 9.0), (40, 10.5), (60, 10.5)])
+    assert not any(firing(e) for e in evs)  # the dip below the clear line restarted the hold time
+    assert all(not e.changes for e in evs)
+
+
+def test_hovering_on_the_line_neither_flaps_nor_restarts_the_hold() -> None:
+    cfg = config(hysteresis_ratio=0.02)
+    engine = RuleEngine(cfg.thresholds)
+    # Between 9.8 and 10 MW is inside the band: the condition holds, the hold time keeps running.
+    points = [(0.0, 10.1), (10.0, 9.9), (20.0, 10.05), (30.0, 9.85), (40.0, 10.01), (50.0, 9.81)]
+    evs = run(engine, cfg, points)
+    assert [firing(e) for e in evs] == [False, False, False, True, True, True]
+    assert sum(len([c for c in e.changes if c.name == "SiteOverAllocation"]) for e in evs) == 1
+
+
+def test_resolves_only_below_the_clear_line_and_says_so() -> None:
+    cfg = config(hysteresis_ratio=0.02)
+    engine = RuleEngine(cfg.thresholds)
+    evs = run(engine, cfg, [(0, 11.0), (30, 11.0), (40, 9.9), (50, 9.79)])
+    assert [firing(e) for e in evs] == [False, True, True, False]
+    resolved = [c for c in evs[3].changes if c.name == "SiteOverAllocation"]
+    assert len(resolved) == 1 and resolved[0].phase is AlertPhase.RESOLVED and resolved[0].resolved_at == 50
+    assert engine.resolved[0].key == resolved[0].key
+
+
+def test_message_names_site_draw_allocation_excess_and_since() -> None:
+    cfg = config()
+    engine = RuleEngine(cfg.thresholds)
+    evs = run(engine, cfg, [(1_795_820_400, 10.5), (1_795_820_400 + 45, 10.5)])
+    alert = next(a for a in evs[1].active if a.name == "SiteOverAllocation")
+    assert alert.summary == "Site a (Site A) draws 10.50 MW against its 10.00 MW allocation (+0.50 MW, 105.0%)."
+    assert "since 2026-11-27 23:00:00 UTC (45s ago)" in alert.description
+    assert "Shed at least 0.50 MW" in alert.description and "clears below 9.80 MW" in alert.description
+
+
+def test_near_allocation_warns_at_95_percent_by_default() -> None:
+    cfg = config()
+    engine = RuleEngine(cfg.thresholds)
+    evs = run(engine, cfg, [(0, 9.4), (40, 9.4), (50, 9.5), (80, 9.5), (90, 9.4), (100, 9.3)])
+    assert [firing(e, "SiteNearAllocation") for e in evs] == [False, False, False, True, True, False]
+    near = next(a for a in evs[3].active if a.name == "SiteNearAllocation")
+    assert near.severity is Severity.WARNING and "95.0% of its 10.00 MW allocation" in near.summary
+    assert not firing(evs[3])  # near is not over
+
+
+def test_unknown_power_neither_starts_nor_ends_an_alert() -> None:
+    cfg = config()
+    engine = RuleEngine(cfg.thresholds)
+    # Site A never heard from: no over/near alert out of nothing; only its staleness is reported.
+    evs = run(RuleEngine(cfg.thresholds), cfg, [(0, None), (100, None)])
+    assert not firing(evs[1]) and firing(evs[1], "SiteDataStale")
+    firing_now = run(engine, cfg, [(0, 11.0), (30, 11.0)])[-1]
+    assert firing(firing_now)
+
+
+def test_stale_agent_fires_stale_and_keeps_counting_its_power() -> None:
+    cfg = config(stale_after_s=10)
+    engine = RuleEngine(cfg.thresholds)
+    evs = []
+    for now in (0.0, 5.0, 20.0, 50.0):
+        evs.append(engine.evaluate(fleet_at(cfg, now, 11.0, a_up=now == 0, fetched_at=0.0), now))
+    assert [firing(e, "AgentDown") for e in evs] == [False, False, False, True]  # down from 5 s, hold 30 s
+    assert [firing(e, "SiteDataStale") for e in evs] == [False, False, False, True]  # stale from 20 s
+    assert firing(evs[-1])  # the carried 11 MW still counts against the 10 MW allocation
+    stale = next(a for a in evs[-1].active if a.name == "SiteDataStale")
+    assert "its last known 11.00 MW is still counted" in stale.summary
+    assert "connection refused" in stale.description
+
+
+def test_fleet_over_allocation() -> None:
+    cfg = config()
+    engine = RuleEngine(cfg.thresholds)
+    evs = run(engine, cfg, [(0, 9.0), (10, 16.0), (40, 16.0)])  # 16 + 5 = 21 MW > 20 MW
+    assert [firing(e, "FleetOverAllocation", site="") for e in evs] == [False, False, False]  # no site label
+    fleet = [a for a in evs[2].active if a.name == "FleetOverAllocation"]
+    assert len(fleet) == 1 and fleet[0].phase is AlertPhase.FIRING and fleet[0].labels == (("fleet", "test-fleet"),)
+    assert "draws 21.00 MW against its 20.00 MW allocation (+1.00 MW" in fleet[0].summary
+
+
+def test_many_miners_down() -> None:
+    cfg = config(miners_down_ratio=0.2, hysteresis_ratio=0.1)  # clears below 18%
+    engine = RuleEngine(cfg.thresholds)
+    evs = [engine.evaluate(fleet_at(cfg, t, 5.0, a_down=d), t) for t, d in ((0, 25), (30, 25), (40, 19), (50, 5))]
+    assert [firing(e, "SiteMinersDown") for e in evs] == [False, True, True, False]
+    assert any(a.summary == "Site a (Site A): 25 of 100 miners are down (25%; warning at 20%)."
+               for a in evs[1].active)
+
+
+def test_per_alert_hold_override() -> None:
+    cfg = config()
+    cfg = make_config(*cfg.sites, fleet_mw=20, hold_s=HOLD, hold_overrides_s=(("SiteOverAllocation", 0.0),))
+    engine = RuleEngine(cfg.thresholds)
+    assert firing(run(engine, cfg, [(0, 10.5)])[0])
