@@ -1,0 +1,165 @@
+"""SiteCollector: the collector's state -> Prometheus metric families at scrape time. Every name is here.
+
+Names avoid the agent's own `megawatch_site_*` series (power by source per shard, hashrate, miners) so that
+one Prometheus scraping agents and collector never adds the two up: the collector's figures are the site's
+totals over all its shards (`megawatch_site_total_*`) and its facility view against the allocation.
+A None figure has no sample - unknown is absent, never 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from collector.config import ALERT_NAMES
+from collector.model import AlertPhase, Draw, SiteStatus
+from collector.service import CollectorService
+
+AGENT_STATES = ("up", "down", "stale", "no_data")
+
+
+def _gauges(prefix: str, labels: list[str]) -> dict[str, GaugeMetricFamily]:
+    """The draw families shared by a site (labels ['site']) and the fleet (labels ['fleet'])."""
+    what = "Site" if prefix == "site" else "Fleet"
+
+    def g(name: str, help_: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"megawatch_{prefix}_{name}", f"{what} {help_}", labels=[*labels, *extra])
+
+    return {
+        "facility": g("facility_power_watts", "draw at the grid: miner power x PUE + auxiliary load, in watts."),
+        "miner": g("miner_power_watts", "miner power over all agents by source (firmware or estimate), in watts.",
+                   ("source",)),
+        "allocation": g("allocation_watts", "power allocation in force now, in watts."),
+        "utilisation": g("utilisation_ratio", "facility power divided by the allocation in force (a ratio)."),
+        "headroom": g("headroom_watts", "allocation minus facility power (negative when over), in watts."),
+        "estimated": g("estimated_power_ratio", "share of miner power that is estimated, not firmware-reported."),
+        "hashrate": g("total_hashrate_hashes_per_second", "hashrate over all agents, in hashes per second."),
+        "miners": g("total_miners", "miners over all agents by state (up, down, stale, total), a count of miners.",
+                    ("state",)),
+        "unknown": g("total_power_unknown_miners", "miners whose power is unknown and so not in the totals."),
+    }
+
+
+def _add_draw(fam: dict[str, GaugeMetricFamily], labels: list[str], d: Draw) -> None:
+    def put(key: str, value: float | None, extra: tuple[str, ...] = ()) -> None:
+        if value is not None:
+            fam[key].add_metric([*labels, *extra], value)
+
+    put("facility", d.facility_power_w)
+    put("miner", d.power_firmware_w, ("firmware",))
+    put("miner", d.power_estimate_w, ("estimate",))
+    put("allocation", d.allocation_w)
+    put("utilisation", d.utilisation_ratio)
+    put("headroom", d.headroom_w)
+    put("estimated", d.estimated_power_ratio)
+    put("hashrate", d.hashrate_hs)
+    for state, count in (("up", d.miners_up), ("down", d.miners_down), ("stale", d.miners_stale),
+                         ("total", d.miners_total)):
+        put("miners", count, (state,))
+    put("unknown", d.miners_power_unknown)
+
+
+class SiteCollector(Collector):
+    """Reads the service's latest totals; never awaits, never does I/O."""
+
+    def __init__(self, service: CollectorService) -> None:
+        self._service = service
+        self._config = service.config
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self._service)
+
+    def _families(self, svc: CollectorService | None) -> Iterator[Metric]:
+        site_fam = _gauges("site", ["site"])
+        fleet_fam = _gauges("fleet", ["fleet"])
+
+        def g(name: str, help_: str, labels: list[str]) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"megawatch_{name}", help_, labels=labels)
+
+        pue = g("site_pue_ratio", "Site facility overhead factor applied to miner power (PUE, a ratio).", ["site"])
+        aux = g("site_aux_power_watts", "Site fixed auxiliary load added to the facility draw, in watts.", ["site"])
+        base_alloc = g("site_base_allocation_watts",
+                       "Site allocation outside any schedule window, in watts.", ["site"])
+        age = g("site_data_age_seconds", "Age of the oldest agent data counted in the site totals, in seconds.",
+                ["site"])
+        stale = g("site_stale", "1 if some of the site's figures are carried from stale agent data (a flag).",
+                  ["site"])
+        status = g("site_status", "Site data status: 1 for the current one of ok, partial, stale, no_data.",
+                   ["site", "status"])
+        agents = g("site_agents", "The site's agents by state (up, down, stale, no_data), a count of agents.",
+                   ["site", "state"])
+        agent_up = g("collector_agent_up", "1 if the agent's summary was read at the last cycle (a flag).",
+                     ["site", "agent"])
+        agent_age = g("collector_agent_data_age_seconds", "Age of the agent's last good summary, in seconds.",
+                      ["site", "agent"])
+        fetch_s = g("collector_agent_fetch_duration_seconds", "Time the last summary fetch took, in seconds.",
+                    ["site", "agent"])
+        fetches = CounterMetricFamily("megawatch_collector_agent_fetches",
+                                      "Summary fetches by outcome (ok, error, not_ready), a count of fetches.",
+                                      labels=["site", "agent", "outcome"])
+        fleet_sites_stale = g("fleet_sites_stale", "Sites with no fresh agent data, a count of sites.", ["fleet"])
+        cycles = CounterMetricFamily("megawatch_collector_cycles", "Collector cycles completed, a count of cycles.")
+        cycle_s = g("collector_cycle_duration_seconds", "Duration of the latest collector cycle, in seconds.", [])
+        last = g("collector_last_cycle_timestamp_seconds", "Unix time the latest cycle ended, in seconds.", [])
+        alerts = g("collector_alerts", "Alerts by name and phase (pending, firing), a count of alerts.",
+                   ["alertname", "phase"])
+        pending = g("collector_notifications_pending", "Alert batches waiting for delivery, a count of batches.",
+                    ["target"])
+        target_up = g("collector_notification_target_up",
+                      "1 if the last delivery to the target succeeded, 0 if it failed (a flag).", ["target"])
+        sent = CounterMetricFamily("megawatch_collector_notifications",
+                                   "Alert batches by outcome (sent, failed attempt, dropped), a count of batches.",
+                                   labels=["target", "outcome"])
+        families: list[Metric] = [*site_fam.values(), pue, aux, base_alloc, age, stale, status, agents,
+                                  *fleet_fam.values(), fleet_sites_stale, agent_up, agent_age, fetch_s, fetches,
+                                  cycles, cycle_s, last, alerts, pending, target_up, sent]
+        for site in self._config.sites:
+            pue.add_metric([site.id], site.pue)
+            aux.add_metric([site.id], site.aux_w)
+            base_alloc.add_metric([site.id], site.allocation_w)
+        if svc is not None and svc.fleet is not None:
+            fleet = svc.fleet
+            for t in fleet.sites:
+                _add_draw(site_fam, [t.site_id], t.draw)
+                if t.data_age_s is not None:
+                    age.add_metric([t.site_id], t.data_age_s)
+                stale.add_metric([t.site_id], 1.0 if t.stale else 0.0)
+                for st in SiteStatus:
+                    status.add_metric([t.site_id, st.value], 1.0 if t.status is st else 0.0)
+                counts = dict.fromkeys(AGENT_STATES, 0)
+                for a in t.agents:
+                    counts["no_data" if not a.has_data else "stale" if a.stale else "up" if a.up else "down"] += 1
+                    agent_up.add_metric([t.site_id, a.url], 1.0 if a.up else 0.0)
+                    if a.age_s is not None:
+                        agent_age.add_metric([t.site_id, a.url], a.age_s)
+                for state, n in counts.items():
+                    agents.add_metric([t.site_id, state], n)
+            _add_draw(fleet_fam, [fleet.name], fleet.draw)
+            fleet_sites_stale.add_metric([fleet.name], fleet.sites_stale)
+        if svc is not None:
+            for (url, outcome), n in sorted(svc.stats.fetches.items()):
+                fetches.add_metric([svc.site_of[url], url, outcome], n)
+            for url, seconds in svc.stats.fetch_duration_s.items():
+                fetch_s.add_metric([svc.site_of[url], url], seconds)
+            cycles.add_metric([], svc.stats.cycles)
+            if svc.stats.last_duration_s is not None:
+                cycle_s.add_metric([], svc.stats.last_duration_s)
+            if svc.stats.last_finished is not None:
+                last.add_metric([], svc.stats.last_finished)
+            for name in ALERT_NAMES:
+                for phase in (AlertPhase.PENDING, AlertPhase.FIRING):
+                    n = sum(1 for a in svc.evaluation.active if a.name == name and a.phase is phase)
+                    alerts.add_metric([name, phase.value], n)
+            for target, n in svc.notifier.pending():
+                pending.add_metric([target.url], n)
+                if target.stats.up is not None:
+                    target_up.add_metric([target.url], 1.0 if target.stats.up else 0.0)
+                sent.add_metric([target.url, "sent"], target.stats.sent_batches)
+                sent.add_metric([target.url, "failed"], target.stats.failed_attempts)
+                sent.add_metric([target.url, "dropped"], target.stats.dropped_batches)
+        yield from families

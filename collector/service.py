@@ -1,0 +1,161 @@
+"""The collector's cycle: read every agent, total the sites, evaluate the rules, hand alerts to the notifier."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from collector.aggregate import aggregate_fleet
+from collector.alertmanager import Notifier
+from collector.config import CollectorConfig
+from collector.model import AgentObservation, AlertPhase, FleetTotals
+from collector.rules import Evaluation, RuleEngine
+from collector.sources import AgentReader, observe
+from common.logs import get_logger
+
+_LOG_EVENTS = {
+    "SiteOverAllocation": "site_over_allocation",
+    "SiteNearAllocation": "site_near_allocation",
+    "SiteDataStale": "site_data_stale",
+    "AgentDown": "agent_down",
+    "FleetOverAllocation": "fleet_over_allocation",
+    "SiteMinersDown": "site_miners_down",
+}
+
+
+@dataclass
+class CycleStats:
+    cycles: int = 0
+    last_started: float | None = None
+    last_finished: float | None = None
+    last_duration_s: float | None = None
+    fetches: Counter[tuple[str, str]] = field(default_factory=Counter)  # (agent url, ok|error|not_ready)
+    fetch_duration_s: dict[str, float] = field(default_factory=dict)
+
+
+class CollectorService:
+    """Owns the collector's state; `poll_once` is the only writer, web handlers and exposition read."""
+
+    def __init__(self, config: CollectorConfig, session: aiohttp.ClientSession, generator_url: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.reader = AgentReader(session, config.poll_timeout_s, clock)
+        self.engine = RuleEngine(config.thresholds)
+        self.notifier = Notifier(config.alerting, session, generator_url, clock)
+        self.observations: dict[str, AgentObservation] = {}
+        self.fleet: FleetTotals | None = None
+        self.evaluation = Evaluation(active=(), changes=())
+        self.stats = CycleStats()
+        self.site_of = {url: s.id for s in config.sites for url in s.agents}
+        self._log = get_logger()
+
+    async def poll_once(self) -> FleetTotals:
+        started = self.clock()
+        results = await self.reader.fetch_all(list(self.site_of))
+        now = self.clock()
+        for result in results:
+            prev = self.observations.get(result.url)
+            obs = observe(prev, result, now)
+            self.observations[result.url] = obs
+            outcome = "error" if result.error else "ok" if result.summary is not None else "not_ready"
+            self.stats.fetches[(result.url, outcome)] += 1
+            self.stats.fetch_duration_s[result.url] = result.duration_s
+            if prev is not None and prev.up != obs.up:
+                self._log.info("agent_up" if obs.up else "agent_unreachable", site=self.site_of[result.url],
+                               agent=result.url, error=result.error)
+        fleet = aggregate_fleet(self.config, self.observations, now)
+        evaluation = self.engine.evaluate(fleet, now)
+        for alert in evaluation.changes:
+            labels = dict(alert.labels)
+            self._log.warning(_LOG_EVENTS[alert.name] if alert.phase is AlertPhase.FIRING
+                              else f"{_LOG_EVENTS[alert.name]}_resolved", site=labels.get("site"),
+                              agent=labels.get("agent"), summary=alert.summary)
+        self.notifier.submit(evaluation, now)
+        self.fleet, self.evaluation = fleet, evaluation
+        s = self.stats
+        s.cycles += 1
+        s.last_started, s.last_finished = started, self.clock()
+        s.last_duration_s = max(0.0, s.last_finished - started)
+        return fleet
+
+    async def run(self) -> None:
+        """Poll every interval until cancelled; a slow cycle delays the next, never overlaps it."""
+        interval = self.config.poll_interval_s
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            await self.poll_once()
+            next_at += interval
+            behind = loop.time() - next_at
+            if behind > 0:
+                self._log.warning("collector_cycle_overran", behind_s=round(behind, 3))
+                next_at = loop.time()
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    def healthy(self) -> bool:
+        last = self.stats.last_finished
+        return last is not None and self.clock() - last <= 3 * self.config.poll_interval_s
+
+
+def generator_url(config: CollectorConfig, address: str, port: int) -> str:
+    base = config.alerting.external_url or f"http://{address}:{port}"
+    return f"{base.rstrip('/')}/api/v1/alerts"
+
+
+async def serve(config: CollectorConfig, address: str, port: int) -> None:
+    """Run the collector until SIGINT/SIGTERM: HTTP, the poll loop and alert delivery."""
+    from collector.web import make_app
+
+    log = get_logger()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with aiohttp.ClientSession(raise_for_status=False) as session:
+        service = CollectorService(config, session, generator_url(config, address, port))
+        runner = web.AppRunner(make_app(service), access_log=None)
+        await runner.setup()
+        try:
+            tcp = web.TCPSite(runner, address, port)
+            await tcp.start()
+            bound = _bound_port(tcp) or port
+            service.notifier.generator_url = generator_url(config, address, bound)  # port 0 is known now
+            log.info("collector_listening", url=f"http://{address}:{bound}", sites=len(config.sites),
+                     agents=len(service.site_of), alertmanagers=list(config.alerting.alertmanager_urls))
+            poller = asyncio.create_task(service.run())
+            notifier = asyncio.create_task(service.notifier.run())
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                # A crashed loop must stop the process (and be seen), not leave a server that looks alive.
+                await asyncio.wait({poller, notifier, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                await _cancel(poller, stopper)
+                log.info("collector_stopping", pending_alerts=sum(n for _, n in service.notifier.pending()))
+                if not notifier.done():
+                    await service.notifier.drain(timeout_s=config.alerting.timeout_s)
+            finally:
+                await _cancel(poller, notifier, stopper)
+            for task in (poller, notifier):
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            await runner.cleanup()
+
+
+def _bound_port(site: web.TCPSite) -> int | None:
+    server = site._server  # aiohttp keeps the asyncio server here; the only way to learn an ephemeral port
+    sockets = getattr(server, "sockets", None) or ()
+    return int(sockets[0].getsockname()[1]) if sockets else None
+
+
+async def _cancel(*tasks: asyncio.Task[object]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,152 @@
+"""Read agents over HTTP (GET /api/v1/summary): concurrent, one deadline per agent, a byte cap per reply.
+
+Never imports agent code: the agent is another process, maybe another host and another version, and the
+JSON it serves is the contract. `SUMMARY_FIELDS` is the one place that contract is spelled out here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+
+from collector.model import AgentObservation, AgentSummary
+
+SUMMARY_PATH = "/api/v1/summary"
+SUMMARY_VERSION = 1
+MAX_SUMMARY_BYTES = 1 << 20  # a site summary is a few hundred bytes; anything near this is not one
+
+# AgentSummary field -> path in the agent's JSON. Figures are base units (W, H/s, s); null means unknown.
+SUMMARY_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "agent_id": ("agent",),
+    "site": ("site",),
+    "cycle_ts": ("cycle", "finished_s"),
+    "age_at_fetch_s": ("staleness", "age_s"),
+    "hashrate_hs": ("totals", "hashrate_hs"),
+    "power_firmware_w": ("totals", "power_w", "firmware"),
+    "power_estimate_w": ("totals", "power_w", "estimate"),
+    "miners_power_unknown": ("totals", "power_unknown_miners"),
+    "miners_up": ("miners", "up"),
+    "miners_down": ("miners", "down"),
+    "miners_stale": ("miners", "stale"),
+    "miners_total": ("miners", "configured"),
+}
+_TEXT = ("agent_id", "site")
+_COUNTS = ("miners_power_unknown", "miners_up", "miners_down", "miners_stale", "miners_total")
+
+
+class SummaryError(Exception):
+    """The agent could not be read, or what it said is not a summary we understand."""
+
+
+class SummaryNotReady(Exception):
+    """The agent answered but has not finished its first poll cycle: nothing is known yet."""
+
+
+def _at(doc: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
+
+
+def parse_summary(doc: Any) -> AgentSummary:
+    """Agent summary JSON -> AgentSummary; raises SummaryError on a wrong shape, SummaryNotReady before data."""
+    if not isinstance(doc, dict):
+        raise SummaryError(f"expected a JSON object, got {type(doc).__name__}")
+    version = doc.get("version")
+    if version != SUMMARY_VERSION:
+        raise SummaryError(f"unsupported summary version {version!r} (this collector reads {SUMMARY_VERSION})")
+    values: dict[str, Any] = {}
+    for name, path in SUMMARY_FIELDS.items():
+        raw = _at(doc, path)
+        if raw is None:
+            values[name] = None
+        elif name in _TEXT:
+            if not isinstance(raw, str):
+                raise SummaryError(f"{'.'.join(path)}: expected a string, got {raw!r}")
+            values[name] = raw
+        elif isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw < 0:
+            raise SummaryError(f"{'.'.join(path)}: expected a number >= 0 or null, got {raw!r}")
+        elif name in _COUNTS:
+            if raw != int(raw):
+                raise SummaryError(f"{'.'.join(path)}: expected a whole count, got {raw!r}")
+            values[name] = int(raw)
+        else:
+            values[name] = float(raw)
+    summary = AgentSummary(**values)
+    if summary.cycle_ts is None and summary.power_w is None and summary.hashrate_hs is None:
+        raise SummaryNotReady("no poll cycle finished yet")
+    return summary
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    url: str
+    summary: AgentSummary | None  # None with error=None: answered, no cycle finished yet
+    error: str | None
+    duration_s: float
+
+
+class AgentReader:
+    """Fetches agents' summaries through one shared ClientSession."""
+
+    def __init__(self, session: aiohttp.ClientSession, timeout_s: float,
+                 clock: Callable[[], float], max_bytes: int = MAX_SUMMARY_BYTES) -> None:
+        self.session = session
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.max_bytes = max_bytes
+
+    async def fetch_summary(self, url: str) -> AgentSummary:
+        """One agent's summary within the deadline; raises SummaryError or SummaryNotReady."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self.session.get(url + SUMMARY_PATH, allow_redirects=False) as resp:
+                    body = await resp.content.read(self.max_bytes + 1)
+                    status = resp.status
+        except TimeoutError:
+            raise SummaryError(f"no answer within {self.timeout_s:g} s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise SummaryError(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        if status != 200:
+            raise SummaryError(f"HTTP {status} from {SUMMARY_PATH}")
+        if len(body) > self.max_bytes:
+            raise SummaryError(f"reply larger than {self.max_bytes} bytes")
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SummaryError(f"reply is not JSON: {exc}") from None
+        return parse_summary(doc)
+
+    async def _fetch_one(self, url: str) -> FetchResult:
+        started = self.clock()
+        try:
+            summary: AgentSummary | None = await self.fetch_summary(url)
+            error = None
+        except SummaryNotReady:
+            summary, error = None, None
+        except SummaryError as exc:
+            summary, error = None, str(exc)
+        return FetchResult(url, summary, error, max(0.0, self.clock() - started))
+
+    async def fetch_all(self, urls: Sequence[str]) -> list[FetchResult]:
+        """Every agent at once; each has its own deadline, so one slow agent costs only its own time."""
+        return list(await asyncio.gather(*(self._fetch_one(u) for u in urls)))
+
+
+def observe(previous: AgentObservation | None, result: FetchResult, now: float) -> AgentObservation:
+    """Fold one fetch into the agent's memory: a failure keeps the last good summary, marked down."""
+    prev = previous or AgentObservation(url=result.url)
+    if result.error is None:
+        if result.summary is None:  # answered before its first cycle: up, still nothing to count
+            return replace(prev, up=True, last_error=None, consecutive_failures=0, down_since=None)
+        return AgentObservation(url=result.url, summary=result.summary, fetched_at=now, up=True)
+    return replace(prev, up=False, last_error=result.error, consecutive_failures=prev.consecutive_failures + 1,
+                   down_since=prev.down_since if prev.down_since is not None else now)

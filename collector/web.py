@@ -1,0 +1,85 @@
+"""HTTP: /metrics, /api/v1/sites, /api/v1/alerts, /healthz and a small index."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from collector.exposition import SiteCollector
+from collector.model import Alert, SiteTotals
+from collector.service import CollectorService
+
+API_VERSION = 1
+SERVICE: web.AppKey[CollectorService] = web.AppKey("service", CollectorService)
+
+
+def alert_json(alert: Alert) -> dict[str, Any]:
+    return {
+        "alertname": alert.name, "labels": dict(alert.labels), "severity": alert.severity.value,
+        "state": alert.phase.value, "since": alert.since, "fired_at": alert.fired_at,
+        "resolved_at": alert.resolved_at, "summary": alert.summary, "description": alert.description,
+        "value": alert.value,
+    }
+
+
+def site_json(t: SiteTotals) -> dict[str, Any]:
+    return {
+        "id": t.site_id, "name": t.name, "status": t.status.value, "stale": t.stale,
+        "data_age_s": t.data_age_s, **dataclasses.asdict(t.draw),
+        "agents": [dataclasses.asdict(a) for a in t.agents],
+    }
+
+
+async def sites(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    fleet = svc.fleet
+    if fleet is None:
+        return web.json_response({"version": API_VERSION, "at": None, "fleet": None, "sites": []}, status=503)
+    body = {
+        "version": API_VERSION,
+        "at": fleet.at,
+        "fleet": {"name": fleet.name, "stale": fleet.stale, "sites_stale": fleet.sites_stale,
+                  **dataclasses.asdict(fleet.draw)},
+        "sites": [site_json(t) for t in fleet.sites],
+    }
+    return web.json_response(body)
+
+
+async def alerts(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    return web.json_response({
+        "version": API_VERSION,
+        "active": [alert_json(a) for a in svc.evaluation.active],
+        "resolved": [alert_json(a) for a in svc.engine.resolved],
+    })
+
+
+async def healthz(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    if svc.healthy():
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text="no collector cycle finished recently\n")
+
+
+async def index(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    lines = [f"megawatch collector: fleet {svc.config.fleet_name}, {len(svc.config.sites)} sites", ""]
+    lines += ["/metrics", "/api/v1/sites", "/api/v1/alerts", "/healthz"]
+    return web.Response(text="\n".join(lines) + "\n")
+
+
+def make_app(service: CollectorService) -> web.Application:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(SiteCollector(service))
+    app = web.Application()
+    app[SERVICE] = service
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/api/v1/sites", sites)
+    app.router.add_get("/api/v1/alerts", alerts)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/", index)
+    return app
