@@ -1,0 +1,158 @@
+"""What a simulated miner measures at each tick: hashrate, power, temperatures, fans, shares, uptime.
+
+Everything is a pure function of (seed, miner index, tick, load, fault, boot tick), so two fleets with the
+same seed report the same numbers in the same tick, and the ground truth is the sum of exactly what the
+miners reply. State changes only at tick boundaries: an agent polling within one tick sees one value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.models import ModelSpec
+from agent.simulator.faults import Fault
+
+BOARDS = 3
+# Share difficulty the simulated pools hand out; sets how fast Accepted grows (~300-600 per hour).
+SHARE_DIFFICULTY = 262144.0
+TWO_32 = 4294967296.0
+MAX_FAN_RPM = 6000
+
+
+def unit(*key: int) -> float:
+    """A deterministic uniform number in [0, 1) from integers (tuple hashing of ints is not salted)."""
+    return (hash(key) & 0xFFFFFFFF) / 4294967296.0
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What does not change while the simulator runs: where a miner listens and what it is."""
+
+    index: int  # position in the whole fleet; seeds every random draw for this miner
+    host: str
+    port: int
+    site: str
+    dialect: str
+    model: ModelSpec
+    ambient_c: float
+    fans: int
+    allow_control: bool
+    serial: str
+    mac: str
+    quality: float  # this unit's steady hashrate relative to the model's nominal (0.97-1.03)
+    initial_uptime_s: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def make_identity(*, seed: int, index: int, host: str, port: int, site: str, dialect: str,
+                  model: ModelSpec, ambient_c: float, allow_control: bool) -> Identity:
+    fans = {"btminer": 2, "avalon": 2}.get(dialect, 4)
+    mac_bytes = [int(unit(seed, index, 900 + i) * 256) for i in range(5)]
+    return Identity(
+        index=index, host=host, port=port, site=site, dialect=dialect, model=model,
+        ambient_c=ambient_c, fans=fans, allow_control=allow_control,
+        serial=f"{int(unit(seed, index, 1) * 2**32):08x}{int(unit(seed, index, 2) * 2**32):08x}",
+        mac="C4:" + ":".join(f"{b:02X}" for b in mac_bytes),
+        quality=0.97 + 0.06 * unit(seed, index, 3),
+        # Between 10 minutes and 20 days: a fleet where nobody rebooted at the same moment.
+        initial_uptime_s=600 + int(unit(seed, index, 4) * 20 * 86400),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One tick of one miner, in base units (H/s, W, °C, RPM, s). Firmware renders these."""
+
+    tick: int
+    uptime_s: int
+    hashrate_hs: float  # short window (5 s / 20 s / 30 s by firmware); the one ground truth sums
+    hashrate_avg_hs: float
+    hashrate_1m_hs: float
+    hashrate_5m_hs: float
+    hashrate_15m_hs: float
+    nominal_hs: float  # what this unit should do at the current load (Target MHS, rate ideal)
+    board_hashrate_hs: tuple[float, ...]
+    chip_temp_c: tuple[float, ...]
+    board_temp_c: tuple[float, ...]
+    fan_rpm: tuple[int, ...]
+    power_w: int  # true draw, the integer watts firmware that measures power reports
+    power_limit_w: int
+    accepted: int
+    rejected: int
+    hardware_errors: int
+    difficulty_accepted: float
+    best_share: int
+    frequency_mhz: int
+
+
+def snapshot(ident: Identity, *, seed: int, tick: int, tick_s: float, load: float, boot_tick: int,
+             booted_fresh: bool, fault: Fault | None) -> Snapshot:
+    """Compute what `ident` reports in `tick`.
+
+    `boot_tick` is the tick the miner (re)started in; `booted_fresh` is False until its first reboot,
+    while it keeps the uptime it had when the simulator started.
+    """
+    i = ident.index
+    spec = ident.model
+    drop = fault.fraction if fault is not None and fault.kind == "hashrate_drop" else 0.0
+    surge = fault.factor if fault is not None and fault.kind == "power_surge" else 1.0
+    hot = fault is not None and fault.kind == "overheat"
+
+    steady = spec.nominal_hashrate_hs * load * ident.quality * (1.0 - drop)
+    # ±1 % tick-to-tick noise on the short window; longer windows wander less.
+    short = steady * (1.0 + 0.02 * (unit(seed, i, tick, 10) - 0.5))
+    one_m = steady * (1.0 + 0.01 * (unit(seed, i, tick, 11) - 0.5))
+    five_m = steady * (1.0 + 0.006 * (unit(seed, i, tick, 12) - 0.5))
+    fifteen_m = steady * (1.0 + 0.004 * (unit(seed, i, tick, 13) - 0.5))
+
+    # Boards differ a little; their rates add up to the miner's short-window rate.
+    weights = [1.0 + 0.04 * (unit(seed, i, b, 20) - 0.5) for b in range(BOARDS)]
+    total_w = sum(weights)
+    boards = tuple(short * w / total_w for w in weights)
+
+    # Constant J/TH: power follows hashrate, so an estimate from the model table matches the true draw
+    # unless the miner is in a power_surge.
+    power = round(short * spec.joules_per_hash * surge)
+    limit = round(spec.nominal_power_w * 1.1)
+
+    utilisation = short / spec.nominal_hashrate_hs
+    chip = []
+    board_t = []
+    for b in range(BOARDS):
+        base = ident.ambient_c + 38.0 * utilisation + 4.0 * (unit(seed, i, b, 30) - 0.5)
+        base += 1.0 * (unit(seed, i, tick, b, 31) - 0.5)
+        if hot:
+            base += 30.0
+        chip.append(round(base, 1))
+        board_t.append(round(base - 12.0, 1))
+    hottest = max(chip)
+    fans = []
+    for f in range(ident.fans):
+        if hot:
+            rpm = MAX_FAN_RPM
+        else:
+            rpm = 2400 + 70.0 * (hottest - 60.0) + 120.0 * (unit(seed, i, tick, f, 40) - 0.5)
+            rpm = max(1200, min(MAX_FAN_RPM, rpm))
+        fans.append(int(round(rpm / 10.0) * 10))
+
+    uptime = (tick - boot_tick) * tick_s + (0 if booted_fresh else ident.initial_uptime_s)
+    uptime_s = max(0, int(uptime))
+    # Counters grow with uptime at this unit's steady rate: monotonic within a boot, 0 after a reboot.
+    shares_per_s = steady / (SHARE_DIFFICULTY * TWO_32)
+    accepted = int(uptime_s * shares_per_s)
+    rejected = int(accepted * 0.002 * (0.5 + unit(seed, i, 50)))
+    hw_errors = int(uptime_s * 0.02 * (0.5 + unit(seed, i, 51)))
+    best = int(SHARE_DIFFICULTY * (2.0 + 40.0 * unit(seed, i, 52))) if accepted else 0
+    freq = int(round((500 + 150 * load) / 5.0) * 5)
+    return Snapshot(
+        tick=tick, uptime_s=uptime_s, hashrate_hs=short, hashrate_avg_hs=steady,
+        hashrate_1m_hs=one_m, hashrate_5m_hs=five_m, hashrate_15m_hs=fifteen_m,
+        nominal_hs=spec.nominal_hashrate_hs * load, board_hashrate_hs=boards,
+        chip_temp_c=tuple(chip), board_temp_c=tuple(board_t), fan_rpm=tuple(fans),
+        power_w=power, power_limit_w=limit, accepted=accepted, rejected=rejected,
+        hardware_errors=hw_errors, difficulty_accepted=accepted * SHARE_DIFFICULTY,
+        best_share=best, frequency_mhz=freq,
+    )

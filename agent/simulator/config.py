@@ -1,0 +1,227 @@
+"""The simulated fleet's config (configs/sim/*.yaml): typed, frozen, every error with file:line:key."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.models import ModelSpec, ModelTable, load_model_table
+from agent.simulator.faults import FAULT_KINDS, PARAMETERS, Fault, make_fault
+from agent.simulator.replies import DIALECTS, VENDORS
+from common.configfile import ConfigError, Section
+
+DEFAULT_PORT = 4028
+DEFAULT_MINERS_PER_WORKER = 10_000
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    count: int
+    model: ModelSpec
+    dialect: str
+    allow_control: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    """A fault for a fraction of a site (chosen from the seed) or for named miners."""
+
+    fault: Fault
+    fraction: float | None = None
+    miners: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    id: str
+    address: str  # first miner's address
+    port: int  # per-address mode: every miner on this port (0 = any free port); see port_base
+    port_base: int | None  # consecutive ports on `address` instead of consecutive addresses
+    ambient_c: float
+    groups: tuple[GroupConfig, ...]
+    faults: tuple[FaultConfig, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return sum(group.count for group in self.groups)
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """(host, port) of each miner, in order."""
+        if self.port_base is not None:
+            return [(self.address, self.port_base + i) for i in range(self.count)]
+        first = int(ipaddress.IPv4Address(self.address))
+        return [(str(ipaddress.IPv4Address(first + i)), self.port) for i in range(self.count)]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    host: str = "127.0.0.1"
+    port: int = 9400
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    seed: int
+    tick_s: float
+    control: ControlConfig
+    sites: tuple[SiteConfig, ...]
+    miners_per_worker: int = DEFAULT_MINERS_PER_WORKER
+
+    @property
+    def count(self) -> int:
+        return sum(site.count for site in self.sites)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _loopback_v4(text: str) -> ipaddress.IPv4Address:
+    address = ipaddress.IPv4Address(text)
+    if address not in _LOOPBACK:
+        raise ValueError
+    return address
+
+
+def load_fleet_config(path: str | Path, models: ModelTable | None = None) -> FleetConfig:
+    """Load and validate a fleet file; raises ConfigError listing every problem, one line each."""
+    table = models if models is not None else load_model_table()
+    top = Section.of_file(path)
+    seed = top.integer("seed", 1, minimum=0)
+    tick_s = top.number("tick_s", 5.0, exclusive_minimum=0, maximum=3600)
+    per_worker = top.integer("miners_per_worker", DEFAULT_MINERS_PER_WORKER, minimum=1, maximum=19_000)
+    control_section = top.section("control")
+    control_host = control_section.string("host", "127.0.0.1", check=is_loopback,
+                                          expected="a loopback address (127.0.0.0/8, ::1 or localhost)")
+    control_port = control_section.integer("port", 9400, minimum=0, maximum=65535)
+    control_section.done()
+
+    sites: list[SiteConfig] = []
+    seen_ids: set[str] = set()
+    taken: list[tuple[str, int, int, str]] = []  # (kind, start, end, site id) to catch overlaps
+    for site in top.sections("sites", required=True):
+        parsed = _load_site(site, table, seen_ids, taken)
+        if parsed is not None:
+            sites.append(parsed)
+    top.done()
+    if not top.problems.items and not sites:
+        top.error("sites", "expected at least one site")
+    top.problems.raise_if_any()
+    return FleetConfig(
+        seed=seed, tick_s=tick_s, control=ControlConfig(control_host, control_port), sites=tuple(sites),
+        miners_per_worker=per_worker,
+    )
+
+
+def _load_site(site: Section, table: ModelTable, seen_ids: set[str],
+               taken: list[tuple[str, int, int, str]]) -> SiteConfig | None:
+    site_id = site.string("id")
+    if site_id is not None:
+        if site_id in seen_ids:
+            site.error("id", f"duplicate site id {site_id!r}")
+        seen_ids.add(site_id)
+    address = site.get("address", _loopback_v4, expected="an IPv4 address in 127.0.0.0/8")
+    port = site.integer("port", DEFAULT_PORT, minimum=0, maximum=65535)
+    port_base = site.integer("port_base", None, minimum=1, maximum=65535)
+    ambient = site.number("ambient_c", 25.0, minimum=-40, maximum=60)
+    site_control = site.boolean("allow_control", False)
+    if site.has("port") and site.has("port_base"):
+        site.error("port_base", "give either port (one address per miner) or port_base (one port per miner)")
+
+    groups: list[GroupConfig] = []
+    for group in site.sections("groups", required=True):
+        count = group.integer("count", minimum=1, maximum=1_000_000)
+        model_name = group.string("model")
+        dialect = group.choice("dialect", DIALECTS)
+        allow = group.boolean("allow_control", site_control)
+        group.done()
+        spec = table.lookup(model_name) if model_name is not None else None
+        if model_name is not None and spec is None:
+            known = ", ".join(s.name for s in table.specs)
+            group.error("model", f"{model_name!r} is not in the model table (known: {known})")
+        if spec is not None and dialect is not None and dialect in VENDORS:
+            vendors = VENDORS[dialect]
+            if not any(spec.name.startswith(v) for v in vendors):
+                group.error("model", f"{spec.name!r} does not run {dialect} (needs a {'/'.join(vendors)} model)")
+        if count is not None and spec is not None and dialect is not None:
+            groups.append(GroupConfig(count, spec, dialect, allow))
+    if site.has("groups") and not groups and not site.problems.items:
+        site.error("groups", "expected at least one group")
+
+    total = sum(g.count for g in groups)
+    if address is not None and total:
+        start = int(address)
+        if port_base is not None:
+            if port_base + total - 1 > 65535:
+                site.error("port_base", f"{total} miners from port {port_base} run past 65535")
+            _claim(site, taken, ("port", start), port_base, port_base + total - 1, site_id or "?")
+        else:
+            if start + total - 1 > int(ipaddress.IPv4Address("127.255.255.254")):
+                site.error("address", f"{total} miners from {address} run past 127.255.255.254")
+            _claim(site, taken, ("addr", port), start, start + total - 1, site_id or "?")
+
+    fault_configs: list[FaultConfig] = []
+    for item in site.sections("faults"):
+        parsed = _load_fault(item)
+        if parsed is not None:
+            fault_configs.append(parsed)
+    site.done()
+    if site_id is None or address is None or not groups:
+        return None
+    config = SiteConfig(site_id, str(address), port, port_base, ambient, tuple(groups), tuple(fault_configs))
+    _check_fault_targets(site, config)
+    return config
+
+
+def _claim(site: Section, taken: list[tuple[str, int, int, str]], kind: tuple[str, int], start: int, end: int,
+           site_id: str) -> None:
+    label = f"{kind[0]}:{kind[1]}"
+    for other_label, other_start, other_end, other_id in taken:
+        if other_label == label and start <= other_end and other_start <= end:
+            site.error("address", f"miners overlap those of site {other_id!r}")
+            return
+    taken.append((label, start, end, site_id))
+
+
+def _load_fault(item: Section) -> FaultConfig | None:
+    kind = item.choice("fault", FAULT_KINDS)
+    fraction = item.number("fraction", None, minimum=0, maximum=1)
+    miners = item.strings("miners", ())
+    params: dict[str, float] = {}
+    for name in PARAMETERS.get(kind or "", {}):
+        value = item.number(name, None)
+        if value is not None:
+            params[name] = value
+    item.done()
+    if (fraction is None) == (not miners):
+        item.error("fault", "give exactly one of fraction (share of the site) or miners (addresses)")
+        return None
+    if kind is None:
+        return None
+    try:
+        fault = make_fault(kind, params)
+    except ValueError as exc:
+        item.error("fault", str(exc))
+        return None
+    return FaultConfig(fault, fraction, tuple(miners))
+
+
+def _check_fault_targets(site: Section, config: SiteConfig) -> None:
+    names = set()
+    for host, port in config.endpoints():
+        names.add(f"{host}:{port}")
+        if config.port_base is None:
+            names.add(host)
+    for fc in config.faults:
+        for name in fc.miners:
+            if name not in names:
+                site.error("faults", f"{name!r} is not a miner of site {config.id!r}")
+
+
+__all__ = ["ConfigError", "ControlConfig", "FaultConfig", "FleetConfig", "GroupConfig", "SiteConfig",
+           "load_fleet_config", "is_loopback"]

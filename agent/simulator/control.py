@@ -1,0 +1,230 @@
+"""The simulator's control endpoint (aiohttp, loopback only): ground truth, miners, load and faults.
+
+GET /api/v1/truth, GET /api/v1/miners, POST /api/v1/sites/{site}/load {"factor": 1.2},
+POST /api/v1/faults {"site": S, "fault": K, "fraction": 0.05, <params>} or {"miners": [...], "fault": K},
+DELETE /api/v1/faults, POST /api/v1/clock {"freeze": true, "advance": 1}.
+Bad requests get a 4xx JSON error naming the problem; nothing a client sends can crash the fleet.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from agent.simulator.config import is_loopback
+from agent.simulator.faults import PARAMETERS, Fault, make_fault
+from agent.simulator.fleet import Fleet, Planned, finish_truth, resolve_names, select_site_fraction
+
+MAX_LOAD_FACTOR = 10.0
+
+
+class Backend(Protocol):
+    """What the endpoint drives: one in-process Fleet, or a pool of worker processes."""
+
+    plan: list[Planned]
+    seed: int
+    site_ids: tuple[str, ...]
+
+    async def truth(self) -> dict[str, Any]: ...
+    async def miners(self) -> list[dict[str, Any]]: ...
+    async def set_load(self, site: str, factor: float) -> None: ...
+    async def set_fault(self, indices: list[int], fault: Fault | None) -> int: ...
+    async def clear_faults(self) -> int: ...
+    async def clock(self, freeze: bool | None, advance: int) -> dict[str, Any]: ...
+
+
+class LocalBackend:
+    """A Fleet in this process."""
+
+    def __init__(self, fleet: Fleet, plan: list[Planned]) -> None:
+        self.fleet = fleet
+        self.plan = plan
+        self.seed = fleet.seed
+        self.site_ids = tuple(fleet.sites)
+
+    async def truth(self) -> dict[str, Any]:
+        return finish_truth(self.fleet.site_sums(), self.fleet.clock.tick())
+
+    async def miners(self) -> list[dict[str, Any]]:
+        return self.fleet.miner_rows()
+
+    async def set_load(self, site: str, factor: float) -> None:
+        self.fleet.set_load(site, factor)
+
+    async def set_fault(self, indices: list[int], fault: Fault | None) -> int:
+        count = 0
+        for index in indices:
+            miner = self.fleet.by_index.get(index)
+            if miner is not None:
+                self.fleet.set_fault(miner, fault)
+                count += 1
+        return count
+
+    async def clear_faults(self) -> int:
+        return self.fleet.clear_faults()
+
+    async def clock(self, freeze: bool | None, advance: int) -> dict[str, Any]:
+        clock = self.fleet.clock
+        if freeze is True:
+            clock.freeze()
+        elif freeze is False:
+            clock.unfreeze()
+        if advance:
+            clock.advance(advance)
+        return {"tick": clock.tick(), "frozen": clock.frozen is not None, "tick_s": clock.tick_s}
+
+
+BACKEND = web.AppKey("backend", Backend)  # type: ignore[type-abstract]
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return web.json_response({"error": str(exc)}, status=exc.status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+async def get_truth(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[BACKEND].truth())
+
+
+async def get_miners(request: web.Request) -> web.Response:
+    rows = await request.app[BACKEND].miners()
+    site = request.query.get("site")
+    if site is not None:
+        rows = [row for row in rows if row["site"] == site]
+    return web.json_response({"miners": rows})
+
+
+async def post_load(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    site = request.match_info["site"]
+    if site not in backend.site_ids:
+        raise BadRequest(f"unknown site {site!r} (known: {', '.join(backend.site_ids)})", 404)
+    body = await _body(request)
+    factor = body.get("factor")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= MAX_LOAD_FACTOR:
+        raise BadRequest(f"factor: expected a number > 0 and <= {MAX_LOAD_FACTOR:g}, got {factor!r}")
+    unknown = set(body) - {"factor"}
+    if unknown:
+        raise BadRequest(f"unknown keys: {', '.join(sorted(unknown))}")
+    await backend.set_load(site, float(factor))
+    return web.json_response({"site": site, "factor": float(factor)})
+
+
+def parse_fault_request(body: dict[str, Any], backend: Backend) -> tuple[list[int], Fault]:
+    """Validate a POST /api/v1/faults body; return the chosen miner indices and the fault."""
+    kind = body.get("fault")
+    if not isinstance(kind, str):
+        raise BadRequest("fault: expected a fault name")
+    targets = [k for k in ("site", "miners", "indices") if k in body]
+    params = {k: v for k, v in body.items() if k not in ("fault", "site", "fraction", "miners", "indices")}
+    try:
+        fault = make_fault(kind, params)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if targets == ["site"]:
+        site = body["site"]
+        fraction = body.get("fraction")
+        if site not in backend.site_ids:
+            raise BadRequest(f"unknown site {site!r} (known: {', '.join(backend.site_ids)})", 404)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise BadRequest(f"fraction: expected a number from 0 to 1, got {fraction!r}")
+        return select_site_fraction(backend.plan, backend.seed, site, kind, float(fraction)), fault
+    if "fraction" in body:
+        raise BadRequest("fraction goes with site, not with miners")
+    if targets == ["miners"]:
+        names = body["miners"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise BadRequest("miners: expected a non-empty list of addresses")
+        indices, unknown = resolve_names(backend.plan, names)
+        if unknown:
+            raise BadRequest(f"unknown miners: {', '.join(unknown[:10])}", 404)
+        return indices, fault
+    if targets == ["indices"]:
+        indices = body["indices"]
+        if not isinstance(indices, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
+            raise BadRequest("indices: expected a list of miner indices")
+        return indices, fault
+    raise BadRequest("give exactly one of site (with fraction) or miners")
+
+
+async def post_faults(request: web.Request) -> web.Response:
+    backend = request.app[BACKEND]
+    indices, fault = parse_fault_request(await _body(request), backend)
+    applied = await backend.set_fault(indices, fault)
+    by_index = {p.index: p.name for p in backend.plan}
+    return web.json_response({
+        "fault": fault.describe(), "applied": applied,
+        "miners": [by_index[i] for i in indices if i in by_index],
+    })
+
+
+async def delete_faults(request: web.Request) -> web.Response:
+    return web.json_response({"cleared": await request.app[BACKEND].clear_faults()})
+
+
+async def post_clock(request: web.Request) -> web.Response:
+    body = await _body(request)
+    freeze = body.get("freeze")
+    advance = body.get("advance", 0)
+    if freeze is not None and not isinstance(freeze, bool):
+        raise BadRequest(f"freeze: expected true or false, got {freeze!r}")
+    if isinstance(advance, bool) or not isinstance(advance, int) or not 0 <= advance <= 1_000_000:
+        raise BadRequest(f"advance: expected a whole number of ticks from 0, got {advance!r}")
+    unknown = set(body) - {"freeze", "advance"}
+    if unknown:
+        raise BadRequest(f"unknown keys: {', '.join(sorted(unknown))}")
+    return web.json_response(await request.app[BACKEND].clock(freeze, advance))
+
+
+async def get_index(request: web.Request) -> web.Response:
+    faults = {kind: PARAMETERS.get(kind, {}) for kind in ("offline", *PARAMETERS)}
+    return web.json_response({"endpoints": [
+        "GET /api/v1/truth", "GET /api/v1/miners[?site=]", "POST /api/v1/sites/{site}/load",
+        "POST /api/v1/faults", "DELETE /api/v1/faults", "POST /api/v1/clock"], "fault_parameters": faults})
+
+
+def make_app(backend: Backend) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
+    app[BACKEND] = backend
+    app.router.add_get("/", get_index)
+    app.router.add_get("/api/v1/truth", get_truth)
+    app.router.add_get("/api/v1/miners", get_miners)
+    app.router.add_post("/api/v1/sites/{site}/load", post_load)
+    app.router.add_post("/api/v1/faults", post_faults)
+    app.router.add_delete("/api/v1/faults", delete_faults)
+    app.router.add_post("/api/v1/clock", post_clock)
+    return app
+
+
+async def start_control(backend: Backend, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve the endpoint; refuses any non-loopback address (it can change what miners report)."""
+    if not is_loopback(host):
+        raise ValueError(f"control endpoint must bind a loopback address, not {host!r}")
+    runner = web.AppRunner(make_app(backend), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server  # noqa: SLF001 - aiohttp gives no public way to learn an ephemeral port
+    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
+    return runner, bound

@@ -1,0 +1,134 @@
+"""Faults a simulated miner can have, and the bytes the wire faults put on the socket.
+
+Wire faults change what the client sees on TCP (refused, silence, slow bytes, broken or huge replies);
+behaviour faults change what the miner measures (hotter, less hashrate, more power) and still answer
+normally. Reboot is an event: the port refuses for `duration_s`, then the miner comes back with its
+uptime and share counters reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+WIRE_FAULTS: tuple[str, ...] = (
+    "offline", "hang", "slow", "drip", "malformed", "truncated", "reset", "oversize", "garbage", "empty",
+    "reboot",
+)
+BEHAVIOUR_FAULTS: tuple[str, ...] = ("overheat", "hashrate_drop", "power_surge")
+FAULT_KINDS: tuple[str, ...] = WIRE_FAULTS + BEHAVIOUR_FAULTS
+
+# Parameters each kind takes, with defaults (all optional in YAML and in the control API).
+PARAMETERS: dict[str, dict[str, float]] = {
+    "slow": {"delay_s": 2.0},
+    "drip": {"interval_ms": 100.0},
+    "oversize": {"size_bytes": 4 * 1024 * 1024},
+    "reboot": {"duration_s": 5.0},
+    "hashrate_drop": {"fraction": 0.5},
+    "power_surge": {"factor": 1.3},
+    "hang": {"max_s": 600.0},
+}
+LIMITS: dict[str, tuple[float, float]] = {
+    "delay_s": (0.0, 600.0),
+    "interval_ms": (1.0, 60000.0),
+    "size_bytes": (1024.0, 64 * 1024 * 1024),
+    "duration_s": (0.0, 3600.0),
+    "fraction": (0.0, 1.0),
+    "factor": (1.0, 10.0),
+    "max_s": (1.0, 86400.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: str
+    delay_s: float = 2.0
+    interval_ms: float = 100.0
+    size_bytes: int = 4 * 1024 * 1024
+    duration_s: float = 5.0
+    fraction: float = 0.5
+    factor: float = 1.3
+    max_s: float = 600.0
+
+    @property
+    def on_wire(self) -> bool:
+        return self.kind in WIRE_FAULTS
+
+    def describe(self) -> dict[str, object]:
+        """The kind and only the parameters that kind uses (for /api/v1/miners)."""
+        out: dict[str, object] = {"kind": self.kind}
+        for name in PARAMETERS.get(self.kind, {}):
+            out[name] = getattr(self, name)
+        return out
+
+
+def make_fault(kind: str, params: dict[str, float]) -> Fault:
+    """Build a Fault; raises ValueError naming the bad kind or parameter (callers turn it into a 4xx)."""
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault {kind!r} (known: {', '.join(FAULT_KINDS)})")
+    allowed = PARAMETERS.get(kind, {})
+    values: dict[str, float] = {}
+    for name, value in params.items():
+        if name not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise ValueError(f"fault {kind!r} takes no parameter {name!r} (takes: {known})")
+        low, high = LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"{name}: expected a number from {low:g} to {high:g}, got {value!r}")
+        values[name] = value
+    if "size_bytes" in values:
+        values["size_bytes"] = int(values["size_bytes"])
+    return Fault(kind=kind, **values)  # type: ignore[arg-type]
+
+
+def select_fraction(seed: int, salt: str, candidates: Sequence[str], fraction: float) -> list[str]:
+    """Pick round(fraction * n) of `candidates`, the same ones for the same seed and salt.
+
+    Ranks by a seeded hash of each address, so the choice does not depend on list order or on how the
+    fleet is split over worker processes.
+    """
+    count = round(fraction * len(candidates))
+    if fraction > 0 and count == 0 and candidates:
+        count = 1  # "5 % of a 10-miner site" means at least one miner, not none
+    ranked = sorted(candidates, key=lambda addr: _stable_hash(f"{seed}|{salt}|{addr}"))
+    return ranked[:count]
+
+
+def _stable_hash(text: str) -> int:
+    # str hashing is salted per process; FNV-1a is not, and workers must agree with the parent.
+    h = 0xCBF29CE484222325
+    for byte in text.encode():
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def malform(body: bytes) -> bytes:
+    """Break the JSON past any repair a tolerant client makes: a stray token right after the first `{`."""
+    return b"{@@" + body[1:] if body.startswith(b"{") else b"@@" + body
+
+
+def truncate(reply: bytes) -> bytes:
+    """The first half of the reply: what a client sees when the firmware is cut off mid-send."""
+    return reply[: max(1, len(reply) // 2)]
+
+
+def garbage(seed: int, index: int, tick: int, size: int = 512) -> bytes:
+    """Deterministic random bytes that never start a JSON object and hold no NUL."""
+    out = bytearray()
+    state = (seed * 1_000_003 + index * 7919 + tick) & 0xFFFFFFFFFFFFFFFF or 1
+    while len(out) < size:
+        # xorshift64: cheap, deterministic, good enough for noise
+        state ^= (state << 13) & 0xFFFFFFFFFFFFFFFF
+        state ^= state >> 7
+        state ^= (state << 17) & 0xFFFFFFFFFFFFFFFF
+        out.extend(b for b in state.to_bytes(8, "little") if b not in (0, 0x7B))
+    out[0] = 0xFF  # not "{", not ASCII: undecodable from the first byte
+    return bytes(out[:size])
+
+
+def oversize(body: bytes, size_bytes: int) -> bytes:
+    """A valid reply padded to `size_bytes` with one huge string value (like a 67 KB M3 stats, x60)."""
+    if not body.endswith(b"}"):
+        return body + b" " * max(0, size_bytes - len(body))
+    pad = max(0, size_bytes - len(body) - 12)
+    return body[:-1] + b',"Padding":"' + b"x" * pad + b'"}'

@@ -1,0 +1,115 @@
+"""Simulator wire protocol: what a client sees on the socket, per cgminer's api() (CGMINER-API.md §1, §7)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.dialects import DETECT_COMMANDS, DIALECTS
+
+
+def body_of(raw: bytes) -> dict:
+    assert raw.endswith(b"\0") and raw.count(b"\0") == 1, raw[-40:]
+    return json.loads(raw[:-1])
+
+
+async def test_every_reply_ends_with_one_nul_and_the_miner_closes(sim_fleet, raw_request):
+    for m in sim_fleet.miners:
+        raw = await raw_request(m.host, m.port, b'{"command":"summary"}')
+        reply = body_of(raw)
+        assert reply["STATUS"][0]["STATUS"] == "S", (m.dialect, reply)
+        assert reply["id"] == 1
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+async def test_each_dialect_answers_its_commands_and_detection(sim_fleet, raw_request, dialect):
+    module = DIALECTS[dialect]
+    for m in sim_fleet.of_dialect(dialect):
+        for command in (*module.COMMANDS, *DETECT_COMMANDS):
+            reply = body_of(await raw_request(m.host, m.port, json.dumps({"command": command}).encode()))
+            status = reply["STATUS"][0]
+            if dialect == "bmminer" and command == "devdetails":
+                # Stock Antminer api-groups allow only stats, pools, devs, summary, version.
+                assert (status["STATUS"], status["Code"]) == ("E", 45)
+                assert status["Msg"] == "Access denied to 'devdetails' command"
+            else:
+                assert status["STATUS"] == "S", (m.model, command, status)
+                data = [key for key in reply if key not in ("STATUS", "id")]
+                assert len(data) == 1 and reply[data[0]], (m.model, command, reply)
+
+
+async def test_join_has_the_real_shape_with_per_section_errors(sim_fleet, raw_request):
+    m = sim_fleet.of_dialect("cgminer")[0]
+    raw = await raw_request(m.host, m.port, b'{"command":"summary+devs+summary++nosuch+restart"}')
+    reply = body_of(raw)
+    assert list(reply) == ["summary", "devs", "nosuch", "restart", "id"]
+    assert reply["id"] == 1
+    for name in ("summary", "devs"):
+        assert isinstance(reply[name], list) and len(reply[name]) == 1
+        assert reply[name][0]["STATUS"][0]["STATUS"] == "S" and reply[name][0]["id"] == 1
+    unknown = reply["nosuch"][0]["STATUS"][0]
+    assert (unknown["Code"], unknown["Msg"]) == (14, "Invalid command")
+    assert "Description" not in unknown  # cgminer >= 2018 hides it from probes
+    denied = reply["restart"][0]["STATUS"][0]
+    assert (denied["Code"], denied["Msg"]) == (45, "Access denied to 'restart' command")
+    assert raw.startswith(b'{"summary":[{"STATUS":[{"STATUS":"S","When":')
+
+
+@pytest.mark.parametrize(("payload", "code", "msg"), [
+    (b'{"command":', 23, "Invalid JSON"),
+    (b'{"cmd":"summary"}', 24, "Missing JSON 'command'"),
+    (b'{"command":"nosuch"}', 14, "Invalid command"),
+    (b'{"command":42}', 14, "Invalid command"),
+    (b'{"command":"Summary"}', 14, "Invalid command"),  # case-sensitive
+])
+async def test_request_errors(sim_fleet, raw_request, payload, code, msg):
+    m = sim_fleet.of_dialect("cgminer")[0]
+    status = body_of(await raw_request(m.host, m.port, payload))["STATUS"][0]
+    assert (status["STATUS"], status["Code"], status["Msg"]) == ("E", code, msg)
+
+
+async def test_json_with_trailing_newline_is_accepted(sim_fleet, raw_request):
+    m = sim_fleet.of_dialect("cgminer")[0]
+    reply = body_of(await raw_request(m.host, m.port, b'{"command":"version"}\n'))
+    assert reply["VERSION"][0]["CGMiner"] == "4.11.1"
+
+
+async def test_legacy_text_form_and_untrimmed_newline(sim_fleet, raw_request):
+    m = sim_fleet.of_dialect("cgminer")[0]
+    raw = await raw_request(m.host, m.port, b"summary")
+    assert raw.endswith(b"|\0") and raw.count(b"\0") == 1
+    text = raw[:-1].decode()
+    status, summary = text.split("|")[:2]
+    assert status.startswith("STATUS=S,When=") and "Code=11,Msg=Summary,Description=cgminer 4.11.1" in status
+    assert summary.startswith("SUMMARY,Elapsed=") and ",MHS 5s=" in summary
+    # `echo summary | nc` sends the newline too: cgminer does not trim it (bfgminer issue #333).
+    bad = (await raw_request(m.host, m.port, b"summary\n"))[:-1].decode()
+    assert bad.startswith("STATUS=E,") and "Code=14,Msg=Invalid command" in bad
+
+
+async def test_privileged_commands_are_refused_and_counted(sim_fleet, raw_request):
+    m, neighbour = sim_fleet.of_dialect("cgminer")[0], sim_fleet.of_dialect("bfgminer")[0]
+    for payload in (b'{"command":"restart"}', b'{"command":"addpool","parameter":"a,b,c"}', b"switchpool|1",
+                    b'{"command":"summary+ascset"}'):
+        raw = await raw_request(m.host, m.port, payload)
+        assert b"Access denied to '" in raw, raw
+    assert sim_fleet.miner(m.index).privileged == 4
+    assert sim_fleet.miner(m.index).listening  # a refused restart does not restart
+    truth = await sim_fleet.truth()
+    assert truth["sites"][m.site]["privileged_commands"] == 4
+    assert truth["fleet"]["privileged_commands"] == 4
+    assert sim_fleet.miner(neighbour.index).privileged == 0
+
+
+async def test_control_allowed_miner_obeys_restart(make_sim_fleet, raw_request):
+    fleet = await make_sim_fleet(groups=(("cgminer", "Antminer S19"),), sites=1, allow_control=True)
+    m = fleet.miners[0]
+    raw = await raw_request(m.host, m.port, b'{"command":"switchpool","parameter":1}')
+    assert body_of(raw)["STATUS"][0]["Code"] == 27
+    raw = await raw_request(m.host, m.port, b'{"command":"restart"}')
+    assert raw == b'{"STATUS":"RESTART","id":1}\0'
+    assert fleet.miner(m.index).privileged == 2
+    # Like the firmware, it goes down after answering: the port refuses while it restarts.
+    with pytest.raises(ConnectionRefusedError):
+        await raw_request(m.host, m.port, b'{"command":"summary"}')
