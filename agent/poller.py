@@ -159,6 +159,9 @@ class Poller:
             counters=AgentCounters(self._cycles, self._overruns, MappingProxyType(dict(self._polls))),
         )
         self._state.publish(snapshot)
+        t = snapshot.totals
+        self._log.debug("cycle_finished", cycle=cycle, duration_s=round(duration, 3), up=t.up, stale=t.stale,
+                        down=t.down)
         return snapshot
 
     def _note_overrun(self, cycle: int, duration: float) -> None:

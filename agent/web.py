@@ -1,0 +1,218 @@
+"""The agent's HTTP face: /metrics, /healthz, /api/v1/summary, /api/v1/miners.
+
+`make_app` receives every dependency; the poller (when given) runs in a cleanup_ctx. The per-miner text
+is rendered once per snapshot, in a worker thread (snapshots are immutable, so that is safe), so neither
+a scrape nor a second scrape of the same cycle blocks the polling on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from agent.config import AgentConfig
+from agent.exposition import MinerRenderer
+from agent.poller import Poller
+from agent.state import FleetSnapshot, FleetState, MinerState, MinerStatus
+from common.logs import get_logger
+
+SUMMARY_VERSION = 1
+# What MinerRenderer writes; prometheus_client's CONTENT_TYPE_LATEST now names version 1.0.0 instead.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MINER_STATES = tuple(s.value for s in MinerStatus)
+
+CONFIG = web.AppKey("config", AgentConfig)
+STATE = web.AppKey("state", FleetState)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+POLLER = web.AppKey("poller", Poller)
+POLLER_TASK = web.AppKey("poller_task", asyncio.Task)
+WALL_CLOCK = web.AppKey("wall_clock", Callable[[], float])
+
+
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    snapshot: FleetSnapshot
+    text: bytes
+    gzip_head: bytes  # gzip stream of `text`, flushed but not finished
+    gzip_state: Any  # zlib compressor after `text`; copied per scrape to append the registry part
+
+
+class MetricsCache:
+    """The per-miner text of the latest snapshot, plain and gzip, rendered once per cycle."""
+
+    def __init__(self, renderer: MinerRenderer) -> None:
+        self._renderer = renderer
+        self._latest: _Rendered | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self, snapshot: FleetSnapshot) -> _Rendered:
+        async with self._lock:  # one render per snapshot, however many scrapers arrive together
+            if self._latest is None or self._latest.snapshot is not snapshot:
+                self._latest = await asyncio.to_thread(self._render, snapshot)
+            return self._latest
+
+    def _render(self, snapshot: FleetSnapshot) -> _Rendered:
+        text = self._renderer.render(snapshot).encode()
+        compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # level 1: 19 MB in ~0.15 s; wbits 31 = gzip
+        head = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        return _Rendered(snapshot, text, head, compressor)
+
+
+METRICS = web.AppKey("metrics", MetricsCache)
+
+
+def make_app(
+    config: AgentConfig,
+    state: FleetState,
+    registry: CollectorRegistry,
+    *,
+    poller: Poller | None = None,
+    wall_clock: Callable[[], float] = time.time,
+) -> web.Application:
+    app = web.Application()
+    app[CONFIG] = config
+    app[STATE] = state
+    app[REGISTRY] = registry
+    app[METRICS] = MetricsCache(MinerRenderer(config.exposition))
+    app[WALL_CLOCK] = wall_clock
+    if poller is not None:
+        app[POLLER] = poller
+        app.cleanup_ctx.append(_run_poller)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/v1/summary", summary)
+    app.router.add_get("/api/v1/miners", miners)
+    return app
+
+
+async def _run_poller(app: web.Application) -> AsyncIterator[None]:
+    log = get_logger(site=app[CONFIG].site)
+    task = asyncio.create_task(app[POLLER].run(), name="poller")
+
+    def on_done(t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("poller_failed", exc_info=t.exception())
+
+    task.add_done_callback(on_done)
+    app[POLLER_TASK] = task
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:  # noqa: BLE001 - already logged by on_done; shutting down either way
+        pass
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    rendered = await app[METRICS].get(app[STATE].snapshot)
+    tail = generate_latest(app[REGISTRY])
+    headers = {"Content-Type": CONTENT_TYPE}
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        compressor = rendered.gzip_state.copy()
+        body = rendered.gzip_head + compressor.compress(tail) + compressor.flush()
+        headers["Content-Encoding"] = "gzip"
+    else:
+        body = rendered.text + tail
+    return web.Response(body=body, headers=headers)
+
+
+def _poller_failure(app: web.Application) -> str | None:
+    task = app.get(POLLER_TASK)
+    if task is None or not task.done():
+        return None
+    if task.cancelled():
+        return "poller cancelled"
+    return f"poller failed: {task.exception()!r}"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while cycles keep finishing; 503 when the poller died or no cycle ended for 3 intervals."""
+    app = request.app
+    snap = app[STATE].snapshot
+    config = app[CONFIG]
+    now = app[WALL_CLOCK]()
+    limit = 3 * config.poll.interval_s + config.poll.request_timeout_s
+    age = None if snap.finished_s is None else max(0.0, now - snap.finished_s)
+    problem = _poller_failure(app)
+    if problem is None and age is not None and age > limit:
+        problem = f"no poll cycle finished for {age:.0f} s (limit {limit:.0f} s)"
+    body = {"status": "ok" if problem is None else "failing", "cycle": snap.cycle,
+            "last_cycle_age_s": age, "problem": problem}
+    return web.json_response(body, status=200 if problem is None else 503)
+
+
+async def summary(request: web.Request) -> web.Response:
+    app = request.app
+    return web.json_response(make_summary(app[CONFIG], app[STATE].snapshot, app[WALL_CLOCK]()))
+
+
+def make_summary(config: AgentConfig, snap: FleetSnapshot, now_s: float) -> dict[str, Any]:
+    """The versioned JSON the collector reads (collector/sources.py SUMMARY_FIELDS). Unknown is null."""
+    t = snap.totals
+    known = snap.cycle > 0
+    stale_ages = [m.stale_age_s for m in snap.miners if m.stale_age_s is not None]
+    return {
+        "version": SUMMARY_VERSION,
+        "agent": config.agent_id,
+        "site": snap.site,
+        "cycle": {"number": snap.cycle, "started_s": snap.started_s, "finished_s": snap.finished_s,
+                  "duration_s": snap.duration_s},
+        "staleness": {
+            "age_s": None if snap.finished_s is None else max(0.0, now_s - snap.finished_s),
+            "stale_miners": t.stale,
+            "max_stale_age_s": max(stale_ages) if stale_ages else None,
+            "grace_s": config.poll.stale_grace_s,
+        },
+        "totals": {
+            "hashrate_hs": t.hashrate_hs if known else None,
+            "power_w": {"firmware": t.power_firmware_w, "estimate": t.power_estimate_w} if known else None,
+            "power_unknown_miners": t.power_unknown_miners,
+        },
+        "miners": {"configured": t.configured, "up": t.up if known else None,
+                   "down": t.down if known else None, "stale": t.stale if known else None},
+    }
+
+
+async def miners(request: web.Request) -> web.Response:
+    wanted = request.query.get("state")
+    if wanted is not None and wanted not in MINER_STATES:
+        raise web.HTTPBadRequest(text=f"state: expected one of {', '.join(MINER_STATES)}, got {wanted!r}\n")
+    snap = request.app[STATE].snapshot
+    rows = [_miner_json(m) for m in snap.miners if wanted is None or m.status.value == wanted]
+    return web.json_response({"version": SUMMARY_VERSION, "site": snap.site, "cycle": snap.cycle,
+                              "count": len(rows), "miners": rows})
+
+
+def _miner_json(m: MinerState) -> dict[str, Any]:
+    r = m.reading
+    current = m.current
+    return {
+        "miner": m.name,
+        "address": m.target.address,
+        "port": m.target.port,
+        "state": m.status.value,
+        "dialect": m.dialect,
+        "model": r.model if r is not None else None,
+        "firmware": r.firmware if r is not None else None,
+        "firmware_version": r.firmware_version if r is not None else None,
+        "hashrate_hs": current.hashrate_hs if current is not None else None,
+        "power_w": current.power_w if current is not None else None,
+        "power_source": current.power_source.value if current is not None and current.power_source else None,
+        "last_success_s": m.last_success_s,
+        "last_poll_s": m.last_poll_s,
+        "poll_duration_s": m.poll_duration_s,
+        "consecutive_failures": m.consecutive_failures,
+        "last_error": m.last_error.value if m.last_error is not None else None,
+        "stale_age_s": m.stale_age_s,
+        "problems": list(current.problems) if current is not None else [],
+    }

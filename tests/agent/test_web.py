@@ -1,0 +1,159 @@
+"""HTTP: /metrics (plain and gzip), /healthz, /api/v1/summary, /api/v1/miners, the poller in cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.config import AgentConfig, load_agent_config
+from agent.exposition import FleetCollector
+from agent.poller import Poller
+from agent.state import FleetState
+from agent.web import POLLER_TASK, make_app
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_exposition import T0, fixed_snapshot  # noqa: E402  (the same fixed fleet as the golden file)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> AgentConfig:
+    path = tmp_path / "agent.yaml"
+    path.write_text("site: karachi-1\nagent_id: agent-a\nminers:\n  - range: 127.1.0.1-127.1.0.7\n"
+                    "poll: {interval_s: 15, request_timeout_s: 5}\n")
+    return load_agent_config(path)
+
+
+async def _client(app) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+@pytest.fixture
+async def client(config: AgentConfig) -> AsyncIterator[TestClient]:
+    state = FleetState(config.site, len(config.miners))
+    state.publish(fixed_snapshot())
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(state))
+    async for c in _client(make_app(config, state, registry, wall_clock=lambda: T0 + 5)):
+        yield c
+
+
+def _parse(text: str) -> dict[str, list]:  # type: ignore[type-arg]
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+async def test_metrics_serves_miner_and_site_families(client: TestClient) -> None:
+    resp = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    families = _parse(await resp.text())
+    assert "megawatch_miner_up" in families and "megawatch_site_power_watts" in families
+    assert "megawatch_agent_polls" in families  # counter family; samples are *_total
+
+
+async def test_metrics_gzip_is_the_same_text(client: TestClient) -> None:
+    plain = await (await client.get("/metrics", headers={"Accept-Encoding": "identity"})).read()
+    resp = await client.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert resp.headers["Content-Encoding"] == "gzip"
+    raw = await resp.read()
+    assert len(raw) < len(plain) / 3
+    assert gzip.decompress(raw) == plain
+
+
+async def test_summary_matches_the_collector_contract(client: TestClient) -> None:
+    from collector.sources import parse_summary  # the reader on the other end of the wire
+
+    doc = await (await client.get("/api/v1/summary")).json()
+    assert doc["version"] == 1 and doc["agent"] == "agent-a" and doc["site"] == "karachi-1"
+    assert doc["staleness"]["age_s"] == 5.0
+    s = parse_summary(doc)
+    assert (s.miners_up, s.miners_down, s.miners_stale, s.miners_total) == (3, 2, 1, 7)
+    assert s.power_firmware_w == 3230.0 and s.power_estimate_w == 6555.0
+    assert s.miners_power_unknown == 4
+
+
+async def test_summary_before_first_cycle_has_no_figures(config: AgentConfig) -> None:
+    state = FleetState(config.site, len(config.miners))
+    async for c in _client(make_app(config, state, CollectorRegistry())):
+        doc = await (await c.get("/api/v1/summary")).json()
+    assert doc["totals"]["hashrate_hs"] is None and doc["totals"]["power_w"] is None
+    assert doc["totals"]["power_unknown_miners"] == 7 and doc["cycle"]["finished_s"] is None
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("", 6), ("?state=up", 3), ("?state=down", 2), ("?state=stale", 1),
+])
+async def test_miners_filter(client: TestClient, query: str, expected: int) -> None:
+    doc = await (await client.get("/api/v1/miners" + query)).json()
+    assert doc["count"] == expected == len(doc["miners"])
+
+
+async def test_miners_json_shows_unknown_power_as_null(client: TestClient) -> None:
+    doc = await (await client.get("/api/v1/miners?state=down")).json()
+    by_name = {m["miner"]: m for m in doc["miners"]}
+    down = by_name["127.1.0.4:4028"]
+    assert down["power_w"] is None and down["last_error"] == "unreachable" and down["model"] == "Whatsminer M30S"
+
+
+async def test_bad_filter_is_400(client: TestClient) -> None:
+    resp = await client.get("/api/v1/miners?state=sleeping")
+    assert resp.status == 400
+    assert "expected one of up, stale, down" in await resp.text()
+
+
+async def test_healthz_ok_then_stalled(config: AgentConfig) -> None:
+    state = FleetState(config.site, len(config.miners))
+    state.publish(fixed_snapshot())
+    now = [T0 + 1]
+    async for c in _client(make_app(config, state, CollectorRegistry(), wall_clock=lambda: now[0])):
+        assert (await c.get("/healthz")).status == 200
+        now[0] = T0 + 3 * 15 + 5 + 1  # three intervals and a deadline without a cycle
+        resp = await c.get("/healthz")
+        assert resp.status == 503
+        assert "no poll cycle finished" in (await resp.json())["problem"]
+
+
+class _OneCycleQuery:
+    """Answers like a tiny fleet so the real Poller can run inside the app."""
+
+    async def __call__(self, host: str, commands: tuple[str, ...], **_: object) -> object:
+        from test_poller import Result
+
+        return Result({c: {"VERSION": [{"dialect": "fake"}]} if c == "version"
+                       else {"SUMMARY": [{"hs": 1e12, "model": "S19"}]} for c in commands})
+
+
+async def test_app_runs_poller_and_stops_it(config: AgentConfig) -> None:
+    from test_poller import DIALECTS, _detect
+
+    state = FleetState(config.site, len(config.miners))
+    poller = Poller(config, state, query=_OneCycleQuery(), deadlines=object(), dialects=DIALECTS, detect=_detect)
+    app = make_app(config, state, CollectorRegistry(), poller=poller)
+    async for c in _client(app):
+        async with asyncio.timeout(5):
+            snap = await state.wait_for_cycle(1)
+        assert snap.totals.up == 7
+        assert (await c.get("/healthz")).status == 200
+        task = app[POLLER_TASK]
+    assert task.cancelled()
+
+
+async def test_healthz_503_when_poller_dies(config: AgentConfig) -> None:
+    class Broken(Poller):
+        async def run(self) -> None:
+            raise RuntimeError("boom")
+
+    state = FleetState(config.site, len(config.miners))
+    poller = Broken(config, state, query=_OneCycleQuery(), deadlines=object())
+    async for c in _client(make_app(config, state, CollectorRegistry(), poller=poller)):
+        resp = await c.get("/healthz")
+        assert resp.status == 503
+        assert "boom" in (await resp.json())["problem"]
