@@ -285,3 +285,89 @@ async def test_overrun_counted_each_time_logged_once(tmp_path: Path, fleet: Fake
         snap = await poller.poll_once()
     assert snap.counters.overruns == 2 and snap.counters.cycles == 3
     assert [e["event"] for e in logs if e["event"].startswith("cycle_over")] == ["cycle_overrun", "cycle_overrun_ended"]
+
+
+# ---- Real sockets: the wire client against tiny asyncio.start_server miners on 127.0.0.1 ----
+
+def _envelope(command: str) -> dict[str, Any]:
+    status = [{"STATUS": "S", "When": 1700000000, "Code": 11, "Msg": "ok", "Description": "cgminer 4.11.1"}]
+    body: dict[str, Any] = {"version": {"VERSION": [{"dialect": "fake"}]},
+                            "summary": {"SUMMARY": [{"hs": 50e12, "model": "S19", "fw": "1.0"}]}}.get(command, {})
+    return {"STATUS": status, **body, "id": 1}
+
+
+async def _serve_miner(how: str) -> tuple[asyncio.Server, int]:
+    import json as _json
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            raw = await reader.read(4095)
+            if how == "hang":
+                await asyncio.Event().wait()
+            if how == "empty":
+                return
+            if how == "garbage":
+                writer.write(b"\xffnot json at all\x00")
+                return
+            if how == "huge":
+                writer.write(b'{"STATUS":[{"STATUS":"S"}],"X":"' + b"a" * 200_000)
+                await writer.drain()
+                return
+            names = _json.loads(raw)["command"].split("+")
+            if len(names) == 1:
+                reply: dict[str, Any] = _envelope(names[0])
+            elif how == "no_join":
+                reply = {"STATUS": [{"STATUS": "E", "When": 1, "Code": 14, "Msg": "Invalid command"}], "id": 1}
+            else:
+                reply = {n: [_envelope(n)] for n in names} | {"id": 1}
+            writer.write(_json.dumps(reply).encode() + b"\x00")
+            await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_real_sockets_faults_typed_and_isolated(tmp_path: Path) -> None:
+    pytest.importorskip("agent.protocol.client")
+    hows = ["ok"] * 20 + ["hang", "hang", "empty", "garbage", "huge", "no_join"]
+    servers, ports = [], []
+    for how in hows:
+        server, port = await _serve_miner(how)
+        servers.append(server)
+        ports.append(port)
+    refused = _free_port()
+    entries = "".join(f"  - {{address: 127.0.0.1, port: {p}}}\n" for p in [*ports, refused])
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"site: t1\nminers:\n{entries}poll: {{interval_s: 5, request_timeout_s: 0.5, "
+                    f"connect_timeout_s: 0.25, max_reply_bytes: 65536, jitter_s: 0}}\n")
+    config = load_agent_config(path)
+    state = FleetState("t1", len(config.miners))
+    poller = Poller(config, state, dialects=DIALECTS, detect=_detect)  # the real client
+    try:
+        t0 = time.monotonic()
+        snap = await poller.poll_once()
+        elapsed = time.monotonic() - t0
+    finally:
+        for server in servers:
+            server.close()
+    # Two hung miners cost one deadline each, in parallel: the cycle is bounded by it, not by their count.
+    assert elapsed < 0.5 + 0.6, elapsed
+    polls = snap.counters.polls
+    assert {k: v for k, v in polls.items() if v} == {
+        "ok": 21, "timeout": 2, "empty": 1, "malformed": 1, "too_large": 1, "unreachable": 1}
+    assert snap.totals.up == 21 and snap.totals.down == 6
+    assert snap.totals.hashrate_hs == pytest.approx(21 * 50e12)
+    no_join = next(m for m in snap.miners if m.target.port == ports[-1])
+    assert no_join.status is MinerStatus.UP  # fell back to one command per connection
