@@ -175,8 +175,10 @@ class Section:
     def raw(self, name: str, default: Any = _MISSING) -> Any:
         self._used.add(name)
         if name not in self.data:
+            # A section that is not a mapping was reported once already; a missing key in it is no news.
             if default is _MISSING:
-                self.problems.add(self.line, self.key(name), "required key is missing")
+                if self.valid:
+                    self.problems.add(self.line, self.key(name), "required key is missing")
                 return None
             return default
         return self.data[name]
