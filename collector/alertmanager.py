@@ -43,7 +43,9 @@ def iso(at: float) -> str:
 
 
 def alert_labels(alert: Alert) -> dict[str, str]:
-    return {"alertname": alert.name, "severity": alert.severity.value, **dict(alert.labels)}
+    # source tells these apart from the same alerts raised by Prometheus (configs/prometheus/alertmanager.yml
+    # inhibits the Prometheus copy while the collector's is active).
+    return {"alertname": alert.name, "severity": alert.severity.value, "source": "collector", **dict(alert.labels)}
 
 
 def render_alertmanager(alert: Alert, now: float, valid_for_s: float, generator_url: str) -> dict[str, object]:

@@ -52,7 +52,8 @@ async def test_firing_alert_reaches_alertmanager_in_v2_shape() -> None:
             notifier.submit(Evaluation(active=(over(),), changes=(over(),)), NOW)
             (batch,) = await am.wait_for(1)
     (alert,) = batch
-    assert alert["labels"] == {"alertname": "SiteOverAllocation", "severity": "critical", "fleet": "f", "site": "a"}
+    assert alert["labels"] == {"alertname": "SiteOverAllocation", "severity": "critical", "source": "collector",
+                               "fleet": "f", "site": "a"}
     assert alert["annotations"] == {"summary": "Site a draws 10.50 MW", "description": "Shed 0.50 MW"}
     assert ts(alert["startsAt"]) == NOW - 30
     assert ts(alert["endsAt"]) == NOW + 4 * 60  # valid for four resend intervals, then Alertmanager resolves
