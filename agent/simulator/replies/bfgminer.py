@@ -12,7 +12,7 @@ from agent.simulator.behaviour import BOARDS, Identity, Snapshot
 from agent.simulator.replies.common import (
     Firmware, Section, cg_config, cg_dev, cg_pools, cg_summary, pools_section, short_model, stats_timing,
 )
-from agent.simulator.replies.encode import Fixed
+from agent.simulator.replies.encode import fixed_value, is_fixed
 
 VERSION = "5.5.0"
 _DROPPED = ("MHS 1m", "MHS 5m", "MHS 15m")
@@ -22,7 +22,7 @@ def _zero_as_int(record: dict[str, Any]) -> dict[str, Any]:
     # BFGMiner prints a zero difficulty as 0, not 0.00000000 (§10).
     for key in ("Difficulty Rejected", "Difficulty Stale", "Difficulty Accepted", "Last Share Difficulty"):
         value = record.get(key)
-        if isinstance(value, Fixed) and value.value == 0:
+        if is_fixed(value) and fixed_value(value) == 0:
             record[key] = 0
     return record
 

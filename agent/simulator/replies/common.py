@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
-from agent.simulator.replies.encode import Fixed
+from agent.simulator.replies.encode import Fixed, fixed_value, is_fixed
 
 MH = 1e6
 GH = 1e9
@@ -58,9 +58,9 @@ class Firmware:
 
 
 def as_python_floats(value: Any) -> Any:
-    """Fixed -> rounded float, for firmware that prints through a JSON library (S19 bmminer 1.0)."""
-    if isinstance(value, Fixed):
-        return round(value.value, value.digits)
+    """Fixed -> float, for firmware that prints through a JSON library (S19 bmminer 1.0, LuxOS)."""
+    if isinstance(value, str):
+        return fixed_value(value) if is_fixed(value) else value
     if isinstance(value, dict):
         return {key: as_python_floats(item) for key, item in value.items()}
     if isinstance(value, list):

@@ -1,36 +1,34 @@
 """Serialise reply trees the way each firmware prints them: key order, spacing and number format.
 
-json.dumps cannot do this: cgminer prints floats with printf (`%.2f`, `%.8f`), so 14359.20 keeps its
-trailing zero, and Python's float repr would drop it. Braiins and LuxOS print full-precision floats
-(repr is right there). Strings escape only `"` and `\\`, like cgminer's escape_string().
+cgminer prints floats with printf (`%.2f`, `%.8f`), so 14359.20 keeps its trailing zero where Python's
+float repr would drop it. `Fixed(value, 2)` therefore makes a marked string holding the printf text, the
+C JSON encoder does the rest (fast: one process serves 10,000 miners), and one regex pass unquotes the
+marked numbers. Braiins and LuxOS print full-precision floats, which plain floats (repr) already are.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
+_MARK = "\x01"
+# json.dumps always escapes control characters, so a marked number comes out as "\u0001<digits>\u0001".
+_MARKED = re.compile(r'"\\u0001([^"\\]*)\\u0001"')
 
-class Fixed:
+
+def Fixed(value: float, digits: int = 2) -> str:  # noqa: N802 - reads like the type it stands for
     """A float printed with a fixed number of decimals, like printf("%.Nf")."""
-
-    __slots__ = ("value", "digits")
-
-    def __init__(self, value: float, digits: int = 2) -> None:
-        self.value = value
-        self.digits = digits
-
-    def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        return f"Fixed({self.value!r}, {self.digits})"
+    return f"{_MARK}{value:.{digits}f}{_MARK}"
 
 
-class Raw:
-    """Text copied into the body verbatim (used to reproduce broken output on purpose)."""
+def is_fixed(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(_MARK)
 
-    __slots__ = ("text",)
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+def fixed_value(value: str) -> float:
+    return float(value[1:-1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,56 +43,11 @@ SPACED = Style(", ", ": ")  # stock S19/S21 bmminer 1.0 prints Python-style spac
 SORTED = Style(sort_keys=True)  # Braiins OS and LuxOS sort every object's keys
 
 
-def _string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def encode(value: Any, style: Style = COMPACT) -> str:
     """Render one reply tree (dicts keep insertion order unless the style sorts them)."""
-    parts: list[str] = []
-    _emit(value, style, parts)
-    return "".join(parts)
-
-
-def _emit(value: Any, style: Style, out: list[str]) -> None:
-    # Order matters: bool is an int subclass.
-    if isinstance(value, str):
-        out.append(_string(value))
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, float):
-        out.append(repr(value))
-    elif isinstance(value, Fixed):
-        out.append(f"{value.value:.{value.digits}f}")
-    elif isinstance(value, dict):
-        out.append("{")
-        items = sorted(value.items()) if style.sort_keys else value.items()
-        first = True
-        for key, item in items:
-            if not first:
-                out.append(style.item_sep)
-            first = False
-            out.append(_string(key))
-            out.append(style.key_sep)
-            _emit(item, style, out)
-        out.append("}")
-    elif isinstance(value, (list, tuple)):
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(style.item_sep)
-            _emit(item, style, out)
-        out.append("]")
-    elif isinstance(value, Raw):
-        out.append(value.text)
-    elif value is None:
-        out.append("null")
-    else:
-        raise TypeError(f"cannot encode {type(value).__name__}")
+    text = json.dumps(value, separators=(style.item_sep, style.key_sep), sort_keys=style.sort_keys,
+                      ensure_ascii=False, allow_nan=True)
+    return _MARKED.sub(r"\1", text) if "\\u0001" in text else text
 
 
 def text_value(value: Any) -> str:
@@ -103,10 +56,8 @@ def text_value(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
-    if isinstance(value, Fixed):
-        text = f"{value.value:.{value.digits}f}"
-    elif isinstance(value, Raw):
-        text = value.text
+    if is_fixed(value):
+        text = value[1:-1]
     elif isinstance(value, (dict, list, tuple)):
         text = encode(value)
     else:
