@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,3 +372,74 @@ async def test_real_sockets_faults_typed_and_isolated(tmp_path: Path) -> None:
     assert snap.totals.hashrate_hs == pytest.approx(21 * 50e12)
     no_join = next(m for m in snap.miners if m.target.port == ports[-1])
     assert no_join.status is MinerStatus.UP  # fell back to one command per connection
+
+
+# ---- Against the simulator (tests/conftest.py sim fixtures): the "shown by" checks ----
+
+SIM_FAULTS = {"offline": "unreachable", "hang": "timeout", "garbage": "malformed", "oversize": "too_large",
+              "empty": "empty"}
+
+
+def _sim_agent_config(tmp_path: Path, sim: Any, **poll: Any) -> AgentConfig:
+    settings = {"interval_s": 15, "request_timeout_s": 2, "connect_timeout_s": 1, "jitter_s": 0,
+                "stale_grace_s": 40, "concurrency": 256, **poll}
+    entries = "".join(f"  - {{address: {m.host}, port: {m.port}}}\n" for m in sim.miners)
+    lines = "".join(f"  {k}: {v}\n" for k, v in settings.items())
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"site: {sim.miners[0].site}\nminers:\n{entries}poll:\n{lines}")
+    return load_agent_config(path)
+
+
+@pytest.mark.slow
+async def test_agent_matches_simulator_truth_with_5_percent_faults(tmp_path: Path, make_sim_fleet: Any) -> None:
+    sim = await make_sim_fleet(sites=1, per_group=125)  # 8 reply profiles x 125 = 1,000 miners
+    assert len(sim.miners) == 1000
+    faulty = sim.miners[::20]  # 50 miners, 5%, spread over every dialect
+    for i, kind in enumerate(SIM_FAULTS):
+        sim.set_fault(faulty[i::len(SIM_FAULTS)], kind)
+    config = _sim_agent_config(tmp_path, sim)
+    state = FleetState(config.site, len(config.miners))
+    poller = Poller(config, state)  # real client, real dialects, real detection
+    first = await poller.poll_once()  # detection + first reading
+    t0 = time.monotonic()
+    snap = await poller.poll_once()
+    elapsed = time.monotonic() - t0
+    truth = (await sim.truth())["sites"][config.site]
+
+    # A hung miner costs its own deadline (2 s) and no more; ten of them in a row would be 20 s.
+    hung = [m for m in snap.miners if m.last_error is ErrorKind.TIMEOUT]
+    assert hung and all(2.0 <= (m.poll_duration_s or 0) < 2.5 for m in hung)
+    assert elapsed < 10, elapsed
+    t = snap.totals
+    assert (t.up, t.down, t.stale) == (950, 50, 0)
+    assert t.hashrate_hs == pytest.approx(truth["hashrate_hs"], rel=0.01)
+    assert t.power_firmware_w == pytest.approx(truth["power_w_reported"], rel=0.01)
+    assert t.power_estimate_w == pytest.approx(truth["power_w_estimable"], rel=0.01)
+    # Cycle 2 alone: one failure skips no cycle yet, so every faulty miner is polled again.
+    second = {k: snap.counters.polls[k] - v for k, v in first.counters.polls.items()}
+    assert {k: second[k] for k in SIM_FAULTS.values()} == dict.fromkeys(SIM_FAULTS.values(), 10)
+    assert second["ok"] == 950
+    by_kind = Counter(m.last_error.value for m in snap.miners if m.last_error is not None)
+    assert by_kind == Counter(dict.fromkeys(SIM_FAULTS.values(), 10))
+
+
+async def test_offline_miner_turns_stale_then_unknown_never_zero(tmp_path: Path, make_sim_fleet: Any) -> None:
+    sim = await make_sim_fleet(sites=1)
+    config = _sim_agent_config(tmp_path, sim, stale_grace_s=40)
+    clock = FakeClock()  # real sockets; the injected clock only stamps readings and ages
+    state = FleetState(config.site, len(config.miners))
+    poller = Poller(config, state, clock=clock)
+    before = await poller.poll_once()
+    assert before.totals.up == len(sim.miners)
+    victim = next(m for m in before.miners if m.power_w is not None)
+    sim.set_fault([next(m for m in sim.miners if f"{m.host}:{m.port}" == victim.name)], "offline")
+    seen = []
+    for _ in range(3):
+        clock.advance(15)
+        snap = await poller.poll_once()
+        m = next(x for x in snap.miners if x.name == victim.name)
+        seen.append((m.status, m.stale_age_s, m.power_w))
+        assert m.power_w != 0
+    assert [s[0] for s in seen] == [MinerStatus.STALE, MinerStatus.STALE, MinerStatus.DOWN]
+    assert seen[0][1] == 15 and seen[1][1] == 30 and seen[2][2] is None
+    assert snap.totals.power_unknown_miners == 1 + before.totals.power_unknown_miners
