@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import shutil
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -157,3 +159,29 @@ async def test_healthz_503_when_poller_dies(config: AgentConfig) -> None:
         resp = await c.get("/healthz")
         assert resp.status == 503
         assert "boom" in (await resp.json())["problem"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+async def test_real_scrape_of_agent_polling_the_simulator_passes_promtool(
+        tmp_path: Path, make_sim_fleet: object) -> None:
+    sim = await make_sim_fleet(sites=1, per_group=2)  # type: ignore[operator]
+    sim.set_fault(sim.miners[:1], "offline")
+    entries = "".join(f"  - {{address: {m.host}, port: {m.port}}}\n" for m in sim.miners)
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"site: {sim.miners[0].site}\nminers:\n{entries}"
+                    "poll: {interval_s: 5, request_timeout_s: 2, connect_timeout_s: 1, jitter_s: 0}\n"
+                    "exposition: {board_temperatures: true, all_pools: true}\n")
+    config = load_agent_config(path)
+    state = FleetState(config.site, len(config.miners))
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(state))
+    app = make_app(config, state, registry, poller=Poller(config, state))
+    async for c in _client(app):
+        async with asyncio.timeout(20):
+            await state.wait_for_cycle(1)
+        text = await (await c.get("/metrics")).text()
+    families = _parse(text)
+    assert len(families["megawatch_miner_up"]) == len(sim.miners)
+    assert {s.labels["dialect"] for s in families["megawatch_miner_info"]} >= {"bmminer", "btminer", "luxos"}
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
