@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
+import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from agent.model import Pool
@@ -23,6 +24,7 @@ _HASH_UNITS: dict[str, float] = {
     "PH": 1e15,
 }
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+_LARGEST_FLOAT = int(sys.float_info.max)
 _NUMBER_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([KMGTP]?)\s*$")
 
 
@@ -33,6 +35,8 @@ def number(value: Any) -> float | None:
     """
     if isinstance(value, bool) or value is None:
         return None
+    if isinstance(value, int) and abs(value) > _LARGEST_FLOAT:
+        return None  # float() would raise OverflowError; such a count is garbage anyway
     if isinstance(value, (int, float)):
         result = float(value)
     elif isinstance(value, str):
@@ -281,12 +285,14 @@ def split_description(desc: str | None) -> tuple[str | None, str | None]:
 
 
 def mark_active_pool(found: tuple[Pool, ...]) -> tuple[Pool, ...]:
-    """Firmware without `Stratum Active` (getwork-era forks): the alive pool with the lowest priority is active.
+    """When no pool says it is active, the alive pool with the lowest priority is the active one.
 
-    cgminer fails over in priority order, so that is the pool it mines on. Left alone when any pool already
-    says whether it is active, or when no alive pool has a priority (then nobody can tell: None).
+    `Stratum Active` is only ever true for a stratum pool: a getwork/GBT pool (BFGMiner on a local node)
+    reads false while it is the pool being mined, and older forks omit the key. cgminer fails over in
+    priority order, so the first alive pool is the one in use. Left alone when a pool already says it is
+    active, or when no alive pool has a priority.
     """
-    if any(pool.active is not None for pool in found):
+    if any(pool.active for pool in found):
         return found
     alive = [pool for pool in found if pool.status == "alive" and pool.priority is not None]
     if not alive:
