@@ -1,0 +1,217 @@
+"""Real processes for end-to-end tests: Alertmanager, Prometheus, megawatch subprocesses.
+
+Each runs on a free loopback port with its own temp dir, is waited on with a bounded deadline (polling its
+API, never a bare sleep) and is always torn down. A missing binary skips locally but fails under CI=true:
+an e2e test that silently skips in CI proves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (.ci/run installs prometheus and prometheus-alertmanager)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until(probe: Callable[[], Awaitable[T | None]], timeout_s: float, what: str,
+                     every_s: float = 0.1) -> T:
+    """Poll `probe` until it returns something other than None/False; fail naming `what` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = await probe()
+            if value is not None and value is not False:
+                return value
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}"
+                                 + (f" (last error: {last_error!r})" if last_error else ""))
+        await asyncio.sleep(every_s)
+
+
+@dataclass
+class Proc:
+    """A started process whose output goes to a log file (shown when a test fails)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout_s)
+
+
+class Procs:
+    """Starts processes and stops them all, in reverse order, whatever happens."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        log = self.tmp / f"{name}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=ROOT, env={**os.environ, **(env or {})})
+        proc = Proc(name, popen, log)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+    def report(self) -> str:
+        return "\n".join(f"--- {p.name} (exit {p.popen.poll()}) ---\n{p.output()}" for p in self.started)
+
+
+@pytest.fixture
+def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Procs]:
+    managed = Procs(tmp_path)
+    try:
+        yield managed
+    finally:
+        managed.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(managed.report())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        yield session
+
+
+async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as resp:
+        if resp.status != 200:
+            return None
+        return await resp.json(content_type=None)
+
+
+async def start_alertmanager(procs: Procs, http: aiohttp.ClientSession, port: int | None = None) -> Proc:
+    """The real Alertmanager with the shipped config, clustering off, state in a temp dir."""
+    binary = require_binary("prometheus-alertmanager")
+    port = port or free_port()
+    storage = procs.tmp / "alertmanager"
+    storage.mkdir()
+    proc = procs.start("alertmanager", [
+        binary, f"--config.file={ROOT / 'configs' / 'prometheus' / 'alertmanager.yml'}",
+        f"--storage.path={storage}", f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+        "--log.level=warn",
+    ])
+    proc.url = f"http://127.0.0.1:{port}"
+
+    async def ready() -> bool:
+        assert proc.alive(), f"alertmanager exited:\n{proc.output()}"
+        async with http.get(proc.url + "/-/ready") as resp:
+            return resp.status == 200
+
+    await wait_until(ready, 15, "Alertmanager /-/ready")
+    return proc
+
+
+async def start_prometheus(procs: Procs, http: aiohttp.ClientSession, config: str) -> Proc:
+    """The real Prometheus with `config` (rule_files relative to configs/prometheus), TSDB in a temp dir."""
+    binary = require_binary("prometheus")
+    port = free_port()
+    config_path = procs.tmp / "prometheus.yml"
+    config_path.write_text(config)
+    rules = procs.tmp / "rules"
+    if not rules.exists():
+        shutil.copytree(ROOT / "configs" / "prometheus" / "rules", rules)
+    proc = procs.start("prometheus", [
+        binary, f"--config.file={config_path}", f"--storage.tsdb.path={procs.tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+    ])
+    proc.url = f"http://127.0.0.1:{port}"
+
+    async def ready() -> bool:
+        assert proc.alive(), f"prometheus exited:\n{proc.output()}"
+        async with http.get(proc.url + "/-/ready") as resp:
+            return resp.status == 200
+
+    await wait_until(ready, 20, "Prometheus /-/ready")
+    return proc
+
+
+def megawatch(procs: Procs, name: str, *args: str) -> Proc:
+    return procs.start(name, [sys.executable, "-m", "megawatch.cli", *args], env={"PYTHONUNBUFFERED": "1"})
+
+
+async def listening_url(proc: Proc, event: str, timeout_s: float = 15) -> str:
+    """The URL a megawatch process logged in its `event` JSON line (it may have bound port 0)."""
+    async def find() -> str | None:
+        assert proc.alive(), f"{proc.name} exited:\n{proc.output()}"
+        for line in proc.output().splitlines():
+            if event in line and line.startswith("{"):
+                doc = json.loads(line)
+                if doc.get("event") == event and "url" in doc:
+                    return str(doc["url"])
+        return None
+
+    return await wait_until(find, timeout_s, f"{proc.name} to log {event}")
+
+
+async def alertmanager_alerts(http: aiohttp.ClientSession, am: Proc, alertname: str) -> list[dict[str, Any]]:
+    """Active alerts of one name in Alertmanager's v2 API."""
+    async with http.get(am.url + "/api/v2/alerts", params={"filter": f'alertname="{alertname}"'}) as resp:
+        resp.raise_for_status()
+        alerts: list[dict[str, Any]] = await resp.json()
+    return [a for a in alerts if a.get("status", {}).get("state") == "active"]
