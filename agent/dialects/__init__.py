@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from agent.dialects import avalon, bfgminer, bmminer, bosminer, btminer, cgminer, luxos
+from agent.dialects._fields import description
 
 DIALECTS: dict[str, ModuleType] = {
     "cgminer": cgminer,
@@ -32,15 +33,32 @@ DIALECTS: dict[str, ModuleType] = {
 # Sent to an unknown miner; devdetails may be refused (stock Antminer allow-list), version alone suffices.
 DETECT_COMMANDS: tuple[str, ...] = ("version", "devdetails")
 
-# Order matters: Braiins and LuxOS run on Antminer hardware and mention "Antminer" too.
-_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+# Markers looked for in the upper-cased `version` reply, first match wins. Order matters: Braiins and
+# LuxOS run on Antminer hardware and report "Antminer" too; an Avalon controller's `version` carries
+# PROD/MODEL keys. (pyasic and asic-rs identify firmware from the same strings.)
+_VERSION_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bosminer", ("BOSMINER", "BOSER")),
     ("luxos", ("LUXMINER",)),
     ("btminer", ("BTMINER", "BITMICRO", "WHATSMINER")),
-    ("avalon", ("AVALON",)),
     ("bfgminer", ("BFGMINER",)),
+    ("avalon", ("AVALON", '"PROD":')),
     ("bmminer", ("BMMINER", "ANTMINER")),
 )
+# In `devdetails` only the STATUS Description names the firmware ("BOSminer+ 0.2.0-...", "bfgminer 5.5.0");
+# its Model/Driver strings name hardware - a bOS S9 says "Bitmain Antminer S9", a BFGMiner or cgminer
+# driving an Avalon USB device says "avalon" - and would mislabel the firmware, except Whatsminer's
+# Driver "bitmicro", which only btminer sends.
+_DEVDETAILS_MARKERS: tuple[tuple[str, tuple[str, ...]], ...] = (("btminer", ("BTMINER", "BITMICRO")),)
+
+
+def _find(reply: Mapping[str, Any] | str | None, markers: tuple[tuple[str, tuple[str, ...]], ...]) -> str | None:
+    if reply is None:
+        return None
+    blob = json.dumps(reply, default=str).upper()
+    for name, words in markers:
+        if any(word in blob for word in words):
+            return name
+    return None
 
 
 def detect(replies: Mapping[str, Mapping[str, Any]]) -> str:
@@ -48,8 +66,10 @@ def detect(replies: Mapping[str, Mapping[str, Any]]) -> str:
 
     Falls back to "cgminer": every firmware here speaks at least the stock cgminer subset.
     """
-    blob = " ".join(json.dumps(replies.get(cmd), default=str) for cmd in DETECT_COMMANDS).upper()
-    for name, markers in _MARKERS:
-        if any(marker in blob for marker in markers):
-            return name
-    return "cgminer"
+    devdetails = replies.get("devdetails")
+    return (
+        _find(replies.get("version"), _VERSION_MARKERS)
+        or _find(description(devdetails), _VERSION_MARKERS)
+        or _find(devdetails, _DEVDETAILS_MARKERS)
+        or "cgminer"
+    )
