@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.models import ModelSpec, ModelTable, load_model_table
-from agent.simulator.faults import FAULT_KINDS, PARAMETERS, Fault, make_fault
+from agent.simulator.faults import FAULT_KINDS, LIMITS, PARAMETERS, Fault, make_fault
 from agent.simulator.replies import DIALECTS, VENDORS
 from common.configfile import ConfigError, Section
 
@@ -165,17 +165,19 @@ def _load_site(site: Section, table: ModelTable, seen_ids: set[str],
                 site.error("address", f"{total} miners from {address} run past 127.255.255.254")
             _claim(site, taken, ("addr", port), start, start + total - 1, site_id or "?")
 
+    names: set[str] | None = None
+    if address is not None and groups:
+        draft = SiteConfig(site_id or "?", str(address), port, port_base, ambient, tuple(groups))
+        names = _miner_names(draft)
     fault_configs: list[FaultConfig] = []
     for item in site.sections("faults"):
-        parsed = _load_fault(item)
+        parsed = _load_fault(item, names, site_id)
         if parsed is not None:
             fault_configs.append(parsed)
     site.done()
     if site_id is None or address is None or not groups:
         return None
-    config = SiteConfig(site_id, str(address), port, port_base, ambient, tuple(groups), tuple(fault_configs))
-    _check_fault_targets(site, config)
-    return config
+    return SiteConfig(site_id, str(address), port, port_base, ambient, tuple(groups), tuple(fault_configs))
 
 
 def _claim(site: Section, taken: list[tuple[str, int, int, str]], kind: tuple[str, int], start: int, end: int,
@@ -188,20 +190,24 @@ def _claim(site: Section, taken: list[tuple[str, int, int, str]], kind: tuple[st
     taken.append((label, start, end, site_id))
 
 
-def _load_fault(item: Section) -> FaultConfig | None:
+def _load_fault(item: Section, names: set[str] | None, site_id: str | None) -> FaultConfig | None:
     kind = item.choice("fault", FAULT_KINDS)
     fraction = item.number("fraction", None, minimum=0, maximum=1)
     miners = item.strings("miners", ())
     params: dict[str, float] = {}
     for name in PARAMETERS.get(kind or "", {}):
-        value = item.number(name, None)
+        low, high = LIMITS[name]
+        value = item.number(name, None, minimum=low, maximum=high)
         if value is not None:
             params[name] = value
     item.done()
     if (fraction is None) == (not miners):
         item.error("fault", "give exactly one of fraction (share of the site) or miners (addresses)")
         return None
-    if kind is None:
+    unknown = [name for name in miners if names is not None and name not in names]
+    if unknown:
+        item.error("miners", f"{', '.join(map(repr, unknown))} not a miner of site {site_id!r}")
+    if kind is None or unknown:
         return None
     try:
         fault = make_fault(kind, params)
@@ -211,16 +217,14 @@ def _load_fault(item: Section) -> FaultConfig | None:
     return FaultConfig(fault, fraction, tuple(miners))
 
 
-def _check_fault_targets(site: Section, config: SiteConfig) -> None:
+def _miner_names(config: SiteConfig) -> set[str]:
+    """How a fault may name a site's miners: "host:port", or just "host" when each has its own address."""
     names = set()
     for host, port in config.endpoints():
         names.add(f"{host}:{port}")
         if config.port_base is None:
             names.add(host)
-    for fc in config.faults:
-        for name in fc.miners:
-            if name not in names:
-                site.error("faults", f"{name!r} is not a miner of site {config.id!r}")
+    return names
 
 
 __all__ = ["ConfigError", "ControlConfig", "FaultConfig", "FleetConfig", "GroupConfig", "SiteConfig",

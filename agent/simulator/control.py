@@ -66,14 +66,7 @@ class LocalBackend:
         return self.fleet.clear_faults()
 
     async def clock(self, freeze: bool | None, advance: int) -> dict[str, Any]:
-        clock = self.fleet.clock
-        if freeze is True:
-            clock.freeze()
-        elif freeze is False:
-            clock.unfreeze()
-        if advance:
-            clock.advance(advance)
-        return {"tick": clock.tick(), "frozen": clock.frozen is not None, "tick_s": clock.tick_s}
+        return self.fleet.clock.apply(freeze, advance)
 
 
 BACKEND = web.AppKey("backend", Backend)  # type: ignore[type-abstract]
@@ -183,18 +176,38 @@ async def delete_faults(request: web.Request) -> web.Response:
     return web.json_response({"cleared": await request.app[BACKEND].clear_faults()})
 
 
+def _whole(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(f"{key}: expected a whole number from {low} to {high}, got {value!r}")
+    return value
+
+
 async def post_clock(request: web.Request) -> web.Response:
+    """{"freeze": bool, "advance": ticks}; "at"/"offset" are how the parent keeps workers in step."""
     body = await _body(request)
     freeze = body.get("freeze")
-    advance = body.get("advance", 0)
     if freeze is not None and not isinstance(freeze, bool):
         raise BadRequest(f"freeze: expected true or false, got {freeze!r}")
-    if isinstance(advance, bool) or not isinstance(advance, int) or not 0 <= advance <= 1_000_000:
-        raise BadRequest(f"advance: expected a whole number of ticks from 0, got {advance!r}")
-    unknown = set(body) - {"freeze", "advance"}
+    advance = _whole(body, "advance", 0, 1_000_000) or 0
+    at = _whole(body, "at", 0, 1 << 40)
+    offset = _whole(body, "offset", -(1 << 40), 1 << 40)
+    unknown = set(body) - {"freeze", "advance", "at", "offset"}
     if unknown:
         raise BadRequest(f"unknown keys: {', '.join(sorted(unknown))}")
-    return web.json_response(await request.app[BACKEND].clock(freeze, advance))
+    backend = request.app[BACKEND]
+    if at is not None or offset is not None:
+        if not isinstance(backend, LocalBackend):
+            raise BadRequest("at/offset are for worker processes")
+        clock = backend.fleet.clock
+        if at is not None:
+            clock.freeze(at=at)
+        else:
+            clock.frozen = None
+            clock.offset = offset  # type: ignore[assignment]
+    return web.json_response(await backend.clock(freeze, advance))
 
 
 async def get_index(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ draw of miners that are hashing but not answering.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import resource
 import time
@@ -65,6 +66,16 @@ class Clock:
         else:
             self.offset += ticks
         return self.tick()
+
+    def apply(self, freeze: bool | None, advance: int) -> dict[str, object]:
+        """One control request: freeze/unfreeze, then advance; returns the state it leaves."""
+        if freeze is True:
+            self.freeze()
+        elif freeze is False:
+            self.unfreeze()
+        if advance:
+            self.advance(advance)
+        return {"tick": self.tick(), "frozen": self.frozen is not None, "tick_s": self.tick_s}
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +199,11 @@ class Fleet:
                     raise FleetStartError(
                         f"bound {len(socks)} of {len(self._plan)} listeners; {planned.name}: {exc.strerror or exc}"
                     ) from None
-            for planned, sock in zip(self._plan, socks):
+            for slot, (planned, sock) in enumerate(zip(self._plan, socks)):
                 port = sock.getsockname()[1]  # the real one when the config asked for port 0
+                if port != planned.port:
+                    # Shared with the control endpoint: it must name and find miners by their real port.
+                    self._plan[slot] = dataclasses.replace(planned, port=port)
                 ident = make_identity(
                     seed=self.seed, index=planned.index, host=planned.host, port=port, site=planned.site,
                     dialect=planned.group.dialect, model=planned.group.model, ambient_c=planned.ambient_c,

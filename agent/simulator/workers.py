@@ -2,37 +2,177 @@
 
 One process holds at most ~19,900 listeners (open-file limit 20,000, PERF-NOTES) and needs descriptors
 for accepted connections too, so each process serves at most `miners_per_worker` miners (10,000 by
-default). Each worker serves its slice plus a private control endpoint on loopback; the parent's
-endpoint fans out to them. Fault fractions are resolved in the parent over the whole site, so the
-choice does not depend on how the fleet was split.
+default). Each worker serves its slice and a private control endpoint on 127.0.0.1:<free port>; the
+parent's endpoint fans out to them. Fault fractions are resolved in the parent over the whole site, so
+the choice does not depend on how the fleet was split; all processes share one tick epoch
+(CLOCK_MONOTONIC is system-wide), so they agree on the tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import multiprocessing
+import signal
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
+import aiohttp
+
 from agent.simulator.config import FleetConfig
-from agent.simulator.control import LocalBackend
-from agent.simulator.fleet import Fleet, plan_fleet, initial_faults
+from agent.simulator.control import LocalBackend, start_control
+from agent.simulator.faults import Fault
+from agent.simulator.fleet import (
+    Clock, Fleet, FleetStartError, Planned, finish_truth, initial_faults, merge_site_sums, plan_fleet,
+    worker_slices,
+)
+from common.logs import configure_logging, get_logger
+
+WORKER_START_TIMEOUT_S = 120.0
+_HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)
 
 
 class InProcess(LocalBackend):
+    """The whole fleet in this process."""
+
     workers = 1
 
-    def __init__(self, fleet: Fleet, plan: list[Any]) -> None:
+    def __init__(self, fleet: Fleet, plan: list[Planned], startup_s: float) -> None:
         super().__init__(fleet, plan)
-        self.startup_s = fleet.startup_s or 0.0
+        self.startup_s = startup_s
 
     def describe(self) -> list[str]:
-        return describe_sites(self.fleet.config, self.plan, self.startup_s)
+        return describe_sites(self.fleet.config, self.plan, self.startup_s, 1)
 
     async def close(self) -> None:
         await self.fleet.stop()
 
 
-def describe_sites(config: FleetConfig, plan: list[Any], startup_s: float) -> list[str]:
+class WorkerPool:
+    """The fleet spread over worker processes; the same operations as LocalBackend, fanned out."""
+
+    def __init__(self, config: FleetConfig, plan: list[Planned], slices: list[range]) -> None:
+        self.config = config
+        self.plan = plan
+        self.seed = config.seed
+        self.site_ids = tuple(site.id for site in config.sites)
+        self.slices = slices
+        self.workers = len(slices)
+        self._clock = Clock(config.tick_s)
+        self.startup_s = 0.0
+        self.worker_startup_s: list[float] = []
+        self._processes: list[Any] = []
+        self._urls: list[str] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        context = multiprocessing.get_context("spawn")  # no fork of a process that runs an event loop
+        faults = initial_faults(self.config, self.plan)
+        pipes = []
+        for span in self.slices:
+            parent_end, child_end = context.Pipe()
+            slice_faults = {i: f for i, f in faults.items() if i in span}
+            process = context.Process(
+                target=_worker_main, name=f"megawatch-sim-{span.start}",
+                args=(self.config, span.start, span.stop, self._clock.epoch, slice_faults, child_end),
+                daemon=True,
+            )
+            process.start()
+            child_end.close()
+            self._processes.append(process)
+            pipes.append(parent_end)
+        loop = asyncio.get_running_loop()
+        problems = []
+        for span, pipe in zip(self.slices, pipes):
+            ready = await loop.run_in_executor(None, pipe.poll, WORKER_START_TIMEOUT_S)
+            message = pipe.recv() if ready else ("error", f"no answer within {WORKER_START_TIMEOUT_S:g} s")
+            if message[0] == "ready":
+                self._urls.append(f"http://127.0.0.1:{message[1]}")
+                self.worker_startup_s.append(message[2])
+            else:
+                problems.append(f"worker for miners {span.start}-{span.stop - 1}: {message[1]}")
+        self._pipes = pipes  # kept open: a worker exits when its pipe closes (parent gone)
+        if problems:
+            await self.close()
+            raise FleetStartError("; ".join(problems))
+        self._session = aiohttp.ClientSession(timeout=_HTTP_TIMEOUT)
+        for row in await self.miners():
+            # Learn the real ports of miners configured with port 0.
+            planned = self.plan[row["index"]]
+            if planned.port != row["port"]:
+                self.plan[row["index"]] = dataclasses.replace(planned, port=row["port"])
+        self.startup_s = time.perf_counter() - started
+
+    def describe(self) -> list[str]:
+        return describe_sites(self.config, self.plan, self.startup_s, self.workers)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        for process in self._processes:
+            if process.is_alive():
+                process.terminate()
+        loop = asyncio.get_running_loop()
+        for process in self._processes:
+            await loop.run_in_executor(None, process.join, 10)
+            if process.is_alive():
+                process.kill()
+        for pipe in getattr(self, "_pipes", []):
+            pipe.close()
+
+    async def _each(self, method: str, path: str, body: dict[str, Any] | None = None,
+                    urls: list[str] | None = None) -> list[Any]:
+        assert self._session is not None
+
+        async def one(url: str) -> Any:
+            async with self._session.request(method, url + path, json=body) as response:  # type: ignore[union-attr]
+                payload = await response.json()
+                if response.status >= 400:
+                    raise RuntimeError(f"worker {url}{path}: {response.status} {payload}")
+                return payload
+
+        return list(await asyncio.gather(*(one(url) for url in (urls if urls is not None else self._urls))))
+
+    async def truth(self) -> dict[str, Any]:
+        parts = await self._each("GET", "/api/v1/truth")
+        return finish_truth(merge_site_sums(part["sites"] for part in parts), max(p["tick"] for p in parts))
+
+    async def miners(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for part in await self._each("GET", "/api/v1/miners"):
+            rows.extend(part["miners"])
+        return rows
+
+    async def set_load(self, site: str, factor: float) -> None:
+        await self._each("POST", f"/api/v1/sites/{site}/load", {"factor": factor})
+
+    async def set_fault(self, indices: list[int], fault: Fault | None) -> int:
+        assert fault is not None
+        applied = 0
+        for span, url in zip(self.slices, self._urls):
+            mine = [i for i in indices if i in span]
+            if mine:
+                body = {**fault.describe(), "indices": mine}
+                body["fault"] = body.pop("kind")
+                (reply,) = await self._each("POST", "/api/v1/faults", body, [url])
+                applied += reply["applied"]
+        return applied
+
+    async def clear_faults(self) -> int:
+        return sum(part["cleared"] for part in await self._each("DELETE", "/api/v1/faults"))
+
+    async def clock(self, freeze: bool | None, advance: int) -> dict[str, Any]:
+        # Apply to our own clock first, then give every worker the same absolute tick.
+        clock = self._clock
+        clock.apply(freeze, advance)
+        body: dict[str, Any] = {"at": clock.tick()} if clock.frozen is not None else {"offset": clock.offset}
+        parts = await self._each("POST", "/api/v1/clock", body)
+        return parts[0]
+
+
+def describe_sites(config: FleetConfig, plan: list[Planned], startup_s: float, workers: int) -> list[str]:
     lines = []
     for site in config.sites:
         members = [p for p in plan if p.site == site.id]
@@ -44,18 +184,50 @@ def describe_sites(config: FleetConfig, plan: list[Any], startup_s: float) -> li
         else:
             where = f"{first.host} - {last.host} port {first.port if first.port else '(any free)'}"
         lines.append(f"site {site.id}: {len(members)} miners on {where}")
-    lines.append(f"{len(plan)} miners listening (started in {startup_s:.2f} s)")
+    lines.append(f"{len(plan)} miners listening in {workers} process(es), started in {startup_s:.2f} s")
     return lines
 
 
-async def start_backend(config: FleetConfig) -> InProcess:
+async def start_backend(config: FleetConfig) -> InProcess | WorkerPool:
+    """Start the whole fleet; raises FleetStartError naming what could not be bound."""
     plan = plan_fleet(config)
+    if len(plan) > config.miners_per_worker:
+        pool = WorkerPool(config, plan, worker_slices(len(plan), config.miners_per_worker))
+        await pool.start()
+        return pool
     started = time.perf_counter()
     fleet = Fleet(config, plan, faults=initial_faults(config, plan))
     await fleet.start()
-    backend = InProcess(fleet, plan)
-    backend.startup_s = time.perf_counter() - started
-    return backend
+    return InProcess(fleet, plan, time.perf_counter() - started)
 
 
-__all__ = ["start_backend", "asyncio"]
+def _worker_main(config: FleetConfig, start: int, stop: int, epoch: float, faults: dict[int, Fault],
+                 pipe: Connection) -> None:
+    configure_logging("json", "warning")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
+    try:
+        import uvloop
+        uvloop.run(_worker(config, start, stop, epoch, faults, pipe))
+    except ImportError:  # pragma: no cover
+        asyncio.run(_worker(config, start, stop, epoch, faults, pipe))
+
+
+async def _worker(config: FleetConfig, start: int, stop: int, epoch: float, faults: dict[int, Fault],
+                  pipe: Connection) -> None:
+    plan = plan_fleet(config)[start:stop]
+    fleet = Fleet(config, plan, clock=Clock(config.tick_s, epoch), faults=faults)
+    try:
+        await fleet.start()
+    except FleetStartError as exc:
+        pipe.send(("error", str(exc)))
+        return
+    runner, port = await start_control(LocalBackend(fleet, plan), "127.0.0.1", 0)
+    pipe.send(("ready", port, fleet.startup_s))
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, done.set)
+    loop.add_reader(pipe.fileno(), done.set)  # readable = EOF: the parent has gone
+    await done.wait()
+    get_logger().info("worker_stopping", first=start, last=stop - 1)
+    await runner.cleanup()
+    await fleet.stop()

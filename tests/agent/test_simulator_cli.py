@@ -1,0 +1,113 @@
+"""`megawatch simulate`: help, one-line config errors with exit 2, start-up lines, clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from agent.simulator.config import load_fleet_config
+from common.configfile import ConfigError
+
+CLI = [sys.executable, "-m", "megawatch.cli", "simulate"]
+
+
+def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_exits_zero():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "--config" in result.stdout
+
+
+GOOD_SITE = """\
+seed: 1
+sites:
+  - id: a
+    address: 127.0.240.1
+    groups:
+      - {count: 2, model: Antminer S19, dialect: cgminer}
+"""
+
+BAD_CASES = [
+    (GOOD_SITE.replace("seed: 1", "sed: 1"), 1, "sed: unknown key (did you mean 'seed'?)"),
+    (GOOD_SITE.replace("dialect: cgminer", "dialect: cgminr"), 6, "sites[0].groups[0].dialect: expected one of"),
+    (GOOD_SITE.replace("Antminer S19", "Antminer S99"), 6, "sites[0].groups[0].model: 'Antminer S99' is not in"),
+    (GOOD_SITE.replace("127.0.240.1", "10.0.0.1"), 4, "sites[0].address: expected an IPv4 address in 127.0.0.0/8"),
+    (GOOD_SITE.replace("dialect: cgminer", "dialect: btminer"), 6,
+     "sites[0].groups[0].model: 'Antminer S19' does not run btminer"),
+    (GOOD_SITE + "control: {host: 0.0.0.0}\n", 7, "control.host: expected a loopback address"),
+    (GOOD_SITE + "    faults:\n      - {fault: hang, fraction: 0.1, miners: [127.0.240.1]}\n", 8,
+     "sites[0].faults[0].fault: give exactly one of fraction"),
+    (GOOD_SITE + "    faults:\n      - {fault: slow, miners: [127.0.241.1]}\n", 8,
+     "sites[0].faults[0].miners: '127.0.241.1' not a miner of site 'a'"),
+    (GOOD_SITE + "    faults:\n      - {fault: slow, fraction: 0.5, delay_s: -2}\n", 8,
+     "sites[0].faults[0].delay_s: expected a number"),
+    ("seed: [\n", 2, "invalid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), BAD_CASES)
+def test_bad_config_names_file_line_and_key(tmp_path: Path, text: str, line: int, message: str):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_fleet_config(path)
+    lines = str(caught.value).splitlines()
+    assert any(entry.startswith(f"{path}:{line}: ") and message in entry for entry in lines), lines
+
+
+def test_cli_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(GOOD_SITE.replace("seed: 1", "sed: 1").replace("cgminer", "cgminr"))
+    result = run_cli("--config", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"{path}:") for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+    missing = run_cli("--config", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "cannot read file" in missing.stderr
+
+
+def test_shipped_configs_load():
+    for path in sorted(Path("configs/sim").glob("*.yaml")):
+        assert load_fleet_config(path).count > 0, path
+
+
+def test_cli_serves_prints_where_and_stops_on_sigterm(tmp_path: Path):
+    octet = 100 + os.getpid() % 100
+    path = tmp_path / "fleet.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        seed: 3
+        control: {{host: 127.0.0.1, port: 0}}
+        sites:
+          - id: a
+            address: 127.0.{octet}.1
+            port: 0
+            groups:
+              - {{count: 3, model: Antminer S19 Pro, dialect: bmminer}}
+    """))
+    process = subprocess.Popen([*CLI, "--config", str(path), "--log-format", "json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in process.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("control endpoint:"):
+                break
+        assert lines[0].startswith(f"site a: 3 miners on 127.0.{octet}.1 - 127.0.{octet}.3"), lines
+        assert "3 miners listening" in lines[1]
+        assert lines[-1].startswith("control endpoint: http://127.0.0.1:")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert "simulator_stopping" in process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
