@@ -40,7 +40,9 @@ class Evaluation:
 
 
 def mw(watts: float) -> str:
-    """Format a power for people; the data itself stays in W."""
+    """Format a power for people (kW below 1 MW, so small sites stay readable); the data stays in W."""
+    if abs(watts) < 1e6:
+        return f"{watts / 1e3:,.1f} kW"
     return f"{watts / 1e6:,.2f} MW"
 
 

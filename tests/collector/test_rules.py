@@ -86,9 +86,9 @@ def test_message_names_site_draw_allocation_excess_and_since() -> None:
     engine = RuleEngine(cfg.thresholds)
     evs = run(engine, cfg, [(1_795_820_400, 10.5), (1_795_820_400 + 45, 10.5)])
     alert = next(a for a in evs[1].active if a.name == "SiteOverAllocation")
-    assert alert.summary == "Site a (Site A) draws 10.50 MW against its 10.00 MW allocation (+0.50 MW, 105.0%)."
+    assert alert.summary == "Site a (Site A) draws 10.50 MW against its 10.00 MW allocation (+500.0 kW, 105.0%)."
     assert "since 2026-11-27 23:00:00 UTC (45s ago)" in alert.description
-    assert "Shed at least 0.50 MW" in alert.description and "clears below 9.80 MW" in alert.description
+    assert "Shed at least 500.0 kW" in alert.description and "clears below 9.80 MW" in alert.description
 
 
 def test_near_allocation_warns_at_95_percent_by_default() -> None:

@@ -8,17 +8,20 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
 
 from tests.collector.fakes import FakeAgent, fake_agent
 from tests.e2e.conftest import (
-    Proc, Procs, alertmanager_alerts, free_port, get_json, listening_url, megawatch, start_alertmanager,
-    wait_until,
+    ROOT, Proc, Procs, alertmanager_alerts, free_port, get_json, listening_url, megawatch, start_alertmanager,
+    start_prometheus, wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -135,3 +138,138 @@ async def test_alertmanager_down_at_first_gets_the_alert_when_it_comes_up(procs:
         am = await start_alertmanager(procs, http, port=am_port)
         await wait_until(lambda: _alerts_for(http, am, "SiteOverAllocation", "site-a"), 5.0,
                          "the held-back alert to reach Alertmanager once it is up")
+
+
+# --- The full issue-4 run: simulator (two sites) + agents + collector + Alertmanager + Prometheus -------------
+
+AGENT_POLL_S = 1.0
+
+
+def agent_yaml(path: Path, site: str, miners: list[Any]) -> Path:
+    lines = [f"site: {site}", f"agent_id: {site}-e2e", "miners:"]
+    for m in miners:
+        lines.append(f"  - {{address: {m.host}, port: {m.port}, dialect: {m.dialect}}}")
+    lines += [
+        "poll:", f"  interval_s: {AGENT_POLL_S}", "  connect_timeout_s: 0.5", "  request_timeout_s: 0.8",
+        "  jitter_s: 0", "  stale_grace_s: 2",
+        "http: {listen: 127.0.0.1, port: 0}",
+        "log: {format: json, level: info}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def start_agent(procs: Procs, config: Path, http: aiohttp.ClientSession) -> Proc:
+    proc = megawatch(procs, f"agent-{config.stem}", "agent", "--config", str(config))
+
+    async def started() -> str | None:
+        assert proc.alive(), f"{proc.name} exited:\n{proc.output()}"
+        for line in proc.output().splitlines():
+            if '"agent_started"' in line:
+                host, port = json.loads(line)["listen"][0]
+                return f"http://{host}:{port}"
+        return None
+
+    proc.url = await wait_until(started, 15, f"{proc.name} to start")
+
+    async def summary_ready() -> dict[str, Any] | None:
+        body = await get_json(http, proc.url + "/api/v1/summary")
+        return body if body and body["totals"]["power_w"] is not None else None
+
+    await wait_until(summary_ready, 10, f"{proc.name}'s first poll cycle")
+    return proc
+
+
+def prometheus_yml(agents: dict[str, Proc], collector: Proc) -> str:
+    targets = "\n".join(
+        f"      - targets: ['{p.url.removeprefix('http://')}']\n        labels: {{site: {site}}}"
+        for site, p in agents.items())
+    return f"""
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: [rules/megawatch.rules.yml]
+scrape_configs:
+  - job_name: megawatch-agent
+    static_configs:
+{targets}
+  - job_name: megawatch-collector
+    static_configs:
+      - targets: ['{collector.url.removeprefix('http://')}']
+"""
+
+
+async def prom_query(http: aiohttp.ClientSession, prom: Proc, expr: str) -> dict[str, float]:
+    body = await get_json(http, prom.url + "/api/v1/query?" + urlencode({"query": expr}))
+    return {r["metric"].get("site", ""): float(r["value"][1]) for r in body["data"]["result"]}
+
+
+@pytest.mark.slow
+async def test_simulated_fleet_end_to_end(procs: Procs, http: aiohttp.ClientSession, make_sim_fleet: Any) -> None:
+    am = await start_alertmanager(procs, http)
+    sim = await make_sim_fleet()  # two sites, one miner per dialect profile each, frozen clock
+    agents = {}
+    for site in ("site-a", "site-b"):
+        mine = [m for m in sim.miners if m.site == site]
+        agents[site] = await start_agent(procs, agent_yaml(procs.tmp / f"{site}.yaml", site, mine), http)
+
+    # Allocation 10% above what each site draws now: load x1.2 is over, x1.0 is back under the clear line.
+    draw = {}
+    for site, agent in agents.items():
+        totals = (await get_json(http, agent.url + "/api/v1/summary"))["totals"]
+        draw[site] = totals["power_w"]["firmware"] + totals["power_w"]["estimate"]
+    allocation_mw = {site: round(w * 1.1 / MW, 6) for site, w in draw.items()}
+    config = sites_yaml(procs.tmp / "sites.yaml", {s: [p.url] for s, p in agents.items()}, allocation_mw, am.url)
+    collector = await start_collector(procs, config, http)
+
+    # Real Prometheus on the same fleet: its recording-rule totals equal the collector's within 1%.
+    rules = procs.tmp / "rules"
+    shutil.copytree(ROOT / "configs" / "prometheus" / "rules", rules)
+    text = (rules / "megawatch.rules.yml").read_text()
+    (rules / "megawatch.rules.yml").write_text(text.replace("interval: 15s", "interval: 1s"))
+    prom = await start_prometheus(procs, http, prometheus_yml(agents, collector))
+
+    async def totals_agree() -> dict[str, float] | None:
+        theirs = await prom_query(http, prom, "site:megawatch_facility_power_watts:sum")
+        ours = {s: (await site_view(http, collector, s))["facility_power_w"] for s in agents}
+        if set(theirs) != set(ours):
+            return None
+        ok = all(abs(theirs[s] - ours[s]) <= 0.01 * ours[s] for s in ours)
+        return theirs if ok else None
+
+    await wait_until(totals_agree, 15, "Prometheus recording-rule site power to match the collector within 1%")
+    hashrate = await prom_query(http, prom, "site:megawatch_hashrate_hashes_per_second:sum")
+    for site in agents:
+        ours = (await site_view(http, collector, site))["hashrate_hs"]
+        assert abs(hashrate[site] - ours) <= 0.01 * ours, (site, hashrate[site], ours)
+
+    # Push site A over its allocation through the simulator's control endpoint.
+    async with http.post(sim.control_url + "/api/v1/sites/site-a/load", json={"factor": 1.2}) as resp:
+        assert resp.status == 200
+    budget = HOLD_S + 2 * POLL_S + AGENT_POLL_S + 2.0  # + one agent cycle to see the new load, + slack
+    over = await wait_until(lambda: _alerts_for(http, am, "SiteOverAllocation", "site-a"), budget,
+                            "SiteOverAllocation for site-a in Alertmanager")
+    assert "allocation (+" in over[0]["annotations"]["summary"], over[0]["annotations"]["summary"]
+    assert not for_site(await alertmanager_alerts(http, am, "SiteOverAllocation"), "site-b")
+
+    # Back under: it resolves.
+    async with http.post(sim.control_url + "/api/v1/sites/site-a/load", json={"factor": 1.0}) as resp:
+        assert resp.status == 200
+
+    async def resolved() -> bool:
+        return not for_site(await alertmanager_alerts(http, am, "SiteOverAllocation"), "site-a")
+
+    await wait_until(resolved, 2 * POLL_S + AGENT_POLL_S + 3.0, "SiteOverAllocation for site-a to resolve")
+
+    # Kill site A's agent: the site turns stale (alert fires) and its power is carried, not counted as 0.
+    await wait_until(totals_agree, 10, "Prometheus and the collector to agree on the lowered load")
+    before = (await site_view(http, collector, "site-a"))["facility_power_w"]
+    agents["site-a"].stop()
+    await wait_until(lambda: _alerts_for(http, am, "SiteDataStale", "site-a"), STALE_S + HOLD_S + 2 * POLL_S + 3,
+                     "SiteDataStale for site-a")
+    view = await site_view(http, collector, "site-a")
+    assert view["status"] == "stale" and view["facility_power_w"] == pytest.approx(before, rel=0.01)
+    fleet = (await get_json(http, collector.url + "/api/v1/sites"))["fleet"]
+    site_b = (await site_view(http, collector, "site-b"))["facility_power_w"]
+    assert fleet["facility_power_w"] == pytest.approx(before + site_b, rel=0.01)
+    # Prometheus carries it too (last_over_time), rather than dropping the dead shard to 0.
+    carried = await prom_query(http, prom, "site:megawatch_facility_power_watts:sum")
+    assert carried.get("site-a") == pytest.approx(before, rel=0.01), (carried, before)
