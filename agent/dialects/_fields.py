@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -178,7 +178,9 @@ def malformed(value: Any) -> bool:
     return value is not None and value not in ("", "-") and number(value) is None
 
 
-def read(item: Mapping[str, Any], key: str, convert: Any, problems: list[str], where: str) -> Any:
+def read(
+    item: Mapping[str, Any], key: str, convert: Callable[[Any], Any], problems: list[str], where: str
+) -> Any:
     """`convert(item[key])`; a value that is present but not numeric gives None and a note in `problems`."""
     value = item.get(key)
     if malformed(value):

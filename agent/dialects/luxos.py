@@ -75,7 +75,7 @@ def _power(reply: Mapping[str, Any] | None, problems: list[str]) -> float | None
     if not item:
         problems.append("power: reply has no POWER object")
         return None
-    return f.read(item, "Watts", f.positive, problems, "power")  # type: ignore[no-any-return]
+    return f.read(item, "Watts", f.positive, problems, "power")
 
 
 def _boards(chains: Mapping[str, Any], problems: list[str]) -> tuple[Board, ...]:
