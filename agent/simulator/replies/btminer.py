@@ -59,9 +59,10 @@ def summary(ident: Identity, s: Snapshot, now: int) -> Section:
         "Power Limit": s.power_limit_w,
         "Power Voltage Input": Fixed(228.75),
         "Power Current Input": Fixed(s.power_w / 228.75),
-        "Chip Temp Min": Fixed(min(s.chip_temp_c) - 10.0),
-        "Chip Temp Max": Fixed(max(s.chip_temp_c) + 5.0),
-        "Chip Temp Avg": Fixed(chip_avg),
+        # A board's chip temperature in the snapshot is its hottest chip: what a monitor alarms on.
+        "Chip Temp Min": Fixed(min(s.chip_temp_c) - 12.0),
+        "Chip Temp Max": Fixed(max(s.chip_temp_c)),
+        "Chip Temp Avg": Fixed(chip_avg - 4.0),
     }
     return Section(11, "Summary", "SUMMARY", [record], text_header=True)
 
@@ -80,9 +81,9 @@ def devs(ident: Identity, s: Snapshot, now: int) -> Section:
             "Upfreq Complete": 1,
             "Effective Chips": 111,
             "PCB SN": f"{ident.serial.upper()}{b}",
-            "Chip Temp Min": Fixed(s.chip_temp_c[b] - 10.0),
-            "Chip Temp Max": Fixed(s.chip_temp_c[b] + 5.0),
-            "Chip Temp Avg": Fixed(s.chip_temp_c[b]),
+            "Chip Temp Min": Fixed(s.chip_temp_c[b] - 12.0),
+            "Chip Temp Max": Fixed(s.chip_temp_c[b]),
+            "Chip Temp Avg": Fixed(s.chip_temp_c[b] - 4.0),
             "chip_vol_diff": 8,
         }
         items.append(record)
