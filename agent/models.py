@@ -14,8 +14,8 @@ DEFAULT_MODELS_PATH = Path(__file__).resolve().parent.parent / "configs" / "mode
 TH = 1e12  # H/s per TH/s; J/TH to J/H is the same factor
 
 _VENDOR_PREFIXES = ("antminer", "whatsminer", "avalonminer", "avalon", "bitmain", "microbt", "canaan")
-# Whatsminer reports the board revision after the model ("M30S++V40"); it does not change J/TH much.
-_REVISION_SUFFIX = re.compile(r"v\d+$")
+# Whatsminer reports the board revision after the model ("M30S++V40", "M30S+_VE40"); it does not change J/TH much.
+_REVISION_SUFFIX = re.compile(r"v[a-z]?\d+$")
 
 
 @dataclass(frozen=True, slots=True)
