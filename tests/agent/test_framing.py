@@ -14,7 +14,8 @@ from agent.protocol import framing
 from agent.protocol.errors import BadReply, CommandRejected, EmptyReply
 from agent.protocol.framing import check_status, decode_reply, split_joined
 
-CAPTURES = Path("/work/shared/captures")
+# shared/ lies beside the work tree (and beside CI's fresh clone); see its captures/SOURCES.md.
+CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "captures"
 
 D3_BLISSZ = "antminer-d3-blissz-cgminer4.10_stats.txt"  # `}{` between STATS[0] and STATS[1]
 S9K = "antminer-s9k-bmminer4.9_stats.txt"  # chain_xtimeN strings hold braces: "{X6=1}"
