@@ -1,12 +1,14 @@
 """Canaan AvalonMiner (cgminer 4.11 fork, drivers avalon10 and later) on TCP 4028.
 
 Covers the AvalonMiner 10xx (build 20051101_85dc6f0_0332654) and A1566 "15-194" (build
-24102401_25462b2_9ddf522) replies in tests/golden/replies/avalon. No vendor API document; the reference
+24102401_25462b2_9ddf522) replies in tests/golden/replies/avalon, and the three-module Avalon 841
+`stats` quoted in tests/agent/test_dialect_avalon.py. No vendor API document; the reference
 is cgminer's driver-avalon8.c/driver-avalon10.c `get_api_stats` and CGMINER-API.md §3.5.
 Commands: version (PROD, MODEL, VERSION), summary (`MHS 30s`: Avalon logs every 30 s), pools, estats
 (`stats` is accepted too: same shape). Each controller module sends one packed `"MM ID<n>"` string of
 `Key[value]` tokens whose values hold spaces, commas, `%`, `:` and `--options`; per hash board `MGHS`
-(GH/s) and `MTmax` (°C), per module `Fan1..N` (RPM), `WALLPOWER` (W at the wall), `MPO` (power limit, W).
+(GH/s) and `MTmax` (°C), per module `Fan1..N` or `Fan` (RPM), `WALLPOWER` (W at the wall), `MPO`
+(power limit, W).
 Quirks: `When` counts seconds since boot; the 10xx has no power meter (`PS[0 0 0 0 0 0]`, no WALLPOWER,
 `POW_I2C[FAILED]`) so its power is unknown; the Nano 3 has no WALLPOWER but puts the same figure in
 `PS[...]` element 6. Boards are numbered from 0 as in `MGHS`/`PVT_T<n>`, fans from 1 as in `Fan<n>`.
@@ -30,6 +32,7 @@ JOINABLE = True
 # One `Key[value]` token; a value never holds `]` in any capture, so it ends at the first one.
 _TOKEN = re.compile(r"([A-Za-z_]\w*)\[([^\]]*)\]")
 _MODULE_KEY = re.compile(r"MM ID\d+$")
+_FAN_KEY = re.compile(r"Fan(\d*)$")
 # The build in `Ver[<model>-<yymmddnn>_<git>_<git>]`: "15-194-24102401_25462b2_9ddf522" -> ("15-194", ...).
 _VER = re.compile(r"^(.+?)-(\d{8}_\w+)$")
 _PS_WALL_POWER = 6  # PS[...] element holding the wall power on the Nano 3 (equal to WALLPOWER on the A1566)
@@ -150,7 +153,8 @@ def _add_module(found: _Modules, key: str, tokens: dict[str, str], problems: lis
             )
         )
 
-    fan_keys = sorted((int(k[3:]), k) for k in tokens if k.startswith("Fan") and k[3:].isdigit())
+    # Avalon 8xx modules have one fan and say `Fan[5730]`; later ones number them `Fan1[..] Fan2[..]`.
+    fan_keys = sorted((int(m.group(1) or 1), m.group(0)) for m in map(_FAN_KEY.match, tokens) if m is not None)
     offset = len(found.fans)
     for number, fan_key in fan_keys:
         found.fans.append(Fan(index=offset + number, rpm=f.read(tokens, fan_key, f.positive, problems, key)))

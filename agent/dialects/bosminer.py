@@ -1,7 +1,8 @@
 """Braiins OS / OS+ (BOSminer, BOSminer+, later BOSer) on TCP 4028.
 
 Covers BOSminer 0.2.0 (bOS), BOSminer+ 0.2.0 (bOS+, S9), bosminer-plus 0.4.0 and BOSer boser-buildroot
-0.1.0 as seen in tests/golden/replies/bosminer. API reference: https://docs.braiins.com/os/plus-en/Development/1_api.html
+0.1.0 as seen in tests/golden/replies/bosminer.
+API reference: https://docs.braiins.com/os/plus-en/Development/1_api.html
 Commands: version, summary, pools (cgminer shapes) plus the Braiins-only fans, temps, tunerstatus and devdetails.
 Quirks: keys sorted, floats at full precision; chains are numbered by the firmware's hash-chain index
 (6, 7, 8 on an S9) in temps, devdetails, devs and tunerstatus, and Board.index keeps that number; temps

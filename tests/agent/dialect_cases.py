@@ -1,7 +1,8 @@
 """Shared by the dialect tests: golden replies through the real framing code, and JSON-like junk.
 
-Golden files are tests/golden/replies/<dialect>/<firmware-version>/<command>.bin; a file named after a joined request (`pools+summary+stats.bin`) holds one multicommand reply and is split
-with `split_joined`, as the poller does. Provenance of every file: tests/golden/replies/SOURCES.md.
+Golden files are tests/golden/replies/<dialect>/<firmware-version>/<command>.bin; a file named after a
+joined request (`pools+summary+stats.bin`) holds one multicommand reply and is split with `split_joined`,
+as the poller does. Provenance of every file: tests/golden/replies/SOURCES.md.
 """
 
 from __future__ import annotations

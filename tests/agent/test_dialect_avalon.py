@@ -35,7 +35,10 @@ EXPECTED = {
         shares_stale=0,
         hardware_errors=0,
         uptime_s=155.0,
-        boards=(Board(0, chip_temp_c=61.0, hashrate_hs=12362.61 * GH), Board(1, chip_temp_c=64.0, hashrate_hs=12812.16 * GH)),
+        boards=(
+            Board(0, chip_temp_c=61.0, hashrate_hs=12362.61 * GH),
+            Board(1, chip_temp_c=64.0, hashrate_hs=12812.16 * GH),
+        ),
         fans=(Fan(1, 2896.0), Fan(2, 2927.0)),
         pools=(
             Pool(0, "stratum+tcp://sha256.mining-dutch.nl:9996", "xxx", "alive", True, 0),
@@ -130,6 +133,37 @@ def test_power_is_unknown_when_one_module_does_not_say() -> None:
 def test_a_module_without_per_board_figures_is_one_board() -> None:
     reading = avalon.parse({"estats": _estats("GHSspd[12000.5] TMax[80] Temp[25]")})
     assert reading.boards == (Board(0, chip_temp_c=80.0, hashrate_hs=12000.5 * GH),)
+
+
+# Avalon 841 behind an AUC: three modules, one `Fan[...]` each, no per-board rates, no power meter.
+# Real reply quoted from delawr0190/foreman-apps, foreman-prospector Avalon8XXITest.java (code-index id 8175003914).
+AVALON_841_MODULES = (
+    "Ver[8411803-14b0f10] DNA[0137dace492a2ec1] Elapsed[66] MW[18528 18830 19159 17631] LW[74148] MH[0 1 0 0] HW[1] "
+    "Temp[36] TMax[84] Fan[5730] FanR[100%] Vi[1197 1197 1209 1209] Vo[3893 3889 3932 3890] GHSmm[13646.20] "
+    "WU[183226.76] Freq[762.87] PG[15] Led[0] MW0[3 4 0 2 3 4 3 1 4 5 2 4 3 5 4 4 5 7 3 3 4 2 2 2 2 5] "
+    "MW1[2 8 3 5 6 4 5 5 7 5 5 7 3 6 0 3 4 5 4 4 7 3 6 6 0 2] MW2[3 2 5 5 2 3 1 4 3 6 5 2 7 7 5 3 3 6 3 2 5 4 3 6 4 4] "
+    "MW3[5 1 6 2 4 3 4 3 1 2 5 2 6 6 1 5 5 4 6 5 6 5 3 1 2 6] TA[104] ECHU[0 0 0 0] ECMM[0] FM[1] CRC[0 0 0 0]",
+    "Ver[8211803-14b0f10] DNA[013a7366855f4c56] Elapsed[66] MW[18509 18976 17286 17815] LW[72586] MH[0 0 0 0] HW[0] "
+    "Temp[36] TMax[85] Fan[5850] FanR[100%] Vi[1199 1199 1198 1198] Vo[3930 3955 3997 3961] GHSmm[11609.65] "
+    "WU[156933.29] Freq[649.02] PG[15] Led[0] MW0[3 2 4 4 1 4 2 4 2 4 1 1 4 3 5 3 2 1 3 5 4 3 2 3 4 4] "
+    "MW1[1 3 5 1 5 5 3 3 1 4 4 3 4 2 3 1 5 5 5 4 4 5 2 3 3 2] MW2[4 3 6 4 6 4 5 4 2 4 1 3 3 3 2 4 2 4 3 5 8 2 3 4 5 3] "
+    "MW3[2 1 2 2 6 6 5 5 3 4 2 4 3 5 4 7 3 1 5 2 1 3 0 2 3 1] TA[104] ECHU[0 0 0 0] ECMM[0] FM[1] CRC[0 0 0 0]",
+    "Ver[8211803-14b0f10] DNA[013b8d95d80b8043] Elapsed[65] MW[18708 19175 17876 18406] LW[74165] MH[0 0 0 0] HW[0] "
+    "Temp[37] TMax[83] Fan[5610] FanR[100%] Vi[1198 1198 1198 1198] Vo[3939 3913 3898 3909] GHSmm[11513.45] "
+    "WU[153327.38] Freq[643.64] PG[15] Led[0] MW0[3 5 1 3 2 2 5 4 5 0 4 2 3 3 2 3 7 4 4 4 4 4 4 2 1 4] "
+    "MW1[1 0 4 2 3 6 3 7 4 3 3 4 2 4 2 3 4 7 1 8 2 5 2 3 6 5] MW2[3 2 1 3 2 3 4 4 1 2 2 4 1 4 2 6 6 2 3 3 4 3 2 6 1 1] "
+    "MW3[2 1 3 2 4 3 5 6 2 3 5 2 2 6 2 2 2 5 1 4 4 2 4 2 2 3] TA[104] ECHU[0 0 0 0] ECMM[0] FM[1] CRC[0 0 0 0]",
+)
+
+
+def test_an_avalon_841_with_three_single_fan_modules() -> None:
+    reading = avalon.parse({"stats": _estats(*AVALON_841_MODULES)})
+    assert reading == MinerReading(
+        dialect="avalon",
+        uptime_s=66.0,
+        boards=(Board(0, chip_temp_c=84.0), Board(1, chip_temp_c=85.0), Board(2, chip_temp_c=83.0)),
+        fans=(Fan(1, 5730.0), Fan(2, 5850.0), Fan(3, 5610.0)),
+    )
 
 
 def test_malformed_tokens_are_noted() -> None:

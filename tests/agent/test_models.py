@@ -69,7 +69,8 @@ def test_power_is_estimated_from_j_per_th_and_the_short_window_hashrate(table: M
     reading = _reading(model="Antminer S19 XP (Vnish 1.2.0-rc1)", hashrate_hs=100 * TH, hashrate_avg_hs=140 * TH)
     estimated = estimate_power(reading, table)
     assert estimated.power_w == pytest.approx(100 * 21.5)
-    assert dataclasses.replace(estimated, power_w=None) == dataclasses.replace(reading, power_source=PowerSource.ESTIMATE)
+    expected = dataclasses.replace(reading, power_source=PowerSource.ESTIMATE)
+    assert dataclasses.replace(estimated, power_w=None) == expected
 
 
 def test_the_average_hashrate_is_used_when_the_short_window_is_unknown(table: ModelTable) -> None:
@@ -81,7 +82,10 @@ def test_the_average_hashrate_is_used_when_the_short_window_is_unknown(table: Mo
 @pytest.mark.parametrize(
     ("reading", "why"),
     [
-        (_reading(model="Antminer Z15", hashrate_hs=1e12), "power unknown: model 'Antminer Z15' is not in the model table"),
+        (
+            _reading(model="Antminer Z15", hashrate_hs=1e12),
+            "power unknown: model 'Antminer Z15' is not in the model table",
+        ),
         (_reading(hashrate_hs=1e12), "power unknown: model None is not in the model table"),
         (_reading(model="Antminer S19"), "power unknown: no hashrate to estimate from"),
     ],
@@ -114,7 +118,8 @@ def test_bad_values_and_unknown_keys_are_all_reported_with_file_line_and_key(tmp
     assert _load_error(tmp_path, text).splitlines() == [
         "models.yaml:2: models[0].nominal_hashrate_ths: expected a number > 0, got 0",
         "models.yaml:5: models[1].efficiency_j_per_th: expected a number > 0, got 'abc'",
-        "models.yaml:6: models[1].colour: unknown key; known keys: aliases, efficiency_j_per_th, name, nominal_hashrate_ths",
+        "models.yaml:6: models[1].colour: unknown key; known keys: "
+        "aliases, efficiency_j_per_th, name, nominal_hashrate_ths",
     ]
 
 
