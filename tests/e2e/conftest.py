@@ -156,15 +156,7 @@ async def start_alertmanager(procs: Procs, http: aiohttp.ClientSession, port: in
         f"--storage.path={storage}", f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
         "--log.level=warn",
     ])
-    proc.url = f"http://127.0.0.1:{port}"
-
-    async def ready() -> bool:
-        assert proc.alive(), f"alertmanager exited:\n{proc.output()}"
-        async with http.get(proc.url + "/-/ready") as resp:
-            return resp.status == 200
-
-    await wait_until(ready, 15, "Alertmanager /-/ready")
-    return proc
+    return await _until_ready(proc, f"http://127.0.0.1:{port}", http, 15)
 
 
 async def start_prometheus(procs: Procs, http: aiohttp.ClientSession, config: str) -> Proc:
@@ -180,14 +172,18 @@ async def start_prometheus(procs: Procs, http: aiohttp.ClientSession, config: st
         binary, f"--config.file={config_path}", f"--storage.tsdb.path={procs.tmp / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
     ])
-    proc.url = f"http://127.0.0.1:{port}"
+    return await _until_ready(proc, f"http://127.0.0.1:{port}", http, 20)
+
+
+async def _until_ready(proc: Proc, url: str, http: aiohttp.ClientSession, timeout_s: float) -> Proc:
+    proc.url = url
 
     async def ready() -> bool:
-        assert proc.alive(), f"prometheus exited:\n{proc.output()}"
+        assert proc.alive(), f"{proc.name} exited:\n{proc.output()}"
         async with http.get(proc.url + "/-/ready") as resp:
             return resp.status == 200
 
-    await wait_until(ready, 20, "Prometheus /-/ready")
+    await wait_until(ready, timeout_s, f"{proc.name} /-/ready")
     return proc
 
 

@@ -81,10 +81,12 @@ async def test_fake_agents_over_allocation_resolve_and_stale(procs: Procs, http:
         # Push A over: the alert must reach Alertmanager within hold time + two poll intervals.
         a.power_firmware_w = 11 * MW
         pushed = time.monotonic()
+        # The 1 s over hold + 2 polls is for HTTP round trips and Alertmanager's ingestion on a busy machine.
         over = await wait_until(
-            lambda: _alerts_for(http, am, "SiteOverAllocation", "site-a"), HOLD_S + 2 * POLL_S + 2.0,
+            lambda: _alerts_for(http, am, "SiteOverAllocation", "site-a"), HOLD_S + 2 * POLL_S + 1.0,
             "SiteOverAllocation for site-a in Alertmanager")
         took = time.monotonic() - pushed
+        print(f"fake agents: SiteOverAllocation in Alertmanager {took:.2f} s after the push")
         assert took >= HOLD_S * 0.9, f"fired after {took:.1f} s, before the {HOLD_S} s hold time"
         summary = over[0]["annotations"]["summary"]
         assert "draws 11.00 MW against its 10.00 MW allocation (+1.00 MW, 110.0%)" in summary
@@ -244,9 +246,11 @@ async def test_simulated_fleet_end_to_end(procs: Procs, http: aiohttp.ClientSess
     # Push site A over its allocation through the simulator's control endpoint.
     async with http.post(sim.control_url + "/api/v1/sites/site-a/load", json={"factor": 1.2}) as resp:
         assert resp.status == 200
-    budget = HOLD_S + 2 * POLL_S + AGENT_POLL_S + 2.0  # + one agent cycle to see the new load, + slack
+    pushed = time.monotonic()
+    budget = HOLD_S + 2 * POLL_S + AGENT_POLL_S + 1.0  # + one agent cycle to see the new load, + 1 s slack
     over = await wait_until(lambda: _alerts_for(http, am, "SiteOverAllocation", "site-a"), budget,
                             "SiteOverAllocation for site-a in Alertmanager")
+    print(f"simulated fleet: SiteOverAllocation in Alertmanager {time.monotonic() - pushed:.2f} s after the push")
     assert "allocation (+" in over[0]["annotations"]["summary"], over[0]["annotations"]["summary"]
     assert not for_site(await alertmanager_alerts(http, am, "SiteOverAllocation"), "site-b")
 
