@@ -12,10 +12,12 @@ from typing import Any
 from agent.simulator.behaviour import Identity
 from agent.simulator.replies import avalon, bfgminer, bmminer, bosminer, btminer, cgminer, luxos
 from agent.simulator.replies.common import Bare, Firmware, Section
-from agent.simulator.replies.encode import COMPACT, SORTED, SPACED, Style, encode, text_record
+from agent.simulator.replies.encode import COMPACT, COMPACT_FLOATS, SORTED_FLOATS, SPACED_FLOATS, Style, encode, text_record
 
 DIALECTS: tuple[str, ...] = ("cgminer", "bfgminer", "bmminer", "btminer", "bosminer", "luxos", "avalon")
-STYLES: dict[str, Style] = {"compact": COMPACT, "spaced": SPACED, "sorted": SORTED}
+STYLES: dict[str, Style] = {
+    "compact": COMPACT, "spaced_floats": SPACED_FLOATS, "sorted_floats": SORTED_FLOATS, "compact_floats": COMPACT_FLOATS,
+}
 _FIXED: dict[str, Firmware] = {
     "cgminer": cgminer.FIRMWARE,
     "bfgminer": bfgminer.FIRMWARE,

@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
 from agent.simulator.replies.common import (
-    GH, Firmware, Section, as_python_floats, board_share, cg_dev, cg_pools, cg_summary, pools_section, stats_timing,
+    GH, Firmware, Section, board_share, cg_dev, cg_pools, cg_summary, pools_section, stats_timing,
 )
 from agent.simulator.replies.encode import Fixed
 
@@ -39,17 +39,10 @@ def _header(ident: Identity) -> dict[str, Any]:
             "Type": ident.model.name}
 
 
-def _finish(ident: Identity, section: Section) -> Section:
-    if is_s19_class(ident):
-        return Section(section.code, section.msg, section.key, as_python_floats(section.items),
-                       section.text_header)
-    return section
-
-
 def version(ident: Identity, s: Snapshot, now: int) -> Section:
     record = _header(ident)
     record = {"BMMiner": record["BMMiner"], "API": "3.1", **{k: v for k, v in record.items() if k != "BMMiner"}}
-    return _finish(ident, Section(22, "CGMiner versions", "VERSION", [record], text_header=True))
+    return Section(22, "CGMiner versions", "VERSION", [record], text_header=True)
 
 
 def summary(ident: Identity, s: Snapshot, now: int) -> Section:
@@ -65,7 +58,7 @@ def summary(ident: Identity, s: Snapshot, now: int) -> Section:
         # bmminer S9: api_add_string(root, "GHS 5s", displayed_hash_rate) -> a quoted number.
         rates["GHS 5s"] = f"{s.hashrate_hs / GH:.2f}"
         rates["GHS av"] = Fixed(s.hashrate_avg_hs / GH)
-    return _finish(ident, Section(11, "Summary", "SUMMARY", [{**rates, **base}], text_header=True))
+    return Section(11, "Summary", "SUMMARY", [{**rates, **base}], text_header=True)
 
 
 def _age(seconds: int) -> str:
@@ -95,7 +88,7 @@ def pools(ident: Identity, s: Snapshot, now: int) -> Section:
         dead.update({"POOL": 2, "URL": "stratum+tcp://backup.megawatch.example:443", "Status": "Deed",
                      "Priority": 2, "Getworks": 0, "Diff": ""})
         items.append(dead)
-    return _finish(ident, pools_section(items))
+    return pools_section(items)
 
 
 def devs(ident: Identity, s: Snapshot, now: int) -> Section:
@@ -111,7 +104,7 @@ def devs(ident: Identity, s: Snapshot, now: int) -> Section:
     })
     # S19 Pro spells it "Tenperature" (asic-rs v2020/devs.json).
     record = {("Tenperature" if key == "Temperature" else key): value for key, value in record.items()}
-    return _finish(ident, Section(9, "1 ASC(s)", "DEVS", [record]))
+    return Section(9, "1 ASC(s)", "DEVS", [record])
 
 
 def _dash(values: list[int]) -> str:
@@ -165,7 +158,7 @@ def _stats_s19(ident: Identity, s: Snapshot) -> Section:
     rec["miner_version"] = "49.0.1.3"
     rec["miner_id"] = ident.serial
     items = [_header(ident), rec]
-    return Section(70, "CGMiner stats", "STATS", as_python_floats(items))
+    return Section(70, "CGMiner stats", "STATS", items)
 
 
 def _stats_s9(ident: Identity, s: Snapshot) -> Section:
@@ -244,7 +237,7 @@ def _firmware(name: str, description: str, style: str) -> Firmware:
 
 
 FIRMWARE_S9 = _firmware("bmminer", "cgminer 4.9.0", "compact")
-FIRMWARE_S19 = _firmware("bmminer", "cgminer 1.0.0", "spaced")
+FIRMWARE_S19 = _firmware("bmminer", "cgminer 1.0.0", "spaced_floats")
 
 
 def pick(ident: Identity) -> Firmware:

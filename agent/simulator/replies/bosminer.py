@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
 from agent.simulator.replies.common import (
-    MH, Firmware, Section, as_python_floats, cg_dev, cg_pools, cg_summary, pools_section, sorted_record,
+    MH, Firmware, Section, cg_dev, cg_pools, cg_summary, pools_section, sorted_record,
 )
 
 VERSION = "0.2.0-36c56a9363"
@@ -20,7 +20,7 @@ FIRST_CHAIN = 6
 
 
 def _clean(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [sorted_record(item) for item in as_python_floats(items)]
+    return [sorted_record(item) for item in items]
 
 
 def _full(value: float) -> float:
@@ -33,7 +33,7 @@ def version(ident: Identity, s: Snapshot, now: int) -> Section:
 
 
 def summary(ident: Identity, s: Snapshot, now: int) -> Section:
-    record = as_python_floats(cg_summary(ident, s))
+    record = cg_summary(ident, s)
     record.update({
         "MHS av": _full(s.hashrate_avg_hs / MH), "MHS 5s": _full(s.hashrate_hs / MH),
         "MHS 1m": _full(s.hashrate_1m_hs / MH), "MHS 5m": _full(s.hashrate_5m_hs / MH),
@@ -51,7 +51,7 @@ def pools(ident: Identity, s: Snapshot, now: int) -> Section:
 def devs(ident: Identity, s: Snapshot, now: int) -> Section:
     items = []
     for b in range(BOARDS):
-        record = as_python_floats(cg_dev(ident, s, b, now, name=""))
+        record = cg_dev(ident, s, b, now, name="")
         record["ID"] = FIRST_CHAIN + b
         record["ASC"] = b
         record["MHS 5s"] = _full(s.board_hashrate_hs[b] / MH)
@@ -123,5 +123,6 @@ FIRMWARE = Firmware(
         "devdetails": devdetails, "fans": fans, "temps": temps, "tempctrl": tempctrl,
         "tunerstatus": tunerstatus, "config": config,
     },
+    style_name="compact_floats",
     reports_power=True,
 )

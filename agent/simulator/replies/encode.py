@@ -36,18 +36,32 @@ class Style:
     item_sep: str = ","
     key_sep: str = ":"
     sort_keys: bool = False
+    plain_floats: bool = False  # print Fixed values as shortest floats (firmware built on a JSON library)
 
 
 COMPACT = Style()
-SPACED = Style(", ", ": ")  # stock S19/S21 bmminer 1.0 prints Python-style spacing
-SORTED = Style(sort_keys=True)  # Braiins OS and LuxOS sort every object's keys
+# Stock S19/S21 bmminer 1.0 prints like Python's json: `": "` spacing and shortest floats ("GHS 5s": 0.0).
+SPACED_FLOATS = Style(", ", ": ", plain_floats=True)
+# LuxOS sorts every object's keys and prints shortest floats.
+SORTED_FLOATS = Style(sort_keys=True, plain_floats=True)
+# Braiins OS sorts its data records (the dialect does that) and prints full-precision floats.
+COMPACT_FLOATS = Style(plain_floats=True)
+
+
+def _as_float(match: re.Match[str]) -> str:
+    return repr(float(match.group(1)))
 
 
 def encode(value: Any, style: Style = COMPACT) -> str:
     """Render one reply tree (dicts keep insertion order unless the style sorts them)."""
     text = json.dumps(value, separators=(style.item_sep, style.key_sep), sort_keys=style.sort_keys,
                       ensure_ascii=False, allow_nan=True)
-    return _MARKED.sub(r"\1", text) if "\\u0001" in text else text
+    if "\\u0001" not in text:
+        return text
+    if style.plain_floats:
+        return _MARKED.sub(_as_float, text)
+    # The markers only ever wrap printf numbers, so dropping them with two C-level replaces is exact.
+    return text.replace('"\\u0001', "").replace('\\u0001"', "")
 
 
 def text_value(value: Any) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
 from agent.simulator.replies import bmminer
 from agent.simulator.replies.common import (
-    GH, Firmware, Section, as_python_floats, cg_pools, cg_summary, pools_section,
+    GH, Firmware, Section, cg_pools, cg_summary, pools_section,
 )
 
 VERSION = "2025.4.8.220305-57b389c7"
@@ -24,7 +24,7 @@ def version(ident: Identity, s: Snapshot, now: int) -> Section:
 
 
 def summary(ident: Identity, s: Snapshot, now: int) -> Section:
-    record: dict[str, Any] = as_python_floats(cg_summary(ident, s))
+    record: dict[str, Any] = cg_summary(ident, s)
     for key in ("MHS av", "MHS 5s", "MHS 1m", "MHS 5m", "MHS 15m"):
         record.pop(key)
     record["GHS 5s"] = round(s.hashrate_hs / GH, 2)
@@ -34,7 +34,7 @@ def summary(ident: Identity, s: Snapshot, now: int) -> Section:
 
 
 def pools(ident: Identity, s: Snapshot, now: int) -> Section:
-    return pools_section(as_python_floats(cg_pools(ident, s, now)))
+    return pools_section(cg_pools(ident, s, now))
 
 
 def stats(ident: Identity, s: Snapshot, now: int) -> Section:
@@ -70,7 +70,7 @@ FIRMWARE = Firmware(
     description=f"LUXminer {VERSION}",
     handlers={"version": version, "summary": summary, "pools": pools, "stats": stats, "power": power,
               "temps": temps, "fans": fans, "devs": bmminer.devs, "devdetails": devdetails},
-    style_name="sorted",
+    style_name="sorted_floats",
     sort_envelope=True,
     reports_power=True,
 )
