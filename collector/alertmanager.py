@@ -25,7 +25,7 @@ from enum import StrEnum
 
 import aiohttp
 
-from collector.config import Alerting
+from collector.config import Alerting, public_url
 from collector.model import Alert, AlertPhase
 from collector.rules import Evaluation
 from common.logs import get_logger
@@ -99,6 +99,11 @@ class Target:
     recovered: bool = False  # came back after failures: re-send everything firing
 
     @property
+    def name(self) -> str:
+        """How logs and metrics name the target: its URL without credentials or query."""
+        return public_url(self.url)
+
+    @property
     def endpoint(self) -> str:
         return f"{self.url}/api/v2/alerts" if self.kind is TargetKind.ALERTMANAGER else self.url
 
@@ -139,7 +144,7 @@ class Notifier:
         if len(target.outbox) >= self.alerting.queue_limit:
             target.outbox.popleft()
             target.stats.dropped_batches += 1
-            self._log.error("alert_batch_dropped", target=target.url, reason="queue full",
+            self._log.error("alert_batch_dropped", target=target.name, reason="queue full",
                             queue_limit=self.alerting.queue_limit)
         target.outbox.append(batch)
         target.wake.set()
@@ -179,7 +184,7 @@ class Notifier:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, a.retry_max_s)
             else:
-                self._log.warning("alert_delivery_paused", target=target.url, pending=len(target.outbox),
+                self._log.warning("alert_delivery_paused", target=target.name, pending=len(target.outbox),
                                   retry_in_s=a.retry_max_s, error=target.stats.last_error)
                 await asyncio.sleep(a.retry_max_s)
 
@@ -204,22 +209,22 @@ class Notifier:
         if 200 <= status < 300:
             if stats.up is False:
                 target.recovered = True
-                self._log.info("alert_target_up", target=target.url)
+                self._log.info("alert_target_up", target=target.name)
             stats.up, stats.last_error, stats.last_success_at = True, None, now
             stats.sent_batches += 1
-            self._log.info("alert_sent", target=target.url, alerts=[
+            self._log.info("alert_sent", target=target.name, alerts=[
                 f"{x.name}:{dict(x.labels).get('site', '')}:{x.phase.value}" for x in batch])
             return "sent"
         if 400 <= status < 500 and status not in (408, 429):
             stats.dropped_batches += 1
-            self._log.error("alert_batch_rejected", target=target.url, status=status, reply=text.strip()[:300])
+            self._log.error("alert_batch_rejected", target=target.name, status=status, reply=text.strip()[:300])
             return "rejected"
         return self._failed(target, f"HTTP {status}: {text.strip()[:200]}")
 
     def _failed(self, target: Target, error: str) -> str:
         stats = target.stats
         if stats.up is not False:
-            self._log.warning("alert_target_down", target=target.url, error=error)
+            self._log.warning("alert_target_down", target=target.name, error=error)
         stats.up, stats.last_error = False, error
         stats.failed_attempts += 1
         return "retry"

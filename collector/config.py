@@ -6,10 +6,10 @@ Every MW figure is converted to W here, once; the rest of the collector works in
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.configfile import Section
@@ -85,10 +85,21 @@ class Thresholds:
         return dict(self.hold_overrides_s).get(alertname, self.hold_s)
 
 
+def public_url(url: str) -> str:
+    """A URL fit for logs and metric labels: no user:password, query or fragment (tokens live there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 @dataclass(frozen=True, slots=True)
 class Alerting:
-    alertmanager_urls: tuple[str, ...] = ()
-    webhook_url: str | None = None
+    # URLs may carry credentials (user:password@, ?token=): kept out of repr; logs use public_url().
+    alertmanager_urls: tuple[str, ...] = field(default=(), repr=False)
+    webhook_url: str | None = field(default=None, repr=False)
     resend_interval_s: float = 60.0
     timeout_s: float = 5.0
     max_retries: int = 5

@@ -156,10 +156,10 @@ class SiteCollector(Collector):
                     n = sum(1 for a in svc.evaluation.active if a.name == name and a.phase is phase)
                     alerts.add_metric([name, phase.value], n)
             for target, n in svc.notifier.pending():
-                pending.add_metric([target.url], n)
+                pending.add_metric([target.name], n)
                 if target.stats.up is not None:
-                    target_up.add_metric([target.url], 1.0 if target.stats.up else 0.0)
-                sent.add_metric([target.url, "sent"], target.stats.sent_batches)
-                sent.add_metric([target.url, "failed"], target.stats.failed_attempts)
-                sent.add_metric([target.url, "dropped"], target.stats.dropped_batches)
+                    target_up.add_metric([target.name], 1.0 if target.stats.up else 0.0)
+                sent.add_metric([target.name, "sent"], target.stats.sent_batches)
+                sent.add_metric([target.name, "failed"], target.stats.failed_attempts)
+                sent.add_metric([target.name, "dropped"], target.stats.dropped_batches)
         yield from families

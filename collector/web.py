@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from collector.config import Site
 from collector.exposition import SiteCollector
 from collector.model import Alert, SiteTotals
 from collector.service import CollectorService
@@ -26,10 +27,16 @@ def alert_json(alert: Alert) -> dict[str, Any]:
     }
 
 
-def site_json(t: SiteTotals) -> dict[str, Any]:
+def site_json(t: SiteTotals, site: Site | None) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if site is not None:  # why the allocation in force is what it is
+        config = {"base_allocation_w": site.allocation_w, "pue": site.pue, "aux_w": site.aux_w,
+                  "schedule": [{"days": sorted(w.days), "from": w.start.isoformat("minutes"),
+                                "to": "24:00" if w.end_of_day else w.end.isoformat("minutes"),
+                                "timezone": w.timezone, "allocation_w": w.allocation_w} for w in site.schedule]}
     return {
         "id": t.site_id, "name": t.name, "status": t.status.value, "stale": t.stale,
-        "data_age_s": t.data_age_s, **dataclasses.asdict(t.draw),
+        "data_age_s": t.data_age_s, **dataclasses.asdict(t.draw), **config,
         "agents": [dataclasses.asdict(a) for a in t.agents],
     }
 
@@ -44,7 +51,7 @@ async def sites(request: web.Request) -> web.Response:
         "at": fleet.at,
         "fleet": {"name": fleet.name, "stale": fleet.stale, "sites_stale": fleet.sites_stale,
                   **dataclasses.asdict(fleet.draw)},
-        "sites": [site_json(t) for t in fleet.sites],
+        "sites": [site_json(t, svc.config.site(t.site_id)) for t in fleet.sites],
     }
     return web.json_response(body)
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import datetime
 
 import aiohttp
+from structlog.testing import capture_logs
 
 from collector.alertmanager import Notifier
 from collector.config import Alerting
@@ -117,14 +118,17 @@ async def test_firing_alerts_are_resent_every_interval_and_not_more() -> None:
     assert all(len(b) == 2 for b in am.received)
 
 
-async def test_webhook_gets_changes_only() -> None:
+async def test_webhook_gets_changes_only_and_its_token_is_never_logged() -> None:
     async with fake_alertmanager(FakeAlertmanager()) as hook, aiohttp.ClientSession() as session:
-        notifier = Notifier(Alerting(webhook_url=hook.url + "/api/v2/alerts"), session, "http://x/",
+        notifier = Notifier(Alerting(webhook_url=hook.url + "/api/v2/alerts?token=s3cr3t"), session, "http://x/",
                             clock=lambda: NOW)
-        async with running(notifier):
-            notifier.submit(Evaluation(active=(over(),), changes=(over(),)), NOW)
-            notifier.submit(Evaluation(active=(over(),), changes=()), NOW + 120)
-            (doc,) = await hook.wait_for(1)
-            assert await notifier.drain(1.0)
+        with capture_logs() as logs:
+            async with running(notifier):
+                notifier.submit(Evaluation(active=(over(),), changes=(over(),)), NOW)
+                notifier.submit(Evaluation(active=(over(),), changes=()), NOW + 120)
+                (doc,) = await hook.wait_for(1)
+                assert await notifier.drain(1.0)
     assert doc["status"] == "firing" and doc["alerts"][0]["labels"]["site"] == "a"  # type: ignore[call-overload]
     assert len(hook.received) == 1
+    assert any(e["event"] == "alert_sent" for e in logs) and "s3cr3t" not in repr(logs)
+    assert notifier.targets[0].name == hook.url + "/api/v2/alerts"

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.config import MW, load_collector_config
+from collector.config import MW, load_collector_config, public_url
 from common.configfile import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,3 +127,16 @@ def test_check_config_accepts_the_shipped_file() -> None:
                            str(ROOT / "configs" / "sites.yaml")], capture_output=True, text=True, timeout=30,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_credentials_in_alerting_urls_stay_out_of_repr(tmp_path: Path) -> None:
+    path = tmp_path / "sites.yaml"
+    path.write_text((CASES / "unknown_key.yaml").read_text().replace(
+        "poll:\n  intervl: 5", "alerting:\n  alertmanager_urls: [http://am:hunter2@127.0.0.1:9093]\n"
+        "  webhook_url: http://127.0.0.1:8080/hook?token=s3cr3t-token"))
+    config = load_collector_config(path)
+    assert config.alerting.webhook_url == "http://127.0.0.1:8080/hook?token=s3cr3t-token"
+    dumped = repr(config)
+    assert "s3cr3t-token" not in dumped and "hunter2" not in dumped
+    assert public_url(config.alerting.alertmanager_urls[0]) == "http://127.0.0.1:9093"
+    assert public_url(config.alerting.webhook_url) == "http://127.0.0.1:8080/hook"

@@ -115,6 +115,7 @@ async def test_killed_agent_is_carried_stale_not_zero(rig) -> None:
     sites = {s["id"]: s for s in (await (await client.get("/api/v1/sites")).json())["sites"]}
     a = sites["a"]
     assert a["miner_power_w"] == 8 * MW  # a2's 3 MW still counted
+    assert a["allocation_w"] == a["base_allocation_w"] == 10 * MW and a["pue"] == 1.1 and a["schedule"] == []
     assert a["status"] == "partial" and a["stale"] is True and a["data_age_s"] > 30
     assert [x["up"] for x in a["agents"]] == [True, False]
     m = samples(await (await client.get("/metrics")).text())
