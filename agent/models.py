@@ -34,10 +34,14 @@ def normalise_model(model: str) -> str:
     # "+" is significant for Whatsminer (M30S, M30S+, M30S++); keep it.
     key = re.sub(r"\(.*?\)", "", model.lower())
     key = re.sub(r"[^a-z0-9+]", "", key)
-    for prefix in _VENDOR_PREFIXES:
-        if key.startswith(prefix) and len(key) > len(prefix):
-            key = key[len(prefix):]
-            break
+    # Vendors stack up: Braiins reports "Bitmain Antminer S9".
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _VENDOR_PREFIXES:
+            if key.startswith(prefix) and len(key) > len(prefix):
+                key, stripped = key[len(prefix):], True
+                break
     return _REVISION_SUFFIX.sub("", key) or key
 
 
@@ -92,6 +96,11 @@ def estimate_power(reading: MinerReading, table: ModelTable) -> MinerReading:
     hashrate = reading.hashrate_hs if reading.hashrate_hs is not None else reading.hashrate_avg_hs
     if hashrate is None:
         why = "power unknown: no hashrate to estimate from"
+        return dataclasses.replace(reading, problems=(*reading.problems, why))
+    if hashrate <= 0:
+        # A miner that hashes nothing still draws something (fans, control board, a sleeping PSU):
+        # J/TH x 0 would claim 0 W, which we cannot know.
+        why = "power unknown: miner reports 0 H/s, so J/TH gives no estimate"
         return dataclasses.replace(reading, problems=(*reading.problems, why))
     return dataclasses.replace(
         reading, power_w=hashrate * spec.joules_per_hash, power_source=PowerSource.ESTIMATE

@@ -83,7 +83,8 @@ def to_hs(value: Any, unit: str) -> float | None:
     result = number(value)
     if factor is None or result is None or result < 0:
         return None
-    return result * factor
+    hs = result * factor
+    return hs if math.isfinite(hs) else None  # 1e300 GH/s from a garbage reply overflows to inf
 
 
 def find_hashrate(section: Mapping[str, Any], window: str) -> float | None:

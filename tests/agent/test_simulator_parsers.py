@@ -74,6 +74,4 @@ async def test_detection_names_the_dialect_and_the_model_is_in_the_table(make_si
     module = DIALECTS[dialect]
     reading = module.parse((await query(m.host, module.COMMANDS, port=m.port)).replies)
     spec = table.lookup(reading.model)
-    if spec is None and dialect == "bosminer":
-        pytest.xfail("agent/models.py strips one vendor prefix: 'Bitmain Antminer ...' is not found (reported)")
     assert spec is not None and spec.name == model, reading.model
