@@ -99,8 +99,9 @@ class RuleEngine:
     def _step(self, check: Check, now: float) -> Alert | None:
         key = (check.name, check.labels)
         current = self._alerts.get(key)
-        active = check.active if check.active is not None else current is not None
-        if not active:
+        if check.active is None:  # unknown: keep whatever state (and message) the alert had
+            return None
+        if not check.active:
             if current is None:
                 return None
             del self._alerts[key]

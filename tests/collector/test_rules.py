@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from collector.aggregate import aggregate_fleet
 from collector.config import CollectorConfig
-from collector.model import AgentObservation, AlertPhase, FleetTotals, Severity
+from collector.model import AgentObservation, AgentSummary, AlertPhase, FleetTotals, Severity
 from collector.rules import RuleEngine
 from tests.collector.helpers import MW, make_config, make_site, make_summary, observed
 
@@ -149,3 +151,20 @@ def test_per_alert_hold_override() -> None:
     cfg = make_config(*cfg.sites, fleet_mw=20, hold_s=HOLD, hold_overrides_s=(("SiteOverAllocation", 0.0),))
     engine = RuleEngine(cfg.thresholds)
     assert firing(run(engine, cfg, [(0, 10.5)])[0])
+
+
+def test_a_firing_alert_keeps_state_and_message_while_its_value_is_unknown() -> None:
+    cfg = config(miners_down_ratio=0.2)
+    engine = RuleEngine(cfg.thresholds)
+    a, b = cfg.sites[0].agents[0], cfg.sites[1].agents[0]
+
+    def at(now: float, summary: AgentSummary) -> FleetTotals:
+        return aggregate_fleet(cfg, {a: observed(a, summary, now), b: observed(b, make_summary(), now)}, now)
+
+    many_down = make_summary(up=70, down=30)
+    engine.evaluate(at(0, many_down), 0)
+    fired = [x for x in engine.evaluate(at(30, many_down), 30).active if x.name == "SiteMinersDown"]
+    counts_unknown = replace(many_down, miners_up=None, miners_down=None, miners_total=None)
+    later = engine.evaluate(at(60, counts_unknown), 60)
+    kept = [x for x in later.active if x.name == "SiteMinersDown"]
+    assert fired and kept == fired and not later.changes
