@@ -10,7 +10,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 from collector.config import CollectorConfig, Site
 from collector.model import (
-    AgentObservation, AgentSummary, AgentView, Draw, FleetTotals, SiteStatus, SiteTotals, add,
+    AgentObservation,
+    AgentSummary,
+    AgentView,
+    Draw,
+    FleetTotals,
+    SiteStatus,
+    SiteTotals,
+    add,
 )
 
 

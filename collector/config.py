@@ -290,6 +290,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
             fleet.error("allocation_mw", f"site allocations add up to {total_w / MW:g} MW, more than the fleet's "
                         f"{fleet_mw:g} MW (set allow_oversubscription: true if that is intended)")
     top.problems.raise_if_any()
+    assert fleet_name is not None and fleet_mw is not None  # else raise_if_any() reported them
     return CollectorConfig(
         path=str(path), fleet_name=fleet_name, fleet_allocation_w=fleet_mw * MW,
         allow_oversubscription=oversubscribe, sites=tuple(sites), thresholds=thresholds, alerting=alerting,

@@ -174,7 +174,7 @@ class RuleEngine:
             "SiteDataStale", labels, Severity.WARNING, site.stale, site.data_age_s,
             f"{who} data is stale: {len(stale_agents)} of {len(site.agents)} agents have no data newer than "
             f"{duration(t.stale_after_s)}; {counted}.",
-            f"Stale since {{since}}. Check the agents: "
+            "Stale since {since}. Check the agents: "
             + "; ".join(f"{a.url} ({'never answered' if not a.has_data else duration(a.age_s or 0) + ' old'}"
                         f"{', ' + a.last_error if a.last_error else ''})" for a in stale_agents) + ".")
         for agent in site.agents:
@@ -207,6 +207,6 @@ class RuleEngine:
             "FleetOverAllocation", base, Severity.CRITICAL, over, power,
             f"Fleet {fleet.name} draws {mw(power)} against its {mw(alloc)} allocation "
             f"(+{mw(max(power - alloc, 0.0))}, {power / alloc:.1%}).",
-            f"Over allocation since {{since}}. Least headroom: "
+            "Over allocation since {since}. Least headroom: "
             + ", ".join(f"{s.site_id} {mw(s.draw.headroom_w or 0.0)}" for s in worst)
             + f". {fleet.sites_stale} site(s) have stale data.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from collector.config import Alerting, CollectorConfig, Site, Thresholds
 from collector.model import AgentObservation, AgentSummary
@@ -16,7 +17,7 @@ def make_site(site_id: str = "a", allocation_mw: float = 10.0, agents: int = 1, 
                 aux_w=aux_mw * MW, agents=tuple(f"http://127.0.0.1:{port + i}" for i in range(agents)))
 
 
-def make_config(*sites: Site, fleet_mw: float = 100.0, **thresholds: float) -> CollectorConfig:
+def make_config(*sites: Site, fleet_mw: float = 100.0, **thresholds: Any) -> CollectorConfig:
     return CollectorConfig(path="test.yaml", fleet_name="test-fleet", fleet_allocation_w=fleet_mw * MW,
                            allow_oversubscription=False, sites=sites or (make_site(),),
                            thresholds=replace(Thresholds(), **thresholds), alerting=Alerting())

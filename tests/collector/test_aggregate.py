@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from collector.aggregate import aggregate_fleet, aggregate_site
-from collector.model import SiteStatus
+from collector.model import AgentObservation, SiteStatus
 from tests.collector.helpers import MW, make_config, make_site, make_summary, observed
 
 STALE_AFTER = 60.0
@@ -58,7 +58,7 @@ def test_status_ok_partial_stale_no_data() -> None:
     a, b = site.agents
     fresh = make_summary()
 
-    def status(obs: dict, now: float = 10) -> SiteStatus:
+    def status(obs: dict[str, AgentObservation], now: float = 10) -> SiteStatus:
         return aggregate_site(site, obs, now=now, stale_after_s=STALE_AFTER).status
 
     assert status({}) is SiteStatus.NO_DATA

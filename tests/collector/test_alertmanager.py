@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 import aiohttp
 from structlog.testing import capture_logs
@@ -41,7 +42,7 @@ async def running(notifier: Notifier) -> AsyncIterator[Notifier]:
         await asyncio.gather(task, return_exceptions=True)
 
 
-def alerting(url: str, **kw: object) -> Alerting:
+def alerting(url: str, **kw: Any) -> Alerting:
     return replace(Alerting(alertmanager_urls=(url,), retry_base_s=0.01, retry_max_s=0.05, max_retries=2,
                             resend_interval_s=60), **kw)
 

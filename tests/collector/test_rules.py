@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from collector.aggregate import aggregate_fleet
 from collector.config import CollectorConfig
 from collector.model import AgentObservation, AgentSummary, AlertPhase, FleetTotals, Severity
-from collector.rules import RuleEngine
+from collector.rules import Evaluation, RuleEngine
 from tests.collector.helpers import MW, make_config, make_site, make_summary, observed
 
 HOLD = 30.0
@@ -30,16 +31,12 @@ def fleet_at(cfg: CollectorConfig, now: float, a_mw: float | None, b_mw: float =
     return aggregate_fleet(cfg, obs, now)
 
 
-def run(engine: RuleEngine, cfg: CollectorConfig, series: list[tuple[float, float | None]], **kw: object):
-    """Feed (time, site A MW) points; return the firing alert names per step."""
-    out = []
-    for now, a_mw in series:
-        ev = engine.evaluate(fleet_at(cfg, now, a_mw, **kw), now)  # type: ignore[arg-type]
-        out.append(ev)
-    return out
+def run(engine: RuleEngine, cfg: CollectorConfig, series: Sequence[tuple[float, float | None]]) -> list[Evaluation]:
+    """Feed (time, site A MW) points; return each step's evaluation."""
+    return [engine.evaluate(fleet_at(cfg, now, a_mw), now) for now, a_mw in series]
 
 
-def firing(ev, name: str = "SiteOverAllocation", site: str = "a") -> bool:
+def firing(ev: Evaluation, name: str = "SiteOverAllocation", site: str = "a") -> bool:
     return any(a.name == name and ("site", site) in a.labels and a.phase is AlertPhase.FIRING for a in ev.active)
 
 

@@ -53,7 +53,7 @@ async def wait_until(probe: Callable[[], Awaitable[T | None]], timeout_s: float,
             value = await probe()
             if value is not None and value is not False:
                 return value
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
             last_error = exc
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}"
@@ -125,11 +125,12 @@ def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Procs]:
             print(managed.report())
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    rep = outcome.get_result()
-    setattr(item, f"rep_{rep.when}", rep)
+    # Remember each phase's report on the item, so `procs` can print the processes' logs after a failure.
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)  # type: ignore[attr-defined]
+    return rep
 
 
 @pytest.fixture

@@ -20,8 +20,17 @@ import pytest
 
 from tests.collector.fakes import FakeAgent, fake_agent
 from tests.e2e.conftest import (
-    ROOT, Proc, Procs, alertmanager_alerts, free_port, get_json, listening_url, megawatch, start_alertmanager,
-    start_prometheus, wait_until,
+    ROOT,
+    Proc,
+    Procs,
+    alertmanager_alerts,
+    free_port,
+    get_json,
+    listening_url,
+    megawatch,
+    start_alertmanager,
+    start_prometheus,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
