@@ -69,6 +69,7 @@ async def serve(config: FleetConfig) -> int:
             return 1
         for line in backend.describe():
             print(line, flush=True)
+            log.info("fleet_listening", where=line)
         control_url = f"http://{config.control.host}:{port}/api/v1/truth"
         print(f"control endpoint: http://{config.control.host}:{port}/ (ground truth: {control_url})", flush=True)
         log.info("simulator_ready", miners=config.count, control=f"{config.control.host}:{port}",

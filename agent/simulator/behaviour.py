@@ -24,6 +24,13 @@ def unit(*key: int) -> float:
     return (hash(key) & 0xFFFFFFFF) / 4294967296.0
 
 
+def units4(*key: int) -> tuple[float, float, float, float]:
+    """Four uniforms in [0, 1) from one hash: the per-tick draws are on every reply's path."""
+    h = hash(key) & 0xFFFFFFFFFFFFFFFF
+    return ((h & 0xFFFF) / 65536.0, ((h >> 16) & 0xFFFF) / 65536.0, ((h >> 32) & 0xFFFF) / 65536.0,
+            ((h >> 48) & 0xFFFF) / 65536.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """What does not change while the simulator runs: where a miner listens and what it is."""
@@ -41,6 +48,11 @@ class Identity:
     mac: str
     quality: float  # this unit's steady hashrate relative to the model's nominal (0.97-1.03)
     initial_uptime_s: int
+    board_shares: tuple[float, ...]  # each board's part of the hashrate (sums to 1)
+    board_offsets_c: tuple[float, ...]  # each board runs a little hotter or cooler than the others
+    reject_ratio: float
+    hw_errors_per_s: float
+    best_share: int
 
     @property
     def address(self) -> str:
@@ -51,6 +63,7 @@ def make_identity(*, seed: int, index: int, host: str, port: int, site: str, dia
                   model: ModelSpec, ambient_c: float, allow_control: bool) -> Identity:
     fans = {"btminer": 2, "avalon": 2}.get(dialect, 4)
     mac_bytes = [int(unit(seed, index, 900 + i) * 256) for i in range(5)]
+    weights = [1.0 + 0.04 * (unit(seed, index, b, 20) - 0.5) for b in range(BOARDS)]
     return Identity(
         index=index, host=host, port=port, site=site, dialect=dialect, model=model,
         ambient_c=ambient_c, fans=fans, allow_control=allow_control,
@@ -59,6 +72,11 @@ def make_identity(*, seed: int, index: int, host: str, port: int, site: str, dia
         quality=0.97 + 0.06 * unit(seed, index, 3),
         # Between 10 minutes and 20 days: a fleet where nobody rebooted at the same moment.
         initial_uptime_s=600 + int(unit(seed, index, 4) * 20 * 86400),
+        board_shares=tuple(w / sum(weights) for w in weights),
+        board_offsets_c=tuple(4.0 * (unit(seed, index, b, 30) - 0.5) for b in range(BOARDS)),
+        reject_ratio=0.002 * (0.5 + unit(seed, index, 50)),
+        hw_errors_per_s=0.02 * (0.5 + unit(seed, index, 51)),
+        best_share=int(SHARE_DIFFICULTY * (2.0 + 40.0 * unit(seed, index, 52))),
     )
 
 
@@ -103,55 +121,45 @@ def snapshot(ident: Identity, *, seed: int, tick: int, tick_s: float, load: floa
 
     steady = spec.nominal_hashrate_hs * load * ident.quality * (1.0 - drop)
     # ±1 % tick-to-tick noise on the short window; longer windows wander less.
-    short = steady * (1.0 + 0.02 * (unit(seed, i, tick, 10) - 0.5))
-    one_m = steady * (1.0 + 0.01 * (unit(seed, i, tick, 11) - 0.5))
-    five_m = steady * (1.0 + 0.006 * (unit(seed, i, tick, 12) - 0.5))
-    fifteen_m = steady * (1.0 + 0.004 * (unit(seed, i, tick, 13) - 0.5))
-
+    r_short, r_1m, r_5m, r_15m = units4(seed, i, tick, 10)
+    short = steady * (1.0 + 0.02 * (r_short - 0.5))
+    one_m = steady * (1.0 + 0.01 * (r_1m - 0.5))
+    five_m = steady * (1.0 + 0.006 * (r_5m - 0.5))
+    fifteen_m = steady * (1.0 + 0.004 * (r_15m - 0.5))
     # Boards differ a little; their rates add up to the miner's short-window rate.
-    weights = [1.0 + 0.04 * (unit(seed, i, b, 20) - 0.5) for b in range(BOARDS)]
-    total_w = sum(weights)
-    boards = tuple(short * w / total_w for w in weights)
+    boards = tuple(short * share for share in ident.board_shares)
 
     # Constant J/TH: power follows hashrate, so an estimate from the model table matches the true draw
     # unless the miner is in a power_surge.
     power = round(short * spec.joules_per_hash * surge)
     limit = round(spec.nominal_power_w * 1.1)
 
-    utilisation = short / spec.nominal_hashrate_hs
-    chip = []
-    board_t = []
-    for b in range(BOARDS):
-        base = ident.ambient_c + 38.0 * utilisation + 4.0 * (unit(seed, i, b, 30) - 0.5)
-        base += 1.0 * (unit(seed, i, tick, b, 31) - 0.5)
-        if hot:
-            base += 30.0
-        chip.append(round(base, 1))
-        board_t.append(round(base - 12.0, 1))
-    hottest = max(chip)
-    fans = []
-    for f in range(ident.fans):
-        if hot:
-            rpm = MAX_FAN_RPM
-        else:
-            rpm = 2400 + 70.0 * (hottest - 60.0) + 120.0 * (unit(seed, i, tick, f, 40) - 0.5)
-            rpm = max(1200, min(MAX_FAN_RPM, rpm))
-        fans.append(int(round(rpm / 10.0) * 10))
+    warm = ident.ambient_c + 38.0 * short / spec.nominal_hashrate_hs + (30.0 if hot else 0.0)
+    board_noise = units4(seed, i, tick, 31)
+    chip = tuple(round(warm + offset + board_noise[b] - 0.5, 1) for b, offset in enumerate(ident.board_offsets_c))
+    board_t = tuple(round(c - 12.0, 1) for c in chip)
+    if hot:
+        fans = (MAX_FAN_RPM,) * ident.fans
+    else:
+        base_rpm = 2400 + 70.0 * (max(chip) - 60.0)
+        fan_noise = units4(seed, i, tick, 40)
+        fans = tuple(int(round(max(1200.0, min(MAX_FAN_RPM, base_rpm + 120.0 * (fan_noise[f] - 0.5))) / 10.0) * 10)
+                     for f in range(ident.fans))
 
     uptime = (tick - boot_tick) * tick_s + (0 if booted_fresh else ident.initial_uptime_s)
     uptime_s = max(0, int(uptime))
     # Counters grow with uptime at this unit's steady rate: monotonic within a boot, 0 after a reboot.
     shares_per_s = steady / (SHARE_DIFFICULTY * TWO_32)
     accepted = int(uptime_s * shares_per_s)
-    rejected = int(accepted * 0.002 * (0.5 + unit(seed, i, 50)))
-    hw_errors = int(uptime_s * 0.02 * (0.5 + unit(seed, i, 51)))
-    best = int(SHARE_DIFFICULTY * (2.0 + 40.0 * unit(seed, i, 52))) if accepted else 0
+    rejected = int(accepted * ident.reject_ratio)
+    hw_errors = int(uptime_s * ident.hw_errors_per_s)
+    best = ident.best_share if accepted else 0
     freq = int(round((500 + 150 * load) / 5.0) * 5)
     return Snapshot(
         tick=tick, uptime_s=uptime_s, hashrate_hs=short, hashrate_avg_hs=steady,
         hashrate_1m_hs=one_m, hashrate_5m_hs=five_m, hashrate_15m_hs=fifteen_m,
         nominal_hs=spec.nominal_hashrate_hs * load, board_hashrate_hs=boards,
-        chip_temp_c=tuple(chip), board_temp_c=tuple(board_t), fan_rpm=tuple(fans),
+        chip_temp_c=chip, board_temp_c=board_t, fan_rpm=fans,
         power_w=power, power_limit_w=limit, accepted=accepted, rejected=rejected,
         hardware_errors=hw_errors, difficulty_accepted=accepted * SHARE_DIFFICULTY,
         best_share=best, frequency_mhz=freq,

@@ -17,6 +17,10 @@ WIRE_FAULTS: tuple[str, ...] = (
     "reboot",
 )
 BEHAVIOUR_FAULTS: tuple[str, ...] = ("overheat", "hashrate_drop", "power_surge")
+# Wire faults after which a client cannot read the reply. `slow` is not one: its reply is complete and
+# correct, only late, so the ground truth counts it as serving (an agent whose deadline is shorter than
+# delay_s will miss it: that is the agent's choice, not the miner's state).
+HIDING_FAULTS: frozenset[str] = frozenset(WIRE_FAULTS) - {"slow"}
 FAULT_KINDS: tuple[str, ...] = WIRE_FAULTS + BEHAVIOUR_FAULTS
 
 # Parameters each kind takes, with defaults (all optional in YAML and in the control API).
@@ -54,6 +58,10 @@ class Fault:
     @property
     def on_wire(self) -> bool:
         return self.kind in WIRE_FAULTS
+
+    @property
+    def hides_reply(self) -> bool:
+        return self.kind in HIDING_FAULTS
 
     def describe(self) -> dict[str, object]:
         """The kind and only the parameters that kind uses (for /api/v1/miners)."""

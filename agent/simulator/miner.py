@@ -75,8 +75,8 @@ class Miner:
 
     @property
     def serving(self) -> bool:
-        """Listening and answering normally (no wire fault), i.e. what a poll would read."""
-        return self.server is not None and not self.rebooting and (self.fault is None or not self.fault.on_wire)
+        """Listening and answering with a complete, correct reply (maybe late): what a poll can read."""
+        return self.server is not None and not self.rebooting and (self.fault is None or not self.fault.hides_reply)
 
     @property
     def hashing(self) -> bool:

@@ -71,12 +71,14 @@ async def test_truth_is_the_sum_of_what_miners_report(sim_fleet, raw_request):
 async def test_truth_leaves_out_miners_that_do_not_answer(sim_fleet, raw_request):
     before = await sim_fleet.truth()
     hidden = [m for m in sim_fleet.miners if m.site == "site-a"][:3]
+    late = [m for m in sim_fleet.miners if m.site == "site-a"][3]
     sim_fleet.set_fault(hidden[:1], "offline")
     sim_fleet.set_fault(hidden[1:], "hang")
+    sim_fleet.set_fault([late], "slow", delay_s=0.05)  # late but complete: still read, still counted
     after = (await sim_fleet.truth())["sites"]["site-a"]
     assert after["miners_serving"] == before["sites"]["site-a"]["miners_serving"] - 3
     assert after["miners_hashing"] == before["sites"]["site-a"]["miners_hashing"] - 1  # hung ones still hash
-    assert after["faults"] == {"offline": 1, "hang": 2}
+    assert after["faults"] == {"offline": 1, "hang": 2, "slow": 1}
     answering = [m for m in sim_fleet.miners if m.site == "site-a" and m not in hidden]
     spec_of = lambda m: sim_fleet.miner(m.index).identity.model  # noqa: E731
     polled = (await polled_sums(raw_request, answering, spec_of))["site-a"]
