@@ -189,11 +189,11 @@ class MinerRenderer:
         currents = [m.current for m in miners]
         if sum(map(len, self._labels.values())) > self._MAX_CACHED_LABELS:
             self._labels.clear()
-        out: list[str] = []
-        add = out.append
+        parts: list[str] = []  # one string per family: peak memory is one family's lines, not all of them
         for family in MINER_FAMILIES:
             name = family.sample_name
-            add(f"# HELP {name} {family.help}\n# TYPE {name} {family.kind}\n")
+            lines = [f"# HELP {name} {family.help}\n# TYPE {name} {family.kind}\n"]
+            add = lines.append
             if family.field is not None:
                 get = attrgetter(family.field)
                 for head, current in zip(heads, currents):
@@ -217,7 +217,8 @@ class MinerRenderer:
                             labels = ",".join(f'{k}="{_escape(x)}"' for k, x in zip(extra, values))
                             cache[values] = labels
                         add(f"{name}{{{head},{labels}}} {v}\n")
-        return "".join(out)
+            parts.append("".join(lines))
+        return "".join(parts)
 
 
 def render_miners(snapshot: FleetSnapshot, settings: ExpositionSettings) -> str:

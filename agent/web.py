@@ -38,10 +38,14 @@ WALL_CLOCK = web.AppKey("wall_clock", Callable[[], float])
 
 @dataclass(frozen=True, slots=True)
 class _Rendered:
+    """Only the gzip form is kept (Prometheus asks for gzip): 1.4 MB instead of 20 MB at 10k miners."""
+
     snapshot: FleetSnapshot
-    text: bytes
-    gzip_head: bytes  # gzip stream of `text`, flushed but not finished
-    gzip_state: Any  # zlib compressor after `text`; copied per scrape to append the registry part
+    gzip_head: bytes  # gzip stream of the text, flushed but not finished
+    gzip_state: Any  # zlib compressor after the text; copied per scrape to append the registry part
+
+    def text(self) -> bytes:
+        return zlib.decompressobj(31).decompress(self.gzip_head)
 
 
 class MetricsCache:
@@ -62,7 +66,7 @@ class MetricsCache:
         text = self._renderer.render(snapshot).encode()
         compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # level 1: 19 MB in ~0.15 s; wbits 31 = gzip
         head = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        return _Rendered(snapshot, text, head, compressor)
+        return _Rendered(snapshot, head, compressor)
 
 
 METRICS = web.AppKey("metrics", MetricsCache)
@@ -92,9 +96,18 @@ def make_app(
     return app
 
 
+async def _prerender(app: web.Application) -> None:
+    """Render each new cycle's text as soon as it is published, so scrapes find it ready."""
+    state, cache = app[STATE], app[METRICS]
+    while True:
+        snapshot = await state.wait_for_cycle(state.snapshot.cycle + 1)
+        await cache.get(snapshot)
+
+
 async def _run_poller(app: web.Application) -> AsyncIterator[None]:
     log = get_logger(site=app[CONFIG].site)
     task = asyncio.create_task(app[POLLER].run(), name="poller")
+    prerender = asyncio.create_task(_prerender(app), name="prerender")
 
     def on_done(t: asyncio.Task[None]) -> None:
         if not t.cancelled() and t.exception() is not None:
@@ -103,27 +116,35 @@ async def _run_poller(app: web.Application) -> AsyncIterator[None]:
     task.add_done_callback(on_done)
     app[POLLER_TASK] = task
     yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    except Exception:  # noqa: BLE001 - already logged by on_done; shutting down either way
-        pass
+    for t in (prerender, task):
+        t.cancel()
+        try:
+            await t
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - already logged by on_done; shutting down either way
+            pass
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.StreamResponse:
     app = request.app
     rendered = await app[METRICS].get(app[STATE].snapshot)
     tail = generate_latest(app[REGISTRY])
     headers = {"Content-Type": CONTENT_TYPE}
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         compressor = rendered.gzip_state.copy()
-        body = rendered.gzip_head + compressor.compress(tail) + compressor.flush()
+        parts = (rendered.gzip_head, compressor.compress(tail) + compressor.flush())
         headers["Content-Encoding"] = "gzip"
     else:
-        body = rendered.text + tail
-    return web.Response(body=body, headers=headers)
+        parts = (await asyncio.to_thread(rendered.text), tail)  # rare: Prometheus asks for gzip
+    # Written in parts: joining would copy the ~20 MB text of a 10k-miner site on every scrape.
+    response = web.StreamResponse(headers=headers)
+    response.content_length = sum(map(len, parts))
+    await response.prepare(request)
+    for part in parts:
+        await response.write(part)
+    await response.write_eof()
+    return response
 
 
 def _poller_failure(app: web.Application) -> str | None:
