@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from collector.aggregate import aggregate_fleet
 from collector.config import CollectorConfig
 from collector.model import AgentObservation, AgentSummary, AlertPhase, FleetTotals, Severity
@@ -165,3 +168,31 @@ def test_a_firing_alert_keeps_state_and_message_while_its_value_is_unknown() -> 
     later = engine.evaluate(at(60, counts_unknown), 60)
     kept = [x for x in later.active if x.name == "SiteMinersDown"]
     assert fired and kept == fired and not later.changes
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.5, 20.0), st.floats(8.0, 12.0)), min_size=1, max_size=40))
+def test_over_allocation_invariants_on_any_series(steps: list[tuple[float, float]]) -> None:
+    """Fires only after the hold with the draw over the clear line; resolves only below it; never in the band."""
+    cfg = config(hysteresis_ratio=0.02)
+    engine = RuleEngine(cfg.thresholds)
+    line, clear = 10.0, 10.0 * 0.98
+    now, firing_since = 0.0, None
+    for dt, a_mw in steps:
+        now += dt
+        ev = engine.evaluate(fleet_at(cfg, now, a_mw), now)
+        changes = [c for c in ev.changes if c.name == "SiteOverAllocation"]
+        current = next((a for a in ev.active if a.name == "SiteOverAllocation"), None)
+        for c in changes:
+            if c.phase is AlertPhase.FIRING:
+                assert a_mw >= clear and now - c.since >= HOLD
+                firing_since = c.since
+            else:
+                assert a_mw < clear and firing_since is not None
+                firing_since = None
+        if clear <= a_mw <= line:
+            assert not [c for c in changes if c.phase is AlertPhase.RESOLVED]
+        if a_mw > line:
+            assert current is not None  # over the line is always at least pending
+        if a_mw < clear:
+            assert current is None
