@@ -7,7 +7,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 from aiohttp import web
@@ -62,6 +62,11 @@ class CollectorService:
         results = await self.reader.fetch_all(list(self.site_of))
         now = self.clock()
         for result in results:
+            site = self.site_of[result.url]
+            if result.summary is not None and result.summary.site not in (None, site):
+                # Counting a shard under the wrong site would put its MW against the wrong allocation.
+                result = replace(result, summary=None, error=f"agent reports site {result.summary.site!r}, "
+                                 f"but {self.config.path} lists it under site {site!r}")
             prev = self.observations.get(result.url)
             obs = observe(prev, result, now)
             self.observations[result.url] = obs

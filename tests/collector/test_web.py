@@ -152,3 +152,12 @@ async def test_promtool_check_metrics_is_clean(rig: Rig) -> None:
     proc = await asyncio.to_thread(subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True,
                                    text=True, timeout=30, check=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stdout + proc.stderr
+
+
+async def test_an_agent_of_another_site_is_not_counted(rig: Rig) -> None:
+    service, client, (_, a2, _), _, _ = rig
+    a2.site = "b"
+    await service.poll_once()
+    site_a = (await (await client.get("/api/v1/sites")).json())["sites"][0]
+    assert site_a["miner_power_w"] == 5 * MW and site_a["status"] == "partial"
+    assert site_a["agents"][1]["last_error"] == "agent reports site 'b', but t.yaml lists it under site 'a'"
