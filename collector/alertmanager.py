@@ -153,6 +153,9 @@ class Notifier:
         return ((t, len(t.outbox)) for t in self.targets)
 
     async def run(self) -> None:
+        """Deliver until cancelled (with no target configured, just wait to be cancelled)."""
+        if not self.targets:
+            await asyncio.get_running_loop().create_future()
         async with asyncio.TaskGroup() as group:  # each deliverer handles its own errors
             for target in self.targets:
                 group.create_task(self._deliver(target))

@@ -66,7 +66,6 @@ class SiteCollector(Collector):
 
     def __init__(self, service: CollectorService) -> None:
         self._service = service
-        self._config = service.config
 
     def describe(self) -> Iterator[Metric]:
         yield from self._families(None)
@@ -118,7 +117,13 @@ class SiteCollector(Collector):
         families: list[Metric] = [*site_fam.values(), pue, aux, base_alloc, age, stale, status, agents,
                                   *fleet_fam.values(), fleet_sites_stale, agent_up, agent_age, fetch_s, fetches,
                                   cycles, cycle_s, last, alerts, pending, target_up, sent]
-        for site in self._config.sites:
+        reload_ok = g("collector_config_last_reload_successful",
+                      "1 if the last config reload (SIGHUP) succeeded, 0 if it failed and the old config runs.", [])
+        reload_at = g("collector_config_last_reload_timestamp_seconds",
+                      "Unix time of the last config reload attempt, in seconds.", [])
+        families += [reload_ok, reload_at]
+        config = (svc or self._service).config
+        for site in config.sites:
             pue.add_metric([site.id], site.pue)
             aux.add_metric([site.id], site.aux_w)
             base_alloc.add_metric([site.id], site.allocation_w)
@@ -147,6 +152,9 @@ class SiteCollector(Collector):
             for url, seconds in svc.stats.fetch_duration_s.items():
                 fetch_s.add_metric([svc.site_of[url], url], seconds)
             cycles.add_metric([], svc.stats.cycles)
+            reload_ok.add_metric([], 0.0 if svc.stats.reload_ok is False else 1.0)
+            if svc.stats.reload_at is not None:
+                reload_at.add_metric([], svc.stats.reload_at)
             if svc.stats.last_duration_s is not None:
                 cycle_s.add_metric([], svc.stats.last_duration_s)
             if svc.stats.last_finished is not None:

@@ -38,6 +38,8 @@ class CycleStats:
     last_duration_s: float | None = None
     fetches: Counter[tuple[str, str]] = field(default_factory=Counter)  # (agent url, ok|error|not_ready)
     fetch_duration_s: dict[str, float] = field(default_factory=dict)
+    reload_ok: bool | None = None  # None until the first SIGHUP
+    reload_at: float | None = None
 
 
 class CollectorService:
@@ -56,8 +58,16 @@ class CollectorService:
         self.stats = CycleStats()
         self.site_of = {url: s.id for s in config.sites for url in s.agents}
         self._log = get_logger()
+        self._reload_requested = False
+
+    def request_reload(self) -> None:
+        """Ask for the config to be re-read before the next cycle (from SIGHUP): never mid-cycle."""
+        self._reload_requested = True
 
     async def poll_once(self) -> FleetTotals:
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
         started = self.clock()
         results = await self.reader.fetch_all(list(self.site_of))
         now = self.clock()
@@ -91,14 +101,52 @@ class CollectorService:
         s.last_duration_s = max(0.0, s.last_finished - started)
         return fleet
 
+    def apply_config(self, new: CollectorConfig) -> list[str]:
+        """Take a reloaded config between cycles; return what could not change without a restart.
+
+        Sites, allocations, schedules, overhead, agents, thresholds and the poll interval change at once;
+        alert state and the agents' last known values carry over for what remains. Alerting targets
+        and the listen address keep their old values (their tasks and socket were made at start).
+        """
+        kept = [name for name, old_value, new_value in (
+            ("alerting", self.config.alerting, new.alerting),
+            ("listen.address", self.config.listen_address, new.listen_address),
+            ("listen.port", self.config.listen_port, new.listen_port)) if old_value != new_value]
+        self.config = replace(new, alerting=self.config.alerting, listen_address=self.config.listen_address,
+                              listen_port=self.config.listen_port)
+        self.site_of = {url: s.id for s in new.sites for url in s.agents}
+        self.observations = {u: o for u, o in self.observations.items() if u in self.site_of}
+        self.stats.fetches = Counter({k: n for k, n in self.stats.fetches.items() if k[0] in self.site_of})
+        self.stats.fetch_duration_s = {u: d for u, d in self.stats.fetch_duration_s.items() if u in self.site_of}
+        self.reader.timeout_s = new.poll_timeout_s
+        self.engine.thresholds = new.thresholds
+        return kept
+
+    def reload(self) -> bool:
+        """Re-read the config file; on any problem keep the running config (atomic) and say why."""
+        from collector.config import load_collector_config
+        from common.configfile import ConfigError
+
+        self.stats.reload_at = self.clock()
+        try:
+            new = load_collector_config(self.config.path)
+        except ConfigError as exc:
+            self.stats.reload_ok = False
+            self._log.error("config_reload_failed", path=self.config.path, problems=[str(p) for p in exc.problems])
+            return False
+        kept = self.apply_config(new)
+        self.stats.reload_ok = True
+        self._log.info("config_reloaded", path=self.config.path, sites=len(new.sites), agents=len(self.site_of),
+                       needs_restart=kept or None)
+        return True
+
     async def run(self) -> None:
         """Poll every interval until cancelled; a slow cycle delays the next, never overlaps it."""
-        interval = self.config.poll_interval_s
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
             await self.poll_once()
-            next_at += interval
+            next_at += self.config.poll_interval_s  # read each cycle: a reload may change it
             behind = loop.time() - next_at
             if behind > 0:
                 self._log.warning("collector_cycle_overran", behind_s=round(behind, 3))
@@ -124,6 +172,8 @@ async def serve(config: CollectorConfig, address: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    service: CollectorService | None = None
+    loop.add_signal_handler(signal.SIGHUP, lambda: service.request_reload() if service is not None else None)
     async with aiohttp.ClientSession(raise_for_status=False) as session:
         service = CollectorService(config, session, generator_url(config, address, port))
         runner = web.AppRunner(make_app(service), access_log=None)

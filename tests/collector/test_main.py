@@ -8,9 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 def collector(*args: str) -> subprocess.Popen[str]:
@@ -57,3 +61,69 @@ def test_sigterm_stops_cleanly() -> None:
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert "collector_stopping" in err and "Traceback" not in err
+
+
+def _started_url(proc: subprocess.Popen[str]) -> str:
+    assert proc.stderr is not None
+    for _ in range(50):  # the first lines a starting collector logs; bounded
+        line = proc.stderr.readline()
+        if not line:
+            break
+        if '"collector_listening"' in line:
+            return str(json.loads(line)["url"])
+    raise AssertionError(f"collector did not start (exit {proc.poll()})")
+
+
+def _wait_for(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = probe()
+        if value is not None:
+            return value
+        time.sleep(0.05)  # polling interval of a bounded wait, not synchronisation
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+SITES = """
+fleet: {name: f, allocation_mw: 100}
+sites:
+  - id: a
+    allocation_mw: %s
+    agents: [http://127.0.0.1:9]
+poll: {interval_s: 0.2, timeout_s: 0.1}
+listen: {address: 127.0.0.1, port: 0}
+"""
+
+
+def test_sighup_reloads_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "sites.yaml"
+    path.write_text(SITES % 10)
+    proc = collector("--config", str(path), "--log-format", "json")
+    try:
+        url = _started_url(proc)
+
+        def allocation() -> float:
+            return float(json.loads(_get(url + "/api/v1/sites"))["sites"][0]["allocation_w"])
+
+        _wait_for(lambda: allocation() if _get(url + "/healthz") else None, 10, "the first cycle")
+        assert allocation() == 10e6
+        path.write_text(SITES % 12)
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: True if allocation() == 12e6 else None, 10, "the new allocation")
+
+        path.write_text(SITES % "12MW")  # a bad edit: the running config stays
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: True if "megawatch_collector_config_last_reload_successful 0.0" in _get(url + "/metrics")
+                  else None, 10, "the failed reload to show")
+        assert allocation() == 12e6 and proc.poll() is None
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    failed = next(e for e in events if e["event"] == "config_reload_failed")
+    assert failed["problems"] == [f"{path}:5: sites[0].allocation_mw: expected a number > 0, got '12MW'"]
