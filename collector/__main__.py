@@ -6,6 +6,10 @@ Alertmanager (and an optional webhook). Serves /metrics, /api/v1/sites, /api/v1/
 
   megawatch collector --config configs/sites.yaml
   megawatch collector --check-config configs/sites.yaml
+
+SIGHUP re-reads the config before the next cycle (sites, allocations, schedules, overhead, agents,
+thresholds, poll interval); a bad file keeps the running config and logs config_reload_failed.
+SIGTERM/SIGINT stop it after a bounded attempt to deliver pending alerts.
 """
 
 from __future__ import annotations
