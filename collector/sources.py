@@ -20,6 +20,9 @@ from collector.model import AgentObservation, AgentSummary
 SUMMARY_PATH = "/api/v1/summary"
 SUMMARY_VERSION = 1
 MAX_SUMMARY_BYTES = 1 << 20  # a site summary is a few hundred bytes; anything near this is not one
+# Agents read at once. aiohttp's connector queues past its own limit (100); a deadline that started in that
+# queue would expire there (pyasic's unbounded gather, PERF-NOTES.md), so we queue on our semaphore first.
+CONCURRENCY = 64
 
 # AgentSummary field -> path in the agent's JSON. Figures are base units (W, H/s, s); null means unknown.
 SUMMARY_FIELDS: Mapping[str, tuple[str, ...]] = {
@@ -98,11 +101,13 @@ class AgentReader:
     """Fetches agents' summaries through one shared ClientSession."""
 
     def __init__(self, session: aiohttp.ClientSession, timeout_s: float,
-                 clock: Callable[[], float], max_bytes: int = MAX_SUMMARY_BYTES) -> None:
+                 clock: Callable[[], float], max_bytes: int = MAX_SUMMARY_BYTES,
+                 concurrency: int = CONCURRENCY) -> None:
         self.session = session
         self.timeout_s = timeout_s
         self.clock = clock
         self.max_bytes = max_bytes
+        self._slots = asyncio.Semaphore(concurrency)
 
     async def fetch_summary(self, url: str) -> AgentSummary:
         """One agent's summary within the deadline; raises SummaryError or SummaryNotReady."""
@@ -126,6 +131,10 @@ class AgentReader:
         return parse_summary(doc)
 
     async def _fetch_one(self, url: str) -> FetchResult:
+        async with self._slots:  # the deadline starts once this agent's turn has come
+            return await self._timed_fetch(url)
+
+    async def _timed_fetch(self, url: str) -> FetchResult:
         started = self.clock()
         try:
             summary: AgentSummary | None = await self.fetch_summary(url)

@@ -24,7 +24,8 @@ class FakeAgent:
     down: int = 0
     stale: int = 0
     age_s: float = 0.5
-    mode: str = "ok"  # ok | error (HTTP 500) | hang | garbage | huge | not_ready
+    mode: str = "ok"  # ok | slow (delay_s) | error (HTTP 500) | hang | garbage | huge | not_ready
+    delay_s: float = 0.0
     requests: int = 0
     url: str = ""
     released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -52,6 +53,8 @@ class FakeAgent:
             return web.Response(status=500, text="boom")
         if self.mode == "hang":
             await self.released.wait()
+        if self.mode == "slow":
+            await asyncio.sleep(self.delay_s)  # a slow agent, as the test asks
         if self.mode == "garbage":
             return web.Response(text="{not json", content_type="application/json")
         if self.mode == "huge":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import AsyncExitStack
 
 import aiohttp
 import pytest
@@ -66,3 +67,14 @@ async def test_observe_keeps_the_last_good_summary_while_down() -> None:
     assert not obs.up and obs.consecutive_failures == 2 and obs.down_since == 115
     assert obs.summary is not None and obs.summary.power_w == 2e6 and obs.fetched_at == 100
     assert obs.last_error == "HTTP 500 from /api/v1/summary"
+
+
+async def test_deadline_starts_when_an_agents_turn_comes_not_in_the_queue() -> None:
+    slow = [FakeAgent("a", mode="slow", delay_s=0.2) for _ in range(6)]
+    async with AsyncExitStack() as stack:
+        agents = [await stack.enter_async_context(fake_agent(a)) for a in slow]
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        reader = AgentReader(session, timeout_s=0.5, clock=time.monotonic, concurrency=2)
+        results = await reader.fetch_all([a.url for a in agents])
+    # Three waves of 0.2 s: the last starts at 0.4 s; with the deadline counted from the queue it would miss.
+    assert [r.error for r in results] == [None] * 6
