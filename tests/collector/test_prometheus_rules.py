@@ -59,3 +59,26 @@ def test_prometheus_config_checks() -> None:
 def test_alertmanager_config_checks() -> None:
     proc = run(tool("amtool"), "check-config", "alertmanager.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _seconds(duration: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(duration[:-1]) * units[duration[-1]]
+
+
+def test_rules_and_the_shipped_sites_yaml_use_the_same_thresholds() -> None:
+    import yaml
+
+    from collector.config import load_collector_config
+
+    t = load_collector_config(PROM.parent / "sites.yaml").thresholds
+    rules = {r["alert"]: r for g in yaml.safe_load((PROM / "rules" / "megawatch.rules.yml").read_text())["groups"]
+             for r in g["rules"] if "alert" in r}
+    for name, rule in rules.items():
+        assert _seconds(rule["for"]) == t.hold_for(name), name
+    band = f"{1 - t.hysteresis_ratio:g}"
+    assert f">= {t.near_ratio:g}" in rules["SiteNearAllocation"]["expr"]
+    assert f">= {t.miners_down_ratio:g}" in rules["SiteMinersDown"]["expr"]
+    assert f"> {t.stale_after_s:g}" in rules["SiteDataStale"]["expr"]
+    for name in ("SiteOverAllocation", "SiteNearAllocation", "FleetOverAllocation", "SiteMinersDown"):
+        assert band in rules[name]["expr"], name
