@@ -82,6 +82,7 @@ def _block() -> int:
 def make_config(groups: Sequence[tuple[str, str]] = DEFAULT_GROUPS, *, sites: int = 2, seed: int = 7,
                 tick_s: float = 5.0, per_group: int = 1, port_base: int | None = None,
                 faults: Sequence[FaultConfig] = (), allow_control: bool = False, third_octet: int | None = None,
+                joins: bool = True,
                 ) -> FleetConfig:
     """A fleet config built in code: every site gets `per_group` miners of each (dialect, model)."""
     table = load_model_table()
@@ -92,7 +93,7 @@ def make_config(groups: Sequence[tuple[str, str]] = DEFAULT_GROUPS, *, sites: in
         for dialect, model in groups:
             spec = table.lookup(model)
             assert spec is not None, model
-            group_configs.append(GroupConfig(per_group, spec, dialect, allow_control))
+            group_configs.append(GroupConfig(per_group, spec, dialect, allow_control, joins))
         site_configs.append(SiteConfig(
             id=f"site-{chr(ord('a') + s)}", address=f"127.0.{octet}.{1 + s * 100}",
             port=0 if port_base is None else 4028, port_base=port_base, ambient_c=20.0 + 10 * s,

@@ -53,6 +53,7 @@ class Identity:
     reject_ratio: float
     hw_errors_per_s: float
     best_share: int
+    joins: bool = True
 
     @property
     def address(self) -> str:
@@ -60,13 +61,13 @@ class Identity:
 
 
 def make_identity(*, seed: int, index: int, host: str, port: int, site: str, dialect: str,
-                  model: ModelSpec, ambient_c: float, allow_control: bool) -> Identity:
+                  model: ModelSpec, ambient_c: float, allow_control: bool, joins: bool = True) -> Identity:
     fans = {"btminer": 2, "avalon": 2}.get(dialect, 4)
     mac_bytes = [int(unit(seed, index, 900 + i) * 256) for i in range(5)]
     weights = [1.0 + 0.04 * (unit(seed, index, b, 20) - 0.5) for b in range(BOARDS)]
     return Identity(
         index=index, host=host, port=port, site=site, dialect=dialect, model=model,
-        ambient_c=ambient_c, fans=fans, allow_control=allow_control,
+        ambient_c=ambient_c, fans=fans, allow_control=allow_control, joins=joins,
         serial=f"{int(unit(seed, index, 1) * 2**32):08x}{int(unit(seed, index, 2) * 2**32):08x}",
         mac="C4:" + ":".join(f"{b:02X}" for b in mac_bytes),
         quality=0.97 + 0.06 * unit(seed, index, 3),
@@ -115,7 +116,7 @@ def snapshot(ident: Identity, *, seed: int, tick: int, tick_s: float, load: floa
     """
     i = ident.index
     spec = ident.model
-    drop = fault.fraction if fault is not None and fault.kind == "hashrate_drop" else 0.0
+    drop = fault.drop if fault is not None and fault.kind == "hashrate_drop" else 0.0
     surge = fault.factor if fault is not None and fault.kind == "power_surge" else 1.0
     hot = fault is not None and fault.kind == "overheat"
 

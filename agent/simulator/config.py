@@ -22,6 +22,7 @@ class GroupConfig:
     model: ModelSpec
     dialect: str
     allow_control: bool = False
+    joins: bool = True  # False: answer any `a+b` request with E/14, as stock S19 builds do (pyasic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,7 @@ def _load_site(site: Section, table: ModelTable, seen_ids: set[str],
         model_name = group.string("model")
         dialect = group.choice("dialect", DIALECTS)
         allow = group.boolean("allow_control", site_control)
+        joins = group.boolean("joins", True)
         group.done()
         spec = table.lookup(model_name) if model_name is not None else None
         if model_name is not None and spec is None:
@@ -149,7 +151,7 @@ def _load_site(site: Section, table: ModelTable, seen_ids: set[str],
             if not any(spec.name.startswith(v) for v in vendors):
                 group.error("model", f"{spec.name!r} does not run {dialect} (needs a {'/'.join(vendors)} model)")
         if count is not None and spec is not None and dialect is not None:
-            groups.append(GroupConfig(count, spec, dialect, allow))
+            groups.append(GroupConfig(count, spec, dialect, allow, joins))
     if site.has("groups") and not groups and not site.problems.items:
         site.error("groups", "expected at least one group")
 

@@ -29,7 +29,7 @@ PARAMETERS: dict[str, dict[str, float]] = {
     "drip": {"interval_ms": 100.0},
     "oversize": {"size_bytes": 4 * 1024 * 1024},
     "reboot": {"duration_s": 5.0},
-    "hashrate_drop": {"fraction": 0.5},
+    "hashrate_drop": {"drop": 0.5},  # share of the hashrate lost (a dead board ~0.33)
     "power_surge": {"factor": 1.3},
     "hang": {"max_s": 600.0},
 }
@@ -38,7 +38,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "interval_ms": (1.0, 60000.0),
     "size_bytes": (1024.0, 64 * 1024 * 1024),
     "duration_s": (0.0, 3600.0),
-    "fraction": (0.0, 1.0),
+    "drop": (0.0, 1.0),
     "factor": (1.0, 10.0),
     "max_s": (1.0, 86400.0),
 }
@@ -51,7 +51,7 @@ class Fault:
     interval_ms: float = 100.0
     size_bytes: int = 4 * 1024 * 1024
     duration_s: float = 5.0
-    fraction: float = 0.5
+    drop: float = 0.5
     factor: float = 1.3
     max_s: float = 600.0
 

@@ -207,7 +207,7 @@ class Fleet:
                 ident = make_identity(
                     seed=self.seed, index=planned.index, host=planned.host, port=port, site=planned.site,
                     dialect=planned.group.dialect, model=planned.group.model, ambient_c=planned.ambient_c,
-                    allow_control=planned.group.allow_control,
+                    allow_control=planned.group.allow_control, joins=planned.group.joins,
                 )
                 miner = Miner(ident, self, self.sites[planned.site])
                 self.miners.append(miner)
@@ -340,7 +340,7 @@ class Fleet:
                 "index": ident.index, "address": ident.address, "host": ident.host, "port": ident.port,
                 "site": ident.site, "dialect": ident.dialect, "model": ident.model.name, "fault": fault,
                 "listening": miner.listening, "serving": miner.serving,
-                "reports_power": miner.firmware.reports_power, "allow_control": ident.allow_control,
+                "reports_power": miner.firmware.reports_power, "allow_control": ident.allow_control, "joins": ident.joins,
                 "privileged_commands": miner.privileged,
             })
         return rows

@@ -91,7 +91,8 @@ def _answer_json(miner: Miner, command: str, param: str, now: int, when: int) ->
     fw = miner.firmware
     if "+" not in command:
         return replies.encode_json(fw, replies.as_object(fw, _one(miner, command, param, now, when), when))
-    if not fw.joinable:
+    if not fw.joinable or not miner.identity.joins:
+        # A firmware without joins takes "summary+pools" for one unknown command name.
         return replies.encode_json(fw, replies.error(fw, 14, "Invalid command", when))
     joined: dict[str, Any] = {}
     for name in _join_names(command):
@@ -105,6 +106,8 @@ def _answer_text(miner: Miner, command: str, param: str, now: int, when: int) ->
     fw = miner.firmware
     if "+" not in command:
         return replies.as_text(fw, _one(miner, command, param, now, when), when)
+    if not fw.joinable or not miner.identity.joins:
+        return replies.as_text(fw, replies.error(fw, 14, "Invalid command", when), when)
     parts = []
     for name in _join_names(command):
         parts.append(f"CMD={name}|" + replies.as_text(fw, _joined(miner, name, now, when), when))

@@ -88,3 +88,16 @@ async def test_rejections_are_typed_and_nothing_privileged_is_sent(make_sim_flee
     with pytest.raises(PrivilegedCommandRefused):
         await query(m.host, ["restart"], port=m.port, deadlines=DEADLINES)
     assert fleet.miner(m.index).privileged == 0  # refused before a byte went out
+
+
+async def test_a_join_refusing_miner_is_a_typed_rejection_then_single_commands_work(make_sim_fleet):
+    fleet = await make_sim_fleet(groups=(("bmminer", "Antminer S19 Pro"),), sites=1, joins=False)
+    m = fleet.miners[0]
+    commands = DIALECTS["bmminer"].COMMANDS
+    with pytest.raises(CommandRejected) as caught:
+        await query(m.host, commands, port=m.port, deadlines=DEADLINES)
+    assert caught.value.code == 14
+    replies = {}
+    for command in commands:
+        replies.update((await query(m.host, [command], port=m.port, deadlines=DEADLINES)).replies)
+    assert DIALECTS["bmminer"].parse(replies).hashrate_hs is not None

@@ -113,3 +113,20 @@ async def test_control_allowed_miner_obeys_restart(make_sim_fleet, raw_request):
     # Like the firmware, it goes down after answering: the port refuses while it restarts.
     with pytest.raises(ConnectionRefusedError):
         await raw_request(m.host, m.port, b'{"command":"summary"}')
+
+
+async def test_legacy_text_join_and_privileged(sim_fleet, raw_request):
+    m = sim_fleet.of_dialect("cgminer")[0]
+    text = (await raw_request(m.host, m.port, b"version+restart"))[:-1].decode()
+    version, restart = text.split("CMD=")[1:]
+    assert version.startswith("version|STATUS=S,") and "|VERSION,CGMiner=4.11.1,API=3.7|" in version
+    assert restart.startswith("restart|STATUS=E,") and "Code=45,Msg=Access denied to 'restart' command" in restart
+    assert sim_fleet.miner(m.index).privileged == 1
+
+
+async def test_a_miner_configured_without_joins_refuses_them(make_sim_fleet, raw_request):
+    fleet = await make_sim_fleet(groups=(("bmminer", "Antminer S19 Pro"),), sites=1, joins=False)
+    m = fleet.miners[0]
+    status = body_of(await raw_request(m.host, m.port, b'{"command":"summary+pools"}'))["STATUS"][0]
+    assert (status["STATUS"], status["Code"]) == ("E", 14)
+    assert body_of(await raw_request(m.host, m.port, b'{"command":"pools"}'))["STATUS"][0]["STATUS"] == "S"

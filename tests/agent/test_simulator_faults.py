@@ -181,7 +181,7 @@ async def test_behaviour_faults_change_what_the_miner_measures(make_sim_fleet, r
 
     base = {m.index: await summary(m) for m in fleet.miners}
     fleet.set_fault([hot], "overheat")
-    fleet.set_fault([dropped], "hashrate_drop", fraction=0.4)
+    fleet.set_fault([dropped], "hashrate_drop", drop=0.4)
     fleet.set_fault([surged], "power_surge", factor=1.5)
     now = {m.index: await summary(m) for m in fleet.miners}
 

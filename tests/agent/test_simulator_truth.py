@@ -210,3 +210,16 @@ async def test_worker_processes_serve_one_fleet(raw_request):
         assert (await backend.truth())["tick"] == truth["tick"] + 2
     finally:
         await backend.close()
+
+
+async def test_a_site_fraction_of_hashrate_drop_lowers_the_site_truth(sim_fleet):
+    before = (await sim_fleet.truth())["sites"]["site-a"]
+    async with aiohttp.ClientSession() as session:
+        status, applied = await control(session, "POST", sim_fleet.control_url + "/api/v1/faults",
+                                        {"site": "site-a", "fault": "hashrate_drop", "fraction": 0.25, "drop": 0.5})
+    assert status == 200 and applied["applied"] == 2 and applied["fault"] == {"kind": "hashrate_drop", "drop": 0.5}
+    after = (await sim_fleet.truth())["sites"]["site-a"]
+    dropped = [sim_fleet.miner(m.index).snapshot() for m in sim_fleet.miners if m.address in applied["miners"]]
+    lost = sum(s.hashrate_hs for s in dropped)  # what they report now: half of what they did
+    assert before["hashrate_hs"] - after["hashrate_hs"] == pytest.approx(lost, rel=1e-6)
+    assert after["miners_serving"] == before["miners_serving"]
