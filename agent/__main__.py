@@ -82,8 +82,8 @@ async def serve(config: AgentConfig, listen: str | None = None, port: int | None
         log.error("http_listen_failed", listen=host, port=bind_port, error=str(exc))
         await runner.cleanup()
         return 1
-    sockets = [s.getsockname() for s in site._server.sockets] if site._server else []  # type: ignore[union-attr]
-    log.info("agent_started", agent=config.agent_id, miners=len(config.miners), listen=[list(s[:2]) for s in sockets],
+    log.info("agent_started", agent=config.agent_id, miners=len(config.miners),
+             listen=[list(a[:2]) for a in runner.addresses],
              interval_s=config.poll.interval_s, concurrency=config.poll.concurrency)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -203,8 +203,8 @@ def _load_models(top: Section, models_path: Path) -> ModelTable | None:
 def _load_entry(item: Section, models: ModelTable | None) -> _Entry | None:
     kinds = [k for k in ("address", "cidr", "range") if item.has(k)]
     port = item.integer("port", DEFAULT_PORT, minimum=1, maximum=65535)
-    model = item.string("model", None)
-    dialect = item.string("dialect", None)
+    model: str | None = item.string("model", None)
+    dialect: str | None = item.string("dialect", None)
     if dialect is not None and dialect not in DIALECTS:
         item.error("dialect", f"unknown dialect {dialect!r} (known: {', '.join(sorted(DIALECTS))})")
         dialect = None

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.config import ExpositionSettings
-from agent.state import OUTCOMES, FleetState, FleetSnapshot, MinerState, MinerStatus
+from agent.state import OUTCOMES, FleetSnapshot, FleetState, MinerState, MinerStatus
 
 PREFIX = "megawatch_"
 Sample = tuple[tuple[str, ...], float]  # extra label values (after site, miner), value

@@ -23,7 +23,16 @@ from agent.config import AgentConfig, MinerTarget
 from agent.model import MinerReading
 from agent.models import estimate_power
 from agent.protocol.errors import CommandRejected, ErrorKind, MinerError
-from agent.state import OK, OUTCOMES, AgentCounters, FleetSnapshot, FleetState, MinerState, classify, summarise
+from agent.state import (
+    OK,
+    OUTCOMES,
+    AgentCounters,
+    FleetSnapshot,
+    FleetState,
+    MinerState,
+    classify,
+    summarise,
+)
 from common.logs import get_logger
 
 # Failures that mean "nobody answers": retrying them every cycle only burns deadlines.
@@ -214,8 +223,8 @@ class Poller:
     async def _fetch(self, track: _Track, commands: Sequence[str], joinable: bool) -> dict[str, dict[str, Any]]:
         """Send `commands` as one join, or one per connection where joins fail; at least one must answer."""
         target = track.target
-        kwargs = dict(port=target.port, deadlines=self._deadlines, max_reply_bytes=self._settings.max_reply_bytes,
-                      allow_control=self._config.control_enabled)
+        kwargs = {"port": target.port, "deadlines": self._deadlines,
+                  "max_reply_bytes": self._settings.max_reply_bytes, "allow_control": self._config.control_enabled}
         if joinable and len(commands) > 1 and not track.joins_fail:
             try:
                 result = await self._query(target.address, tuple(commands), **kwargs)

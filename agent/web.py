@@ -33,7 +33,7 @@ STATE = web.AppKey("state", FleetState)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 POLLER = web.AppKey("poller", Poller)
 POLLER_TASK = web.AppKey("poller_task", asyncio.Task)
-WALL_CLOCK = web.AppKey("wall_clock", Callable[[], float])
+WALL_CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("wall_clock")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +118,8 @@ async def _run_poller(app: web.Application) -> AsyncIterator[None]:
     yield
     for t in (prerender, task):
         t.cancel()
-        try:
-            await t
-        except asyncio.CancelledError:
-            pass
-        except Exception:  # noqa: BLE001 - already logged by on_done; shutting down either way
-            pass
+        # A poller that failed was logged by on_done; shutting down either way.
+        await asyncio.gather(t, return_exceptions=True)
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

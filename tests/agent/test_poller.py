@@ -21,7 +21,13 @@ from structlog.testing import capture_logs
 from agent.config import AgentConfig, load_agent_config
 from agent.model import MinerReading, PowerSource
 from agent.poller import Poller
-from agent.protocol.errors import BadReply, CommandRejected, ConnectFailed, ErrorKind, ReplyTooLarge
+from agent.protocol.errors import (
+    BadReply,
+    CommandRejected,
+    ConnectFailed,
+    ErrorKind,
+    ReplyTooLarge,
+)
 from agent.state import FleetState, MinerStatus
 
 

@@ -9,7 +9,14 @@ import pytest
 from agent.config import MinerTarget
 from agent.model import MinerReading, PowerSource
 from agent.protocol.errors import ErrorKind
-from agent.state import FleetSnapshot, FleetState, MinerState, MinerStatus, classify, summarise
+from agent.state import (
+    FleetSnapshot,
+    FleetState,
+    MinerState,
+    MinerStatus,
+    classify,
+    summarise,
+)
 
 READING = MinerReading(dialect="btminer", model="M30S", hashrate_hs=88e12, power_w=3300.0,
                        power_source=PowerSource.FIRMWARE)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import shutil
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from agent.state import FleetState
 from agent.web import POLLER_TASK, make_app
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_exposition import T0, fixed_snapshot  # noqa: E402  (the same fixed fleet as the golden file)
+from test_exposition import T0, fixed_snapshot
 
 
 @pytest.fixture
@@ -71,7 +70,9 @@ async def test_metrics_gzip_is_the_same_text(client: TestClient) -> None:
 
 
 async def test_summary_matches_the_collector_contract(client: TestClient) -> None:
-    from collector.sources import parse_summary  # the reader on the other end of the wire
+    from collector.sources import (
+        parse_summary,  # the reader on the other end of the wire
+    )
 
     doc = await (await client.get("/api/v1/summary")).json()
     assert doc["version"] == 1 and doc["agent"] == "agent-a" and doc["site"] == "karachi-1"
@@ -183,5 +184,8 @@ async def test_real_scrape_of_agent_polling_the_simulator_passes_promtool(
     families = _parse(text)
     assert len(families["megawatch_miner_up"]) == len(sim.miners)
     assert {s.labels["dialect"] for s in families["megawatch_miner_info"]} >= {"bmminer", "btminer", "luxos"}
-    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
-    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+    proc = await asyncio.create_subprocess_exec("promtool", "check", "metrics", stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    async with asyncio.timeout(30):
+        out, _ = await proc.communicate(text.encode())
+    assert (proc.returncode, out) == (0, b"")
