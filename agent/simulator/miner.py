@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from agent.simulator.fleet import Fleet, SiteState
 
 LISTEN_BACKLOG = 100  # cgminer's QUEUE
+MAX_REQUEST_BYTES = 4095  # cgminer's single recv() of TMPBUFSIZ/2-1 bytes
+# A client that connects and never sends would hold a descriptor forever (cgminer's API thread would
+# block on it); with 10,000 listeners in one process we cannot afford that, so we give up after a minute.
+IDLE_CLOSE_S = 60.0
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 
@@ -148,9 +152,9 @@ class MinerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         fault = self.miner.fault
-        if fault is not None and fault.kind == "hang":
-            # Never answer, but do not hold the socket forever if the client never gives up.
-            self.timer = asyncio.get_running_loop().call_later(fault.max_s, transport.close)
+        # A hung miner never answers but still lets go of the socket after max_s.
+        wait = fault.max_s if fault is not None and fault.kind == "hang" else IDLE_CLOSE_S
+        self.timer = asyncio.get_running_loop().call_later(wait, transport.close)
 
     def data_received(self, data: bytes) -> None:
         # cgminer does a single recv(): later segments of the request are ignored.
@@ -159,6 +163,10 @@ class MinerConnection(asyncio.Protocol):
         self.answered = True
         miner = self.miner
         fault = miner.fault
+        if self.timer is not None and (fault is None or fault.kind != "hang"):
+            self.timer.cancel()
+            self.timer = None
+        data = data[:MAX_REQUEST_BYTES]
         kind = fault.kind if fault is not None and fault.on_wire else None
         transport = self.transport
         if kind == "hang":

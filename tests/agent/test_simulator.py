@@ -130,3 +130,23 @@ async def test_a_miner_configured_without_joins_refuses_them(make_sim_fleet, raw
     status = body_of(await raw_request(m.host, m.port, b'{"command":"summary+pools"}'))["STATUS"][0]
     assert (status["STATUS"], status["Code"]) == ("E", 14)
     assert body_of(await raw_request(m.host, m.port, b'{"command":"pools"}'))["STATUS"][0]["STATUS"] == "S"
+
+
+async def test_only_the_first_4095_request_bytes_count(sim_fleet, raw_request):
+    m = sim_fleet.of_dialect("cgminer")[0]
+    padded = b'{"command":"summary","parameter":"' + b"x" * 5000 + b'"}'
+    status = body_of(await raw_request(m.host, m.port, padded))["STATUS"][0]
+    assert (status["Code"], status["Msg"]) == (23, "Invalid JSON")  # cut mid-string, as cgminer's recv() does
+
+
+async def test_a_silent_client_is_let_go(sim_fleet, monkeypatch):
+    import asyncio
+
+    from agent.simulator import miner as miner_module
+
+    monkeypatch.setattr(miner_module, "IDLE_CLOSE_S", 0.2)
+    m = sim_fleet.of_dialect("cgminer")[0]
+    reader, writer = await asyncio.open_connection(m.host, m.port)
+    async with asyncio.timeout(2):
+        assert await reader.read() == b""  # closed by the miner without a byte
+    writer.close()
