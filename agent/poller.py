@@ -92,6 +92,7 @@ class Poller:
         rng: random.Random | None = None,
         dialects: Mapping[str, ModuleType] | None = None,
         detect: Callable[[Mapping[str, Mapping[str, Any]]], str] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if query is None or deadlines is None:
             # Imported here so the config and state modules load without the wire client.
@@ -110,6 +111,7 @@ class Poller:
         self._rng = rng or random.Random()
         self._dialects = dialects if dialects is not None else dialect_table.DIALECTS
         self._detect = detect or dialect_table.detect
+        self._sleep = sleep
         self._log = get_logger(site=config.site)
         self._tracks = [
             _Track(t, t.dialect, needs_detect=t.dialect is None) for t in config.miners
@@ -131,7 +133,7 @@ class Poller:
         while True:
             delay = next_start + self._rng.uniform(0, self._settings.jitter_s) - self._clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
             await self.poll_once()
             next_start += interval
             # After an overrun, start at once rather than queue up missed cycles.
