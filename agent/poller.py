@@ -75,7 +75,7 @@ class _Track:
     last_poll_s: float | None = None
     poll_duration_s: float | None = None
     last_error: ErrorKind | None = None
-    parse_failing: bool = False
+    bug_logged: bool = False  # an internal error was logged; the next is logged only after a success
 
 
 class Poller:
@@ -199,7 +199,14 @@ class Poller:
     async def _work(self, due: Any) -> None:
         # Iterating a shared iterator is safe: only one coroutine runs at a time between awaits.
         for track in due:
-            await self._poll_miner(track)
+            t0 = self._clock.monotonic()
+            try:
+                await self._poll_miner(track)
+            # A bug of ours (client, parser, refused command) must cost one miner's poll, not the whole
+            # cycle: it is logged with its traceback, once per miner, and the miner counts as failed.
+            except Exception as exc:  # noqa: BLE001
+                self._note_bug(track, "poll_crashed", exc)
+                self._record_failure(track, ErrorKind.MALFORMED, t0, f"internal error: {exc!r}")
 
     async def _poll_miner(self, track: _Track) -> None:
         t0 = self._clock.monotonic()
@@ -233,7 +240,7 @@ class Poller:
             except CommandRejected as exc:
                 # Some firmware (stock S19) cannot join: remember it and ask one command at a time.
                 track.joins_fail = True
-                self._log.info("join_refused", miner=target.name, code=exc.code, message=exc.message)
+                self._log.debug("join_refused", miner=target.name, code=exc.code, message=exc.message)
             else:
                 if result.replies:
                     return dict(result.replies)
@@ -262,16 +269,17 @@ class Poller:
         elif previous != name:
             self._log.info("dialect_changed", miner=track.target.name, dialect=name, previous=previous)
 
+    def _note_bug(self, track: _Track, event: str, exc: Exception) -> None:
+        if not track.bug_logged:
+            self._log.error(event, miner=track.target.name, dialect=track.dialect, exc_info=exc)
+        track.bug_logged = True
+
     def _parse(self, track: _Track, module: ModuleType, replies: dict[str, dict[str, Any]]) -> MinerReading | None:
         try:
             reading: MinerReading = module.parse(replies)
-        # A parser bug must not stop the other miners' polls; it is logged loudly, once per miner.
-        except Exception:  # noqa: BLE001
-            if not track.parse_failing:
-                self._log.exception("parse_failed", miner=track.target.name, dialect=track.dialect)
-            track.parse_failing = True
+        except Exception as exc:  # noqa: BLE001 - parse never raises on miner content: this is our bug
+            self._note_bug(track, "parse_failed", exc)
             return None
-        track.parse_failing = False
         if track.target.model is not None:
             reading = dataclasses.replace(reading, model=track.target.model)
         return estimate_power(reading, self._config.models)
@@ -287,6 +295,7 @@ class Poller:
         if version is not None:
             track.firmware_version = version
         track.ok, track.failures, track.last_error, track.skip_until = True, 0, None, 0
+        track.bug_logged = False
         track.reading, track.last_success_s, track.last_poll_s = reading, now, now
         track.poll_duration_s = self._clock.monotonic() - t0
         self._polls[OK] += 1

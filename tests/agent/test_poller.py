@@ -495,3 +495,29 @@ async def test_run_keeps_the_interval_with_jitter_and_never_overlaps(tmp_path: P
     assert ends[2] <= starts[3] < ends[2] + 1
     assert starts[3] + 15 <= starts[4] < starts[3] + 16
     assert snap.counters.overruns == 1
+
+
+async def test_a_bug_costs_one_miners_poll_not_the_cycle(tmp_path: Path, fleet: FakeFleet) -> None:
+    def broken_parse(replies: Mapping[str, Mapping[str, Any]]) -> MinerReading:
+        raise KeyError("SUMMARY")
+
+    config = _config(tmp_path, 3)
+    state = FleetState(config.site, 3)
+    original = fleet.query
+
+    async def query(host: str, commands: tuple[str, ...], **kw: Any) -> Result:
+        if host == "127.9.0.3":
+            raise RuntimeError("client bug")
+        return await original(host, commands, **kw)
+
+    fleet.dialect["127.9.0.2"] = "broken"
+    dialects = {**DIALECTS, "broken": SimpleNamespace(COMMANDS=("summary",), JOINABLE=False, parse=broken_parse)}
+    poller = Poller(config, state, query=query, deadlines=object(), clock=fleet.clock, dialects=dialects,
+                    detect=_detect)
+    with capture_logs() as logs:
+        await poller.poll_once()
+        snap = await poller.poll_once()
+    assert [m.status for m in snap.miners] == [MinerStatus.UP, MinerStatus.DOWN, MinerStatus.DOWN]
+    assert snap.counters.polls["malformed"] == 4
+    errors = sorted((e["event"], e["miner"]) for e in logs if e["log_level"] == "error")
+    assert errors == [("parse_failed", "127.9.0.2:4028"), ("poll_crashed", "127.9.0.3:4028")]
