@@ -7,7 +7,6 @@ assignment, so readers (exposition, the JSON API) always see one cycle's reading
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -138,9 +137,6 @@ class FleetSnapshot:
     @classmethod
     def empty(cls, site: str, configured: int) -> FleetSnapshot:
         return cls(site, 0, None, None, None, (), summarise((), configured), AgentCounters())
-
-    def with_counters(self, counters: AgentCounters) -> FleetSnapshot:
-        return dataclasses.replace(self, counters=counters)
 
 
 class FleetState:
