@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.simulator.behaviour import make_identity
+from agent.simulator.cache import ReplyCache
 from agent.simulator.config import FleetConfig, GroupConfig, SiteConfig
 from agent.simulator.faults import Fault, select_fraction
 from agent.simulator.miner import Miner, bind_listener
@@ -178,6 +179,7 @@ class Fleet:
         self._plan = plan
         self._initial_faults = faults or {}
         self._log = get_logger()
+        self.replies = ReplyCache()
         self.startup_s: float | None = None
 
     # -- start / stop ------------------------------------------------------------------------------
