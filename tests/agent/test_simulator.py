@@ -150,3 +150,29 @@ async def test_a_silent_client_is_let_go(sim_fleet, monkeypatch):
     async with asyncio.timeout(2):
         assert await reader.read() == b""  # closed by the miner without a byte
     writer.close()
+
+
+def test_reply_cache_refreshes_when_and_nothing_else():
+    from agent.simulator.cache import ReplyCache
+
+    cache = ReplyCache(limit=2)
+    key = (1, b'{"command":"summary"}', 0, 0)
+    body = b'{"STATUS":[{"STATUS":"S","When":1700000000,"Code":11}],"SUMMARY":[{"Total MH":17000000001}],"id":1}\0'
+    cache.put(key, body, 1700000000)
+    assert cache.get(key, 1700000000) == body
+    fresh = cache.get(key, 1700000004)
+    assert fresh == body.replace(b'"When":1700000000,', b'"When":1700000004,')
+    spaced = b'{"STATUS": [{"STATUS": "S", "When": 1700000000, "Code": 11}]}\0'
+    cache.put((2, b"x", 0, 0), spaced, 1700000000)
+    assert b'"When": 1700000009,' in cache.get((2, b"x", 0, 0), 1700000009)
+    cache.put((3, b"y", 0, 0), b"STATUS=S,When=1700000000,Code=11|\0", 1700000000)
+    assert cache.get(key, 1) is None  # the oldest entry made room
+    assert cache.get((3, b"y", 0, 0), 1700000001) == b"STATUS=S,When=1700000001,Code=11|\0"
+
+
+async def test_a_repeated_privileged_request_is_counted_every_time(sim_fleet, raw_request):
+    m = sim_fleet.of_dialect("btminer")[0]
+    for _ in range(3):
+        await raw_request(m.host, m.port, b'{"command":"summary+restart"}')
+    assert sim_fleet.miner(m.index).privileged == 3
+    assert (await sim_fleet.truth())["fleet"]["privileged_commands"] == 3
