@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 
 from tests.collector.fakes import FakeAgent, fake_agent
-from tests.e2e.conftest import (
+from tests.e2e import processes
+from tests.e2e.processes import (
     ROOT,
     Proc,
     Procs,
@@ -34,6 +35,9 @@ from tests.e2e.conftest import (
 )
 
 pytestmark = pytest.mark.e2e
+# The fixtures live in tests/e2e/processes.py, not a conftest.py (see its docstring).
+procs = processes.procs
+http = processes.http
 
 POLL_S = 1.0
 HOLD_S = 2.0

@@ -1,5 +1,8 @@
 """Real processes for end-to-end tests: Alertmanager, Prometheus, megawatch subprocesses.
 
+Not a conftest.py: tests/conftest.py is imported as the module `conftest` (`from conftest import ...`), and a
+second conftest.py here would take that name. Test modules import the fixtures they use from here.
+
 Each runs on a free loopback port with its own temp dir, is waited on with a bounded deadline (polling its
 API, never a bare sleep) and is always torn down. A missing binary skips locally but fails under CI=true:
 an e2e test that silently skips in CI proves nothing.
@@ -114,23 +117,13 @@ class Procs:
 
 
 @pytest.fixture
-def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Procs]:
+def procs(tmp_path: Path) -> Iterator[Procs]:
     managed = Procs(tmp_path)
     try:
         yield managed
     finally:
         managed.stop_all()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(managed.report())
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    # Remember each phase's report on the item, so `procs` can print the processes' logs after a failure.
-    rep = yield
-    setattr(item, f"rep_{rep.when}", rep)  # type: ignore[attr-defined]
-    return rep
+        print(managed.report())  # captured: pytest shows it only when the test failed
 
 
 @pytest.fixture
