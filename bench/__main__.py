@@ -1,0 +1,115 @@
+"""`python -m bench` (`make bench`): issue 3's figures side by side with a raw loop and pyasic, as JSON too.
+
+  python -m bench                              10,000 miners, median of 3 cycles, Prometheus, pyasic
+  python -m bench --miners 50 --no-pyasic --no-prometheus --interval 1 --agent-cycles 2   (the smoke test)
+
+Results: bench/results/<UTC time>.json and bench/results/latest.json; process logs and the generated
+configs beside them in bench/results/<UTC time>/. Exit code 0 when the bench ran (whatever the verdicts),
+1 when a phase could not run, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import figures
+from bench.fleets import AgentSpec, FleetSpec
+from bench.harness import Budget, Options, run
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected miner counts like 10000 or 1000,10000, got {text!r}") from None
+    if any(not 1 <= n <= 60_000 for n in sizes):
+        raise argparse.ArgumentTypeError("each fleet size must be between 1 and 60,000 miners")
+    return sizes
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--miners", type=_sizes, default=[10_000], help="fleet size(s), comma-separated (default 10000)")
+    p.add_argument("--cycles", type=int, default=3, choices=range(1, 11), metavar="N",
+                   help="measured cycles per peer; the median is the figure (default 3)")
+    p.add_argument("--agent-cycles", type=int, default=3, choices=range(1, 21), metavar="N",
+                   help="agent cycles observed under scraping after its first (default 3)")
+    p.add_argument("--interval", type=float, default=15.0, help="the agent's poll and scrape interval, s (default 15)")
+    p.add_argument("--latency-ms", type=float, default=None,
+                   help="delay every simulated reply by this much (default: instant replies)")
+    p.add_argument("--no-pyasic", action="store_true", help="leave the pyasic peer out")
+    p.add_argument("--no-prometheus", action="store_true", help="scrape the agent from the bench instead")
+    p.add_argument("--base-address", default="127.60.0.1", help="first simulated miner (default 127.60.0.1)")
+    p.add_argument("--time-budget", type=float, default=590.0, help="stop after this many seconds (default 590)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
+    return p
+
+
+def _agent_spec(interval: float) -> AgentSpec:
+    if interval >= 15:
+        return AgentSpec(interval_s=interval)  # the agent's own default deadlines
+    # Short runs (the smoke test): deadlines must stay below the interval (agent/config.py checks it).
+    return AgentSpec(interval_s=interval, connect_timeout_s=interval * 0.4, request_timeout_s=interval * 0.8)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    if args.interval < 1:
+        print("python -m bench: --interval must be at least 1 s (the agent's minimum)", file=sys.stderr)
+        return 2
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    budget = Budget(args.time_budget)
+    document: dict[str, Any] = {
+        "started_utc": stamp, "caveat": figures.CAVEAT, "argv": sys.argv[1:] if argv is None else argv,
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "cpus": len(os.sched_getaffinity(0)), "versions": _versions()},
+        "runs": [],
+    }
+    failed = False
+    for miners in args.miners:
+        fleet = FleetSpec(miners, base_address=args.base_address,
+                          latency_s=None if args.latency_ms is None else args.latency_ms / 1000)
+        options = Options(fleet, cycles=args.cycles, agent_cycles=args.agent_cycles, agent=_agent_spec(args.interval),
+                          pyasic=not args.no_pyasic, prometheus=not args.no_prometheus,
+                          logs=out / stamp / f"{miners}")
+        result = run(options, budget, say=lambda line: print(line, flush=True))
+        result["figures"] = figures.judge(result)
+        failed |= "error" in result
+        document["runs"].append(result)
+        print()
+        print(figures.report(result, result["figures"]), flush=True)
+        print()
+    document["finished_utc"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    text = json.dumps(document, indent=2, default=str)
+    (out / f"{stamp}.json").write_text(text)
+    (out / "latest.json").write_text(text)
+    print(f"results: {out / (stamp + '.json')} (also {out / 'latest.json'})")
+    return 1 if failed else 0
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in ("megawatch", "uvloop", "aiohttp", "prometheus-client", "pyasic"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The figures of issue 3's "Shown by" table, judged against their targets, and the printed report.
+
+Each figure is one row: value, target, verdict (PASS, FAIL, SKIPPED with a reason, or ERROR when the
+phase that measures it did not finish). To add a figure (issue 7: CPU per 1,000 polls, /metrics size,
+scrape duration, ...), add a Target and a function that reads it from the run's results.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+CAVEAT = ("This machine drifts by up to +-25% between runs minutes apart: compare figures only within one run "
+          "(the peers below ran interleaved, in the same run, on the same fleet).")
+MINERS_PER_S = 2_500  # issue 3: 10,000 miners in <= 4 s; issue 7: 30,000 in <= 12 s
+BUSY_SHARE = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    key: str
+    title: str
+    op: str  # "<=" or ">="
+    limit: float
+    unit: str
+
+    def judge(self, value: float) -> str:
+        compare: Callable[[float, float], bool] = operator.le if self.op == "<=" else operator.ge
+        return "PASS" if compare(value, self.limit) else "FAIL"
+
+
+def _figure(target: Target, value: float | None, *, reason: str = "", verdict: str | None = None,
+            side_by_side: dict[str, Any] | None = None, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    if verdict is None:
+        verdict = "ERROR" if value is None else target.judge(value)
+    return {"key": target.key, "title": target.title, "target": f"{target.op} {target.limit:g} {target.unit}".strip(),
+            "limit": target.limit, "op": target.op, "unit": target.unit, "value": value, "verdict": verdict,
+            "reason": reason, "side_by_side": side_by_side or {}, "detail": detail or {}}
+
+
+def judge(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every figure of one run (one fleet size), in issue 3's order."""
+    miners = run["miners"]
+    peers = run["peers"]
+    why_not = run.get("error", "the phase did not run")
+    figures = [_poll_cycle(miners, peers, why_not)]
+    figures.append(_ratio(Target("ratio_raw", "ratio to the minimal raw asyncio loop (miners/s, both on uvloop)",
+                                 ">=", 0.7, "x"), peers, "raw-uvloop", ("raw-default",), run, why_not))
+    figures.append(_ratio(Target("ratio_pyasic", "times faster than pyasic's RPC client on the default loop "
+                                 "(as its users run it)", ">=", 1.75, "x"),
+                          peers, "pyasic-default", ("pyasic-uvloop",), run, why_not))
+    render = run.get("render")
+    figures.append(_figure(
+        Target("metrics_render_s", f"/metrics render at {miners:,} miners (per-miner text + registry, median of 3)",
+               "<=", 0.25, "s"),
+        None if render is None else render["render_median_s"], reason="" if render else why_not,
+        detail={} if render is None else {k: render[k] for k in ("render_s", "render_cold_s", "gzip_s", "bytes",
+                                                                   "gzip_bytes")},
+    ))
+    agent = run.get("agent") or {}
+    figures.append(_overruns(agent, run, why_not))
+    rss_kb = agent.get("peak_rss_kb")
+    figures.append(_figure(
+        Target("peak_rss_mib", f"peak RSS of the agent process at {miners:,} miners (VmHWM)", "<=", 200, "MiB"),
+        None if rss_kb is None else rss_kb / 1024, reason="" if rss_kb is not None else why_not,
+        detail={} if rss_kb is None else {"kib_per_miner": rss_kb / miners},
+    ))
+    series = agent.get("series")
+    figures.append(_figure(
+        Target("series_per_miner", "series per miner, default settings (the heaviest miner; from the agent's "
+               "/metrics)", "<=", 25, ""),
+        None if not series else float(series["max"]), reason="" if series else why_not,
+        detail={} if not series else {k: series[k] for k in ("mean", "miners_seen", "by_family")},
+    ))
+    return figures
+
+
+def _side_by_side(peers: dict[str, Any]) -> dict[str, Any]:
+    return {key: {"median_cycle_s": p.get("median_cycle_s"), "miners_per_s": p.get("miners_per_s")}
+            for key, p in peers.items()}
+
+
+def _poll_cycle(miners: int, peers: dict[str, Any], why_not: str) -> dict[str, Any]:
+    limit = miners / MINERS_PER_S
+    target = Target("poll_cycle_s", f"poll cycle, every one of {miners:,} miners read in full with its dialect's "
+                    f"commands (>= {MINERS_PER_S:,} miners/s)", "<=", round(limit, 3), "s")
+    ours = peers.get("megawatch-uvloop", {})
+    value = ours.get("median_cycle_s")
+    if value is None:
+        return _figure(target, None, reason=why_not)
+    reason, verdict = "", None
+    if ours["min_miners_ok"] < miners:
+        reason, verdict = f"only {ours['min_miners_ok']:,} of {miners:,} miners read in a measured cycle", "FAIL"
+    return _figure(target, value, reason=reason, verdict=verdict, side_by_side=_side_by_side(peers),
+                   detail={"cycles_s": [c["duration_s"] for c in ours["cycles"]],
+                           "miners_per_s": ours["miners_per_s"], "requests_per_cycle": ours["setup"]["requests_per_cycle"]})
+
+
+def _ratio(target: Target, peers: dict[str, Any], versus: str, also: tuple[str, ...], run: dict[str, Any],
+           why_not: str) -> dict[str, Any]:
+    ours = peers.get("megawatch-uvloop", {})
+    theirs = peers.get(versus, {})
+    if versus in run["skipped"]:
+        return _figure(target, None, verdict="SKIPPED", reason=run["skipped"][versus])
+    if ours.get("miners_per_s") is None or theirs.get("miners_per_s") is None:
+        return _figure(target, None, reason=why_not)
+    side: dict[str, Any] = {}
+    for key in (versus, *also):
+        other = peers.get(key, {})
+        if other.get("miners_per_s"):
+            side[f"vs {key}"] = ours["miners_per_s"] / other["miners_per_s"]
+        if other.get("miners_per_cpu_s") and ours.get("miners_per_cpu_s"):
+            # Miners per CPU-second: steadier than wall time when the machine is shared.
+            side[f"by CPU time vs {key}"] = ours["miners_per_cpu_s"] / other["miners_per_cpu_s"]
+    reasons = []
+    if theirs["min_miners_ok"] < run["miners"]:
+        reasons.append(f"{versus} read only {theirs['min_miners_ok']:,} miners in a cycle")
+    busy = [k for k in ("megawatch-uvloop", versus) if peers[k].get("client_cpu_share", 1) < BUSY_SHARE]
+    if busy:
+        reasons.append(f"{' and '.join(busy)} got under {BUSY_SHARE:.0%} of the client core (a busy machine or a "
+                       "slow fleet): wall times include waiting, see the CPU-time ratio")
+    return _figure(target, ours["miners_per_s"] / theirs["miners_per_s"], reason="; ".join(reasons), side_by_side=side)
+
+
+def _overruns(agent: dict[str, Any], run: dict[str, Any], why_not: str) -> dict[str, Any]:
+    scraper = agent.get("scraper", "prometheus")
+    interval = agent.get("interval_s", 15)
+    title = (f"poll cycles that overrun while a real Prometheus scrapes every {interval:g} s" if scraper == "prometheus"
+             else f"poll cycles that overrun while the bench scrapes /metrics every {interval:g} s")
+    target = Target("overruns", title + " (after the first)", "<=", 0, "cycles")
+    if "overruns_total" not in agent:
+        return _figure(target, None, reason=why_not)
+    overruns = agent["overruns"]
+    scrapes = agent["scrapes"]
+    reasons = [run["skipped"]["prometheus"]] if "prometheus" in run["skipped"] else []
+    verdict = None
+    if overruns is None:
+        reasons.append("the agent's first cycle was not observed, so steady-state overruns are unknown")
+    if agent["first_cycle_overran"]:
+        reasons.append(f"the first cycle, which also detects every dialect, took {agent['first_cycle_s']:.1f} s "
+                       f"(> {interval:g} s): counted apart")
+    if scrapes["scrapes"] == 0:
+        reasons.append("nothing scraped the agent during the run")
+        verdict = "FAIL"
+    observed = sorted(agent["cycles"].items())
+    return _figure(target, overruns, reason="; ".join(reasons), verdict=verdict,
+                   detail={"agent_cycles": agent.get("cycles_total"), "overruns_total": agent["overruns_total"],
+                           "cycle_durations_s": dict(observed), "scrapes": scrapes["scrapes"],
+                           "failed_scrapes": scrapes["failed"], "max_scrape_duration_s": scrapes["max_duration_s"]})
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit == "cycles":
+        return f"{value:g}"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+    return f"{text} {unit}".strip()
+
+
+def report(run: dict[str, Any], figures: list[dict[str, Any]]) -> str:
+    """The printed report for one fleet size: the peers side by side, then each figure with its verdict."""
+    lines = [f"megawatch bench: {run['miners']:,} simulated miners, " +
+             ", ".join(f"{g['count']} {g['dialect']}" for g in run["mix"]),
+             f"cores: {run['cores']}", f"NOTE: {CAVEAT}", ""]
+    if run["peers"]:
+        any_peer = next(iter(run["peers"].values()))
+        lines.append(f"Side by side: same {any_peer['setup']['requests_per_cycle']:,} requests per cycle, "
+                     f"{any_peer['setup']['concurrency']} in flight, median of {len(any_peer['cycles'])} cycles")
+        lines.append(f"  {'peer':58} {'loop':8} {'cycle':>8} {'miners/s':>9} {'req/s':>8} {'CPU ms/1k req':>13} "
+                     f"{'miners ok':>9} {'client CPU':>10} {'sim CPU':>7}")
+        for peer in run["peers"].values():
+            if "median_cycle_s" not in peer:
+                continue
+            cpu = peer["cpu_ms_per_1000_requests"]
+            lines.append(f"  {peer['label']:58} {peer['loop']:8} {peer['median_cycle_s']:7.2f}s "
+                         f"{peer['miners_per_s']:9,.0f} {peer['requests_per_s']:8,.0f} "
+                         f"{'-' if cpu is None else f'{cpu:,.0f}':>13} {peer['min_miners_ok']:9,} "
+                         f"{peer['client_cpu_share']:10.0%} {peer['simulator_cpu_share']:7.0%}")
+        lines.append("  (client CPU: share of its core the peer used during its cycles; sim CPU: the simulator's "
+                     "share of its core. Well under 100% for both means the machine was busy with other work.)")
+    if run.get("rounds_cut"):
+        lines.append(f"  {run['rounds_cut']}")
+    for key, why in run["skipped"].items():
+        lines.append(f"  {key}: SKIPPED - {why}")
+    lines += ["", f"  {'figure':100} {'value':>10} {'target':>12}  verdict"]
+    for f in figures:
+        lines.append(f"  {f['title']:100} {_fmt(f['value'], f['unit']):>10} {f['target']:>12}  {f['verdict']}")
+        extra = [f"{k} {_fmt(v)}" for k, v in f["side_by_side"].items() if not isinstance(v, dict)]
+        if extra:
+            lines.append(f"      side by side: {', '.join(extra)}")
+        if f["reason"]:
+            lines.append(f"      {f['reason']}")
+    if run.get("error"):
+        lines.append(f"  ERROR: {run['error']}")
+    return "\n".join(lines)
