@@ -284,6 +284,8 @@ async def test_simulated_fleet_end_to_end(procs: Procs, http: aiohttp.ClientSess
                      "SiteDataStale for site-a")
     view = await site_view(http, collector, "site-a")
     assert view["status"] == "stale" and view["facility_power_w"] == pytest.approx(before, rel=0.01)
+    assert not for_site(await alertmanager_alerts(http, am, "SiteDataStale"), "site-b")
+    assert (await site_view(http, collector, "site-b"))["status"] == "ok"
     fleet = (await get_json(http, collector.url + "/api/v1/sites"))["fleet"]
     site_b = (await site_view(http, collector, "site-b"))["facility_power_w"]
     assert fleet["facility_power_w"] == pytest.approx(before + site_b, rel=0.01)
