@@ -169,10 +169,11 @@ def _escape(value: str) -> str:
 
 
 class MinerRenderer:
-    """Renders the per-miner families to text (format 0.0.4); keep one per process for its label cache.
+    """Renders the per-miner families to text (format 0.0.4); keep one per process for its caches.
 
-    Hot path (10,000 miners x ~20 series per cycle): one f-string per sample. Extra label sets (boards,
-    fans, model, pool) repeat from cycle to cycle, so their escaped text is cached, bounded in size.
+    Hot path (10,000 miners x ~20 series per cycle). The sample prefix (`name{site=..,miner=..`) depends
+    only on the family and the miner, so it is built once for a fleet and reused every cycle; extra
+    label sets (boards, fans, model, pool) repeat from cycle to cycle and are cached too, bounded.
     """
 
     _MAX_CACHED_LABELS = 200_000
@@ -180,43 +181,52 @@ class MinerRenderer:
     def __init__(self, settings: ExpositionSettings) -> None:
         self._settings = settings
         self._labels: dict[str, dict[tuple[str, ...], str]] = {}  # by family
+        self._fleet_key: tuple[str, ...] = ()
+        self._prefixes: dict[str, list[str]] = {}  # by family, one per miner, in snapshot order
+
+    def _prefixes_for(self, snapshot: FleetSnapshot) -> dict[str, list[str]]:
+        key = (snapshot.site, *(m.name for m in snapshot.miners))
+        if key != self._fleet_key:
+            site = _escape(snapshot.site)
+            heads = [f'site="{site}",miner="{_escape(m.name)}"' for m in snapshot.miners]
+            self._prefixes = {
+                f.sample_name: [f"{f.sample_name}{{{h}," if f.labels else f"{f.sample_name}{{{h}}} " for h in heads]
+                for f in MINER_FAMILIES
+            }
+            self._fleet_key = key
+        return self._prefixes
 
     def render(self, snapshot: FleetSnapshot) -> str:
         settings = self._settings
-        site = _escape(snapshot.site)
         miners = snapshot.miners
-        heads = [f'site="{site}",miner="{_escape(m.name)}"' for m in miners]
+        prefixes = self._prefixes_for(snapshot)
         currents = [m.current for m in miners]
         if sum(map(len, self._labels.values())) > self._MAX_CACHED_LABELS:
             self._labels.clear()
         parts: list[str] = []  # one string per family: peak memory is one family's lines, not all of them
         for family in MINER_FAMILIES:
             name = family.sample_name
-            lines = [f"# HELP {name} {family.help}\n# TYPE {name} {family.kind}\n"]
-            add = lines.append
+            parts.append(f"# HELP {name} {family.help}\n# TYPE {name} {family.kind}\n")
+            heads = prefixes[name]
             if family.field is not None:
                 get = attrgetter(family.field)
-                for head, current in zip(heads, currents):
-                    if current is not None:
-                        v = get(current)
-                        if v is not None and v - v == 0:  # drops None, NaN and inf: unknown is absent
-                            add(f"{name}{{{head}}} {v}\n")
+                # `v - v == 0` drops None's neighbours NaN and inf: unknown is absent.
+                lines = [f"{p}{v}\n" for p, c in zip(heads, currents)
+                         if c is not None and (v := get(c)) is not None and v - v == 0]
             elif family.value is not None:
                 value = family.value
-                for head, m in zip(heads, miners):
-                    v = value(m)
-                    if v is not None:
-                        add(f"{name}{{{head}}} {v}\n")
+                lines = [f"{p}{v}\n" for p, m in zip(heads, miners) if (v := value(m)) is not None]
             else:
                 extra, samples = family.labels, family.samples
                 cache = self._labels.setdefault(name, {})
-                for head, m in zip(heads, miners):
+                lines = []
+                for p, m in zip(heads, miners):
                     for values, v in samples(m, settings):
                         labels = cache.get(values)
                         if labels is None:
                             labels = ",".join(f'{k}="{_escape(x)}"' for k, x in zip(extra, values))
                             cache[values] = labels
-                        add(f"{name}{{{head},{labels}}} {v}\n")
+                        lines.append(f"{p}{labels}}} {v}\n")
             parts.append("".join(lines))
         return "".join(parts)
 
