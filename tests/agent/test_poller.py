@@ -521,3 +521,18 @@ async def test_a_bug_costs_one_miners_poll_not_the_cycle(tmp_path: Path, fleet: 
     assert snap.counters.polls["malformed"] == 4
     errors = sorted((e["event"], e["miner"]) for e in logs if e["log_level"] == "error")
     assert errors == [("parse_failed", "127.9.0.2:4028"), ("poll_crashed", "127.9.0.3:4028")]
+
+
+async def test_redetects_after_repeated_failures(tmp_path: Path, fleet: FakeFleet) -> None:
+    config = _config(tmp_path, 1, redetect_after_failures=3)
+    poller, _ = _poller(config, fleet)
+    await poller.poll_once()
+    fleet.behaviour["127.9.0.1"] = "garbage"  # e.g. reflashed: the old dialect's commands fail
+    for _ in range(3):
+        await poller.poll_once()
+    fleet.behaviour["127.9.0.1"] = "ok"
+    fleet.dialect["127.9.0.1"] = "other"
+    fleet.calls.clear()
+    snap = await poller.poll_once()
+    assert fleet.calls[0] == ("127.9.0.1", ("version", "devdetails"))  # detection first
+    assert snap.miners[0].dialect == "other" and snap.miners[0].status is MinerStatus.UP
