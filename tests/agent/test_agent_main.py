@@ -104,3 +104,23 @@ def test_runs_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
+
+
+async def test_port_in_use_is_one_log_line_and_exit_1(tmp_path: Path) -> None:
+    import socket
+
+    from structlog.testing import capture_logs
+
+    from agent.__main__ import serve
+    from agent.config import load_agent_config
+
+    path = tmp_path / "agent.yaml"
+    path.write_text("site: t1\nminers:\n  - address: 127.77.0.1\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with capture_logs() as logs:
+            code = await serve(load_agent_config(path), "127.0.0.1", port)
+    assert code == 1
+    assert [e["event"] for e in logs] == ["http_listen_failed"] and logs[0]["port"] == port
