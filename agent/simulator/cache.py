@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-# Bounded so a 10,000-miner worker keeps at most a few tens of MB of replies.
-DEFAULT_ENTRIES = 4096
+# Bounded (~5 KB a reply): enough for test and demo fleets, a few MB in a 10,000-miner worker.
+DEFAULT_ENTRIES = 1024
 # How When sits in a reply: JSON compact/sorted (`"When":N,` / `"When":N}`), Python-spaced, legacy text.
 _WHEN_FORMS = ((b":", b","), (b":", b"}"), (b": ", b","), (b": ", b"}"), (b"=", b","))
 
