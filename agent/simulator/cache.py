@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-# Bounded (~5 KB a reply): enough for test and demo fleets, a few MB in a 10,000-miner worker.
-DEFAULT_ENTRIES = 1024
+# Bounded (~5 KB a reply): every reply of a 1,000-miner test fleet, ~20 MB at most in a worker.
+DEFAULT_ENTRIES = 4096
 # How When sits in a reply: JSON compact/sorted (`"When":N,` / `"When":N}`), Python-spaced, legacy text.
 _WHEN_FORMS = ((b":", b","), (b":", b"}"), (b": ", b","), (b": ", b"}"), (b"=", b","))
 
