@@ -118,6 +118,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         top.error("miners", "expected at least one miner")
     miners = _expand(top, [e for e in entries if e is not None])
     top.done()
+    # Read in dependency order, reported in file order (the model table's own problems last).
+    top.problems.items.sort(key=lambda p: (p.path != top.problems.path, p.line or 0))
     top.problems.raise_if_any()
     assert models is not None  # a failed model table was reported above
     return AgentConfig(
