@@ -229,5 +229,13 @@ def _miner_names(config: SiteConfig) -> set[str]:
     return names
 
 
-__all__ = ["ConfigError", "ControlConfig", "FaultConfig", "FleetConfig", "GroupConfig", "SiteConfig",
-           "load_fleet_config", "is_loopback"]
+__all__ = [
+    "ConfigError",
+    "ControlConfig",
+    "FaultConfig",
+    "FleetConfig",
+    "GroupConfig",
+    "SiteConfig",
+    "is_loopback",
+    "load_fleet_config",
+]

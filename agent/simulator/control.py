@@ -69,7 +69,7 @@ class LocalBackend:
         return self.fleet.clock.apply(freeze, advance)
 
 
-BACKEND = web.AppKey("backend", Backend)  # type: ignore[type-abstract]
+BACKEND = web.AppKey("backend", Backend)
 
 
 class BadRequest(Exception):
@@ -238,6 +238,7 @@ async def start_control(backend: Backend, host: str, port: int) -> tuple[web.App
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server  # noqa: SLF001 - aiohttp gives no public way to learn an ephemeral port
-    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port
+    server = site._server  # aiohttp gives no public way to learn an ephemeral port
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
     return runner, bound

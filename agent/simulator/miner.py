@@ -35,8 +35,19 @@ class Miner:
     """A miner's mutable state. The fleet owns it; connections read it."""
 
     __slots__ = (
-        "identity", "firmware", "fleet", "site", "fault", "privileged", "boot_tick", "booted_fresh",
-        "server", "rebooting", "_cache_key", "_cache", "_reopen",
+        "_cache",
+        "_cache_key",
+        "_reopen",
+        "boot_tick",
+        "booted_fresh",
+        "fault",
+        "firmware",
+        "fleet",
+        "identity",
+        "privileged",
+        "rebooting",
+        "server",
+        "site",
     )
 
     def __init__(self, identity: Identity, fleet: Fleet, site: SiteState) -> None:
@@ -153,7 +164,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
 class MinerConnection(asyncio.Protocol):
     """One accepted connection: read once, answer (through the miner's fault, if any), close."""
 
-    __slots__ = ("miner", "transport", "answered", "timer", "pending", "sent")
+    __slots__ = ("answered", "miner", "pending", "sent", "timer", "transport")
 
     def __init__(self, miner: Miner) -> None:
         self.miner = miner

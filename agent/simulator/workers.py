@@ -24,7 +24,14 @@ from agent.simulator.config import FleetConfig
 from agent.simulator.control import LocalBackend, start_control
 from agent.simulator.faults import Fault
 from agent.simulator.fleet import (
-    Clock, Fleet, FleetStartError, Planned, finish_truth, initial_faults, merge_site_sums, plan_fleet,
+    Clock,
+    Fleet,
+    FleetStartError,
+    Planned,
+    finish_truth,
+    initial_faults,
+    merge_site_sums,
+    plan_fleet,
     worker_slices,
 )
 from common.logs import configure_logging, get_logger
@@ -87,7 +94,7 @@ class WorkerPool:
         problems = []
         for span, pipe in zip(self.slices, pipes):
             ready = await loop.run_in_executor(None, pipe.poll, WORKER_START_TIMEOUT_S)
-            message = pipe.recv() if ready else ("error", f"no answer within {WORKER_START_TIMEOUT_S:g} s")
+            message: Any = pipe.recv() if ready else ("error", f"no answer within {WORKER_START_TIMEOUT_S:g} s")
             if message[0] == "ready":
                 self._urls.append(f"http://127.0.0.1:{message[1]}")
                 self.worker_startup_s.append(message[2])

@@ -13,7 +13,13 @@ import pytest
 from agent.dialects import DIALECTS
 from agent.protocol.client import Deadlines, query
 from agent.protocol.errors import (
-    BadReply, CommandRejected, ConnectFailed, EmptyReply, ErrorKind, PollTimeout, PrivilegedCommandRefused,
+    BadReply,
+    CommandRejected,
+    ConnectFailed,
+    EmptyReply,
+    ErrorKind,
+    PollTimeout,
+    PrivilegedCommandRefused,
     ReplyTooLarge,
 )
 from tests.conftest import DEFAULT_GROUPS

@@ -58,7 +58,7 @@ async def polled_sums(raw_request, miners, spec_of) -> dict[str, dict[str, float
 
 async def test_truth_is_the_sum_of_what_miners_report(sim_fleet, raw_request):
     truth = await sim_fleet.truth()
-    spec_of = lambda m: sim_fleet.miner(m.index).identity.model  # noqa: E731
+    spec_of = lambda m: sim_fleet.miner(m.index).identity.model
     sums = await polled_sums(raw_request, sim_fleet.miners, spec_of)
     for site, polled in sums.items():
         for key, value in polled.items():
@@ -80,7 +80,7 @@ async def test_truth_leaves_out_miners_that_do_not_answer(sim_fleet, raw_request
     assert after["miners_hashing"] == before["sites"]["site-a"]["miners_hashing"] - 1  # hung ones still hash
     assert after["faults"] == {"offline": 1, "hang": 2, "slow": 1}
     answering = [m for m in sim_fleet.miners if m.site == "site-a" and m not in hidden]
-    spec_of = lambda m: sim_fleet.miner(m.index).identity.model  # noqa: E731
+    spec_of = lambda m: sim_fleet.miner(m.index).identity.model
     polled = (await polled_sums(raw_request, answering, spec_of))["site-a"]
     assert after["hashrate_hs"] == pytest.approx(polled["hashrate_hs"], rel=1e-4)
     assert after["power_w_unobserved"] > 0

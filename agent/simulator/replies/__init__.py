@@ -12,7 +12,15 @@ from typing import Any
 from agent.simulator.behaviour import Identity
 from agent.simulator.replies import avalon, bfgminer, bmminer, bosminer, btminer, cgminer, luxos
 from agent.simulator.replies.common import Bare, Firmware, Section
-from agent.simulator.replies.encode import COMPACT, COMPACT_FLOATS, SORTED_FLOATS, SPACED_FLOATS, Style, encode, text_record
+from agent.simulator.replies.encode import (
+    COMPACT,
+    COMPACT_FLOATS,
+    SORTED_FLOATS,
+    SPACED_FLOATS,
+    Style,
+    encode,
+    text_record,
+)
 
 DIALECTS: tuple[str, ...] = ("cgminer", "bfgminer", "bmminer", "btminer", "bosminer", "luxos", "avalon")
 STYLES: dict[str, Style] = {
@@ -61,7 +69,7 @@ def as_object(fw: Firmware, result: Section | Bare | dict[str, Any], when: int) 
         return result
     if isinstance(result, Bare):
         return {"STATUS": result.status, "id": 1}
-    head = {"STATUS": [status(fw, result.status, result.code, result.msg, when)]}
+    head: dict[str, Any] = {"STATUS": [status(fw, result.status, result.code, result.msg, when)]}
     if result.key:
         head[result.key] = result.items
     head["id"] = 1

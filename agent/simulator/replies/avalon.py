@@ -9,11 +9,20 @@ MTmax/MTavg per board, MPO (power limit).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot, unit
 from agent.simulator.replies.common import (
-    GH, Firmware, Section, cg_dev, cg_pools, cg_summary, pools_section, short_model, stats_timing,
+    GH,
+    Firmware,
+    Section,
+    cg_dev,
+    cg_pools,
+    cg_summary,
+    pools_section,
+    short_model,
+    stats_timing,
 )
 from agent.simulator.replies.encode import Fixed
 
@@ -50,7 +59,7 @@ def devs(ident: Identity, s: Snapshot, now: int) -> Section:
     return Section(9, "1 ASC(s)", "DEVS", [record])
 
 
-def _ints(values: list[float]) -> str:
+def _ints(values: Sequence[float]) -> str:
     return " ".join(str(round(v)) for v in values)
 
 
@@ -98,7 +107,7 @@ def mm_id(ident: Identity, s: Snapshot, seed_salt: int = 0) -> str:
         "Core[A3197S]",
         "PING[131]",
         *pvt,
-        f"ATAOPTS0[--avalon10-freq 240:258:279:300 --avalon10-voltage-level 1180 --hash-asic 160]",
+        "ATAOPTS0[--avalon10-freq 240:258:279:300 --avalon10-voltage-level 1180 --hash-asic 160]",
         "ADJ[1]",
         f"MPO[{s.power_limit_w}]",
         "MVL[87]",

@@ -10,7 +10,15 @@ from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
 from agent.simulator.replies.common import (
-    Firmware, Section, cg_config, cg_dev, cg_pools, cg_summary, pools_section, short_model, stats_timing,
+    Firmware,
+    Section,
+    cg_config,
+    cg_dev,
+    cg_pools,
+    cg_summary,
+    pools_section,
+    short_model,
+    stats_timing,
 )
 from agent.simulator.replies.encode import fixed_value, is_fixed
 
@@ -22,7 +30,7 @@ def _zero_as_int(record: dict[str, Any]) -> dict[str, Any]:
     # BFGMiner prints a zero difficulty as 0, not 0.00000000 (§10).
     for key in ("Difficulty Rejected", "Difficulty Stale", "Difficulty Accepted", "Last Share Difficulty"):
         value = record.get(key)
-        if is_fixed(value) and fixed_value(value) == 0:
+        if isinstance(value, str) and is_fixed(value) and fixed_value(value) == 0:
             record[key] = 0
     return record
 

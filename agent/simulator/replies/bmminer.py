@@ -18,7 +18,15 @@ from typing import Any
 
 from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
 from agent.simulator.replies.common import (
-    GH, Firmware, Section, board_share, cg_dev, cg_pools, cg_summary, pools_section, stats_timing,
+    GH,
+    Firmware,
+    Section,
+    board_share,
+    cg_dev,
+    cg_pools,
+    cg_summary,
+    pools_section,
+    stats_timing,
 )
 from agent.simulator.replies.encode import Fixed
 

@@ -12,7 +12,14 @@ from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
 from agent.simulator.replies.common import (
-    MH, Firmware, Section, cg_dev, cg_pools, cg_summary, pools_section, sorted_record,
+    MH,
+    Firmware,
+    Section,
+    cg_dev,
+    cg_pools,
+    cg_summary,
+    pools_section,
+    sorted_record,
 )
 
 VERSION = "0.2.0-36c56a9363"

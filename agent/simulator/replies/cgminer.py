@@ -10,7 +10,15 @@ from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
 from agent.simulator.replies.common import (
-    Firmware, Section, cg_config, cg_dev, cg_pools, cg_summary, pools_section, short_model, stats_timing,
+    Firmware,
+    Section,
+    cg_config,
+    cg_dev,
+    cg_pools,
+    cg_summary,
+    pools_section,
+    short_model,
+    stats_timing,
 )
 
 VERSION = "4.11.1"

@@ -81,7 +81,7 @@ def short_model(ident: Identity) -> str:
     return name
 
 
-def pct(part: float, whole: float) -> Fixed:
+def pct(part: float, whole: float) -> str:
     return Fixed(100.0 * part / whole if whole else 0.0, 4)
 
 
@@ -183,7 +183,7 @@ def pools_section(items: list[dict[str, Any]]) -> Section:
     return Section(7, f"{len(items)} Pool(s)", "POOLS", items)
 
 
-def board_share(s: Snapshot, b: int, total: float | int) -> int:
+def board_share(s: Snapshot, b: int, total: float) -> int:
     """Split a miner-wide counter over its boards in proportion to their hashrate."""
     return int(total * s.board_hashrate_hs[b] / s.hashrate_hs) if s.hashrate_hs else 0
 

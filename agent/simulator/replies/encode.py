@@ -21,7 +21,7 @@ _MARKED = re.compile(r'"\\u0001([^"\\]*)\\u0001"')
 _FORMATS = {digits: f"{_MARK}%.{digits}f{_MARK}" for digits in range(10)}
 
 
-def Fixed(value: float, digits: int = 2) -> str:  # noqa: N802 - reads like the type it stands for
+def Fixed(value: float, digits: int = 2) -> str:
     """A float printed with a fixed number of decimals, like printf("%.Nf")."""
     return _FORMATS[digits] % value
 

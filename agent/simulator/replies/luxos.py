@@ -11,7 +11,12 @@ from typing import Any
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
 from agent.simulator.replies import bmminer
 from agent.simulator.replies.common import (
-    GH, Firmware, Section, cg_pools, cg_summary, pools_section,
+    GH,
+    Firmware,
+    Section,
+    cg_pools,
+    cg_summary,
+    pools_section,
 )
 
 VERSION = "2025.4.8.220305-57b389c7"
