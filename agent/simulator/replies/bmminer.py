@@ -20,11 +20,13 @@ from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapsh
 from agent.simulator.replies.common import (
     GH,
     Firmware,
+    Number,
     Section,
     board_share,
     cg_dev,
     cg_pools,
     cg_summary,
+    plain,
     pools_section,
     stats_timing,
 )
@@ -53,15 +55,20 @@ def version(ident: Identity, s: Snapshot, now: int) -> Section:
     return Section(22, "CGMiner versions", "VERSION", [record], text_header=True)
 
 
+def _number(ident: Identity) -> Number:
+    # S19-class firmware prints through a JSON library: shortest floats, not printf text.
+    return plain if is_s19_class(ident) else Fixed
+
+
 def summary(ident: Identity, s: Snapshot, now: int) -> Section:
-    base = cg_summary(ident, s)
+    base = cg_summary(ident, s, fx=_number(ident))
     rates: dict[str, Any] = {"Elapsed": base.pop("Elapsed")}
     for key in _SUMMARY_DROPPED:
         base.pop(key)
     if is_s19_class(ident):
-        rates["GHS 5s"] = Fixed(s.hashrate_hs / GH)
-        rates["GHS av"] = Fixed(s.hashrate_avg_hs / GH)
-        rates["GHS 30m"] = Fixed(s.hashrate_15m_hs / GH)
+        rates["GHS 5s"] = plain(s.hashrate_hs / GH)
+        rates["GHS av"] = plain(s.hashrate_avg_hs / GH)
+        rates["GHS 30m"] = plain(s.hashrate_15m_hs / GH)
     else:
         # bmminer S9: api_add_string(root, "GHS 5s", displayed_hash_rate) -> a quoted number.
         rates["GHS 5s"] = f"{s.hashrate_hs / GH:.2f}"
@@ -76,7 +83,7 @@ def _age(seconds: int) -> str:
 def pools(ident: Identity, s: Snapshot, now: int) -> Section:
     s19 = is_s19_class(ident)
     items = []
-    for pool in cg_pools(ident, s, now):
+    for pool in cg_pools(ident, s, now, fx=_number(ident)):
         accepted = pool["Accepted"]
         record = {key: pool[key] for key in (
             "POOL", "URL", "Status", "Priority", "Quota", "Long Poll", "Getworks", "Accepted", "Rejected",
@@ -103,9 +110,9 @@ def devs(ident: Identity, s: Snapshot, now: int) -> Section:
     if not is_s19_class(ident):
         items = [cg_dev(ident, s, b, now) for b in range(BOARDS)]
         return Section(9, f"{BOARDS} ASC(s)", "DEVS", items)
-    record = cg_dev(ident, s, 0, now, name="BTM_SOC")
+    record = cg_dev(ident, s, 0, now, name="BTM_SOC", fx=plain)
     record.update({
-        "MHS av": Fixed(s.hashrate_avg_hs / 1e6), "MHS 5s": Fixed(s.hashrate_hs / 1e6),
+        "MHS av": plain(s.hashrate_avg_hs / 1e6), "MHS 5s": plain(s.hashrate_hs / 1e6),
         "Accepted": s.accepted, "Rejected": s.rejected, "Hardware Errors": s.hardware_errors,
         # S19 Pro and S21 put the last share's timestamp here (asic-rs devs.json; proto-fleet).
         "Last Share Difficulty": now - 3 if s.accepted else 0,
@@ -124,11 +131,11 @@ def stats(ident: Identity, s: Snapshot, now: int) -> Section:
 
 
 def _stats_s19(ident: Identity, s: Snapshot) -> Section:
-    rec: dict[str, Any] = stats_timing(0, "BTM_SOC0", s)
+    rec: dict[str, Any] = stats_timing(0, "BTM_SOC0", s, fx=plain)
     rec.update({"Wait": 0, "Max": 0, "Min": 99999999})
-    rec["GHS 5s"] = Fixed(s.hashrate_hs / GH)
-    rec["GHS av"] = Fixed(s.hashrate_avg_hs / GH)
-    rec["rate_30m"] = Fixed(s.hashrate_15m_hs / GH)
+    rec["GHS 5s"] = plain(s.hashrate_hs / GH)
+    rec["GHS av"] = plain(s.hashrate_avg_hs / GH)
+    rec["rate_30m"] = plain(s.hashrate_15m_hs / GH)
     rec["Mode"] = 2
     rec["miner_count"] = BOARDS
     rec["frequency"] = s.frequency_mhz
@@ -146,11 +153,11 @@ def _stats_s19(ident: Identity, s: Snapshot) -> Section:
             values = [round(temps[b]) - o for o in offsets] if b < BOARDS else [0, 0, 0, 0]
             rec[f"temp_{family}{b + 1}"] = _dash(values)
     chips = _chips(ident)
-    rec["total_rateideal"] = Fixed(s.nominal_hs / GH)
+    rec["total_rateideal"] = plain(s.nominal_hs / GH)
     rec["rate_unit"] = "GH"
     rec["total_freqavg"] = s.frequency_mhz
     rec["total_acn"] = chips * BOARDS
-    rec["total rate"] = Fixed(s.hashrate_hs / GH)
+    rec["total rate"] = plain(s.hashrate_hs / GH)
     rec["temp_max"] = round(max(s.board_temp_c))
     rec["no_matching_work"] = s.hardware_errors
     for b in range(BOARDS + 1):

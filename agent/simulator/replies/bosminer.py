@@ -18,6 +18,7 @@ from agent.simulator.replies.common import (
     cg_dev,
     cg_pools,
     cg_summary,
+    plain,
     pools_section,
     sorted_record,
 )
@@ -40,7 +41,7 @@ def version(ident: Identity, s: Snapshot, now: int) -> Section:
 
 
 def summary(ident: Identity, s: Snapshot, now: int) -> Section:
-    record = cg_summary(ident, s)
+    record = cg_summary(ident, s, fx=plain)
     record.update({
         "MHS av": _full(s.hashrate_avg_hs / MH), "MHS 5s": _full(s.hashrate_hs / MH),
         "MHS 1m": _full(s.hashrate_1m_hs / MH), "MHS 5m": _full(s.hashrate_5m_hs / MH),
@@ -52,13 +53,13 @@ def summary(ident: Identity, s: Snapshot, now: int) -> Section:
 
 
 def pools(ident: Identity, s: Snapshot, now: int) -> Section:
-    return pools_section(_clean(cg_pools(ident, s, now)))
+    return pools_section(_clean(cg_pools(ident, s, now, fx=plain)))
 
 
 def devs(ident: Identity, s: Snapshot, now: int) -> Section:
     items = []
     for b in range(BOARDS):
-        record = cg_dev(ident, s, b, now, name="")
+        record = cg_dev(ident, s, b, now, name="", fx=plain)
         record["ID"] = FIRST_CHAIN + b
         record["ASC"] = b
         record["MHS 5s"] = _full(s.board_hashrate_hs[b] / MH)

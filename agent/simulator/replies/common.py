@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
-from agent.simulator.replies.encode import Fixed, fixed_value, is_fixed
+from agent.simulator.replies.encode import Fixed
 
 MH = 1e6
 GH = 1e9
@@ -37,6 +37,18 @@ class Bare:
     status: str
 
 
+class Number(Protocol):
+    """Fixed (printf text, for cgminer-built firmware) or plain (a float, for JSON-library firmware)."""
+
+    def __call__(self, value: float, digits: int = 2) -> Any: ...
+
+
+
+def plain(value: float, digits: int = 2) -> float:
+    """A number for firmware that prints through a JSON library: rounded, printed as the shortest float."""
+    return round(value, digits)
+
+
 Handler = Callable[[Identity, Snapshot, int], "Section | Bare"]  # (miner, tick values, now)
 
 
@@ -57,17 +69,6 @@ class Firmware:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def as_python_floats(value: Any) -> Any:
-    """Fixed -> float, for firmware that prints through a JSON library (S19 bmminer 1.0, LuxOS)."""
-    if isinstance(value, str):
-        return fixed_value(value) if is_fixed(value) else value
-    if isinstance(value, dict):
-        return {key: as_python_floats(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [as_python_floats(item) for item in value]
-    return value
-
-
 def sorted_record(record: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(record.items()))
 
@@ -81,8 +82,8 @@ def short_model(ident: Identity) -> str:
     return name
 
 
-def pct(part: float, whole: float) -> str:
-    return Fixed(100.0 * part / whole if whole else 0.0, 4)
+def pct(fx: Number, part: float, whole: float) -> Any:
+    return fx(100.0 * part / whole if whole else 0.0, 4)
 
 
 def work_utility(s: Snapshot) -> float:
@@ -96,43 +97,43 @@ def total_mh(s: Snapshot) -> float:
     return s.hashrate_avg_hs * s.uptime_s / MH
 
 
-def cg_summary(ident: Identity, s: Snapshot, window: str = "5s") -> dict[str, Any]:
+def cg_summary(ident: Identity, s: Snapshot, window: str = "5s", fx: Number = Fixed) -> dict[str, Any]:
     """Stock cgminer 4.x `summary` record (api.c summary()), rates in MH/s with %.2f."""
     diff1 = s.accepted * SHARE_DIFFICULTY
     return {
         "Elapsed": s.uptime_s,
-        "MHS av": Fixed(s.hashrate_avg_hs / MH),
-        f"MHS {window}": Fixed(s.hashrate_hs / MH),
-        "MHS 1m": Fixed(s.hashrate_1m_hs / MH),
-        "MHS 5m": Fixed(s.hashrate_5m_hs / MH),
-        "MHS 15m": Fixed(s.hashrate_15m_hs / MH),
+        "MHS av": fx(s.hashrate_avg_hs / MH),
+        f"MHS {window}": fx(s.hashrate_hs / MH),
+        "MHS 1m": fx(s.hashrate_1m_hs / MH),
+        "MHS 5m": fx(s.hashrate_5m_hs / MH),
+        "MHS 15m": fx(s.hashrate_15m_hs / MH),
         "Found Blocks": 0,
         "Getworks": s.uptime_s // 30 + 1,
         "Accepted": s.accepted,
         "Rejected": s.rejected,
         "Hardware Errors": s.hardware_errors,
-        "Utility": Fixed(s.accepted * 60.0 / s.uptime_s if s.uptime_s else 0.0),
+        "Utility": fx(s.accepted * 60.0 / s.uptime_s if s.uptime_s else 0.0),
         "Discarded": s.uptime_s * 12,
         "Stale": 0,
         "Get Failures": 0,
         "Local Work": s.uptime_s * 4000,
         "Remote Failures": 0,
         "Network Blocks": s.uptime_s // 600,
-        "Total MH": Fixed(total_mh(s), 4),
-        "Work Utility": Fixed(work_utility(s)),
-        "Difficulty Accepted": Fixed(s.difficulty_accepted, 8),
-        "Difficulty Rejected": Fixed(s.rejected * SHARE_DIFFICULTY, 8),
-        "Difficulty Stale": Fixed(0.0, 8),
+        "Total MH": fx(total_mh(s), 4),
+        "Work Utility": fx(work_utility(s)),
+        "Difficulty Accepted": fx(s.difficulty_accepted, 8),
+        "Difficulty Rejected": fx(s.rejected * SHARE_DIFFICULTY, 8),
+        "Difficulty Stale": fx(0.0, 8),
         "Best Share": s.best_share,
-        "Device Hardware%": pct(s.hardware_errors, s.hardware_errors + diff1),
-        "Device Rejected%": pct(s.rejected, s.accepted + s.rejected),
-        "Pool Rejected%": pct(s.rejected, s.accepted + s.rejected),
-        "Pool Stale%": Fixed(0.0, 4),
+        "Device Hardware%": pct(fx, s.hardware_errors, s.hardware_errors + diff1),
+        "Device Rejected%": pct(fx, s.rejected, s.accepted + s.rejected),
+        "Pool Rejected%": pct(fx, s.rejected, s.accepted + s.rejected),
+        "Pool Stale%": fx(0.0, 4),
         "Last getwork": 0,
     }
 
 
-def cg_pools(ident: Identity, s: Snapshot, now: int) -> list[dict[str, Any]]:
+def cg_pools(ident: Identity, s: Snapshot, now: int, fx: Number = Fixed) -> list[dict[str, Any]]:
     """Stock cgminer `pools` records (api.c poolstatus()): a primary doing the work and a backup."""
     pools = []
     for n in range(2):
@@ -158,20 +159,20 @@ def cg_pools(ident: Identity, s: Snapshot, now: int) -> list[dict[str, Any]]:
             "Diff1 Shares": int(accepted * SHARE_DIFFICULTY),
             "Proxy Type": "",
             "Proxy": "",
-            "Difficulty Accepted": Fixed(accepted * SHARE_DIFFICULTY, 8),
-            "Difficulty Rejected": Fixed((s.rejected if active else 0) * SHARE_DIFFICULTY, 8),
-            "Difficulty Stale": Fixed(0.0, 8),
-            "Last Share Difficulty": Fixed(SHARE_DIFFICULTY if accepted else 0.0, 8),
-            "Work Difficulty": Fixed(SHARE_DIFFICULTY, 8),
+            "Difficulty Accepted": fx(accepted * SHARE_DIFFICULTY, 8),
+            "Difficulty Rejected": fx((s.rejected if active else 0) * SHARE_DIFFICULTY, 8),
+            "Difficulty Stale": fx(0.0, 8),
+            "Last Share Difficulty": fx(SHARE_DIFFICULTY if accepted else 0.0, 8),
+            "Work Difficulty": fx(SHARE_DIFFICULTY, 8),
             "Has Stratum": True,
             "Stratum Active": active,
             "Stratum URL": POOL_HOST if active else "",
-            "Stratum Difficulty": Fixed(SHARE_DIFFICULTY if active else 0.0, 8),
+            "Stratum Difficulty": fx(SHARE_DIFFICULTY if active else 0.0, 8),
             "Has Vmask": True,
             "Has GBT": False,
             "Best Share": s.best_share if active else 0,
-            "Pool Rejected%": pct(s.rejected, s.accepted + s.rejected) if active else Fixed(0.0, 4),
-            "Pool Stale%": Fixed(0.0, 4),
+            "Pool Rejected%": pct(fx, s.rejected, s.accepted + s.rejected) if active else fx(0.0, 4),
+            "Pool Stale%": fx(0.0, 4),
             "Bad Work": 0,
             "Current Block Height": 870000 + s.tick // 120,
             "Current Block Version": 536870912,
@@ -189,7 +190,7 @@ def board_share(s: Snapshot, b: int, total: float) -> int:
 
 
 def cg_dev(ident: Identity, s: Snapshot, b: int, now: int, *, kind: str = "ASC", name: str = "BTM",
-           window: str = "5s", temperature: Any = None) -> dict[str, Any]:
+           window: str = "5s", temperature: Any = None, fx: Number = Fixed) -> dict[str, Any]:
     """One stock cgminer `devs` record per hash board (api.c ascstatus())."""
     rate = s.board_hashrate_hs[b]
     accepted = board_share(s, b, s.accepted)
@@ -201,26 +202,26 @@ def cg_dev(ident: Identity, s: Snapshot, b: int, now: int, *, kind: str = "ASC",
         "ID": b,
         "Enabled": "Y",
         "Status": "Alive",
-        "Temperature": Fixed(s.chip_temp_c[b]) if temperature is None else temperature,
-        "MHS av": Fixed(s.hashrate_avg_hs / BOARDS / MH),
-        f"MHS {window}": Fixed(rate / MH),
-        "MHS 1m": Fixed(s.hashrate_1m_hs / BOARDS / MH),
-        "MHS 5m": Fixed(s.hashrate_5m_hs / BOARDS / MH),
-        "MHS 15m": Fixed(s.hashrate_15m_hs / BOARDS / MH),
+        "Temperature": fx(s.chip_temp_c[b]) if temperature is None else temperature,
+        "MHS av": fx(s.hashrate_avg_hs / BOARDS / MH),
+        f"MHS {window}": fx(rate / MH),
+        "MHS 1m": fx(s.hashrate_1m_hs / BOARDS / MH),
+        "MHS 5m": fx(s.hashrate_5m_hs / BOARDS / MH),
+        "MHS 15m": fx(s.hashrate_15m_hs / BOARDS / MH),
         "Accepted": accepted,
         "Rejected": rejected,
         "Hardware Errors": hw,
-        "Utility": Fixed(accepted * 60.0 / s.uptime_s if s.uptime_s else 0.0),
+        "Utility": fx(accepted * 60.0 / s.uptime_s if s.uptime_s else 0.0),
         "Last Share Pool": 0 if accepted else -1,
         "Last Share Time": now - 3 if accepted else 0,
-        "Total MH": Fixed(total_mh(s) / BOARDS, 4),
+        "Total MH": fx(total_mh(s) / BOARDS, 4),
         "Diff1 Work": int(accepted * SHARE_DIFFICULTY),
-        "Difficulty Accepted": Fixed(accepted * SHARE_DIFFICULTY, 8),
-        "Difficulty Rejected": Fixed(rejected * SHARE_DIFFICULTY, 8),
-        "Last Share Difficulty": Fixed(SHARE_DIFFICULTY if accepted else 0.0, 8),
+        "Difficulty Accepted": fx(accepted * SHARE_DIFFICULTY, 8),
+        "Difficulty Rejected": fx(rejected * SHARE_DIFFICULTY, 8),
+        "Last Share Difficulty": fx(SHARE_DIFFICULTY if accepted else 0.0, 8),
         "Last Valid Work": now - 1,
-        "Device Hardware%": pct(hw, hw + accepted * SHARE_DIFFICULTY),
-        "Device Rejected%": pct(rejected, accepted + rejected),
+        "Device Hardware%": pct(fx, hw, hw + accepted * SHARE_DIFFICULTY),
+        "Device Rejected%": pct(fx, rejected, accepted + rejected),
         "Device Elapsed": s.uptime_s,
     }
 
@@ -239,14 +240,14 @@ def cg_config(ident: Identity, s: Snapshot, *, device_code: str = "ICA ") -> dic
     }
 
 
-def stats_timing(index: int, ident_id: str, s: Snapshot) -> dict[str, Any]:
+def stats_timing(index: int, ident_id: str, s: Snapshot, fx: Number = Fixed) -> dict[str, Any]:
     """The fields cgminer's itemstats() prints before any driver-specific stats."""
     return {
         "STATS": index,
         "ID": ident_id,
         "Elapsed": s.uptime_s,
         "Calls": 0,
-        "Wait": Fixed(0.0, 6),
-        "Max": Fixed(0.0, 6),
-        "Min": Fixed(99999999.0, 6),
+        "Wait": fx(0.0, 6),
+        "Max": fx(0.0, 6),
+        "Min": fx(99999999.0, 6),
     }

@@ -16,6 +16,7 @@ from agent.simulator.replies.common import (
     Section,
     cg_pools,
     cg_summary,
+    plain,
     pools_section,
 )
 
@@ -29,7 +30,7 @@ def version(ident: Identity, s: Snapshot, now: int) -> Section:
 
 
 def summary(ident: Identity, s: Snapshot, now: int) -> Section:
-    record: dict[str, Any] = cg_summary(ident, s)
+    record: dict[str, Any] = cg_summary(ident, s, fx=plain)
     for key in ("MHS av", "MHS 5s", "MHS 1m", "MHS 5m", "MHS 15m"):
         record.pop(key)
     record["GHS 5s"] = round(s.hashrate_hs / GH, 2)
@@ -39,7 +40,7 @@ def summary(ident: Identity, s: Snapshot, now: int) -> Section:
 
 
 def pools(ident: Identity, s: Snapshot, now: int) -> Section:
-    return pools_section(cg_pools(ident, s, now))
+    return pools_section(cg_pools(ident, s, now, fx=plain))
 
 
 def stats(ident: Identity, s: Snapshot, now: int) -> Section:
