@@ -113,7 +113,9 @@ class WorkerPool:
         self.startup_s = time.perf_counter() - started
 
     def describe(self) -> list[str]:
-        return describe_sites(self.config, self.plan, self.startup_s, self.workers)
+        lines = describe_sites(self.config, self.plan, self.startup_s, self.workers)
+        slowest = max(self.worker_startup_s, default=0.0)
+        return [*lines, f"slowest worker bound its {max(map(len, self.slices))} listeners in {slowest:.2f} s"]
 
     async def close(self) -> None:
         if self._session is not None:
