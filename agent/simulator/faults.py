@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 WIRE_FAULTS: tuple[str, ...] = (
     "offline", "hang", "slow", "drip", "malformed", "truncated", "reset", "oversize", "garbage", "empty",
-    "reboot",
+    "reboot", "quirky",
 )
 BEHAVIOUR_FAULTS: tuple[str, ...] = ("overheat", "hashrate_drop", "power_surge")
 # Wire faults after which a client cannot read the reply. `slow` is not one: its reply is complete and
 # correct, only late, so the ground truth counts it as serving (an agent whose deadline is shorter than
 # delay_s will miss it: that is the agent's choice, not the miner's state).
-HIDING_FAULTS: frozenset[str] = frozenset(WIRE_FAULTS) - {"slow"}
+HIDING_FAULTS: frozenset[str] = frozenset(WIRE_FAULTS) - {"slow", "quirky"}
 FAULT_KINDS: tuple[str, ...] = WIRE_FAULTS + BEHAVIOUR_FAULTS
 
 # Parameters each kind takes, with defaults (all optional in YAML and in the control API).
@@ -112,6 +112,17 @@ def _stable_hash(text: str) -> int:
 def malform(body: bytes) -> bytes:
     """Break the JSON past any repair a tolerant client makes: a stray token right after the first `{`."""
     return b"{@@" + body[1:] if body.startswith(b"{") else b"@@" + body
+
+
+def quirk(body: bytes) -> bytes:
+    """Invalid JSON the way real firmware writes it, which a tolerant client must repair (CGMINER-API.md §4).
+
+    `}{` between records (bmminer minerstats(), D3/L3+ captures), a comma before the closing brace
+    (Whatsminer, bmminer) and `\'` inside strings (Whatsminer M20S `Firmware Version`). The values are
+    untouched, so a client that repairs these reads exactly what a clean reply says.
+    """
+    quirky = body.replace(b"},{", b"}{").replace(b"'", b"\\'")
+    return quirky[:-1] + b",}" if quirky.endswith(b"}") else quirky
 
 
 def truncate(reply: bytes) -> bytes:

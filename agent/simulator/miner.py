@@ -212,6 +212,9 @@ class MinerConnection(asyncio.Protocol):
         elif kind == "drip":
             self.pending = reply
             self._drip()
+        elif kind == "quirky":
+            transport.write(faults.quirk(reply[:-1]) + b"\0")
+            transport.close()
         elif kind == "malformed":
             transport.write(faults.malform(reply[:-1]) + b"\0")
             transport.close()

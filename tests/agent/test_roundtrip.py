@@ -6,6 +6,7 @@ within the deadline, and the miner next to it still answers.
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -107,3 +108,18 @@ async def test_a_join_refusing_miner_is_a_typed_rejection_then_single_commands_w
     for command in commands:
         replies.update((await query(m.host, [command], port=m.port, deadlines=DEADLINES)).replies)
     assert DIALECTS["bmminer"].parse(replies).hashrate_hs is not None
+
+
+@pytest.mark.parametrize(("dialect", "model"), DEFAULT_GROUPS, ids=[f"{d}-{m.split()[-1]}" for d, m in DEFAULT_GROUPS])
+async def test_quirky_replies_are_repaired_to_the_same_reading(make_sim_fleet, raw_request, dialect, model):
+    fleet = await make_sim_fleet(groups=((dialect, model),), sites=1)
+    m = fleet.miners[0]
+    module = DIALECTS[dialect]
+    clean = module.parse((await query(m.host, module.COMMANDS, port=m.port, deadlines=DEADLINES)).replies)
+    fleet.set_fault([m], "quirky")
+    raw = await raw_request(m.host, m.port, ("{\"command\":\"%s\"}" % "+".join(module.COMMANDS)).encode())
+    with pytest.raises(ValueError):
+        json.loads(raw[:-1])  # really broken on the wire: `}{`, `,}`, `\'`
+    repaired = module.parse((await query(m.host, module.COMMANDS, port=m.port, deadlines=DEADLINES)).replies)
+    assert repaired == clean
+    assert (await fleet.truth())["fleet"]["miners_serving"] == 1  # a tolerant client reads it
