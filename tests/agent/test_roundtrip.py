@@ -117,7 +117,7 @@ async def test_quirky_replies_are_repaired_to_the_same_reading(make_sim_fleet, r
     module = DIALECTS[dialect]
     clean = module.parse((await query(m.host, module.COMMANDS, port=m.port, deadlines=DEADLINES)).replies)
     fleet.set_fault([m], "quirky")
-    raw = await raw_request(m.host, m.port, ("{\"command\":\"%s\"}" % "+".join(module.COMMANDS)).encode())
+    raw = await raw_request(m.host, m.port, json.dumps({"command": "+".join(module.COMMANDS)}).encode())
     with pytest.raises(ValueError):
         json.loads(raw[:-1])  # really broken on the wire: `}{`, `,}`, `\'`
     repaired = module.parse((await query(m.host, module.COMMANDS, port=m.port, deadlines=DEADLINES)).replies)
