@@ -176,3 +176,27 @@ async def test_a_repeated_privileged_request_is_counted_every_time(sim_fleet, ra
         await raw_request(m.host, m.port, b'{"command":"summary+restart"}')
     assert sim_fleet.miner(m.index).privileged == 3
     assert (await sim_fleet.truth())["fleet"]["privileged_commands"] == 3
+
+
+async def test_port_base_puts_a_site_on_consecutive_ports(make_sim_fleet, raw_request):
+    import os
+
+    base = 41000 + (os.getpid() % 500) * 40
+    fleet = await make_sim_fleet(groups=(("cgminer", "Antminer S19"),), sites=1, per_group=3, port_base=base)
+    assert [(m.host, m.port) for m in fleet.miners] == [(fleet.miners[0].host, base + i) for i in range(3)]
+    for m in fleet.miners:
+        assert body_of(await raw_request(m.host, m.port, b'{"command":"version"}'))["STATUS"][0]["STATUS"] == "S"
+
+
+async def test_a_fleet_that_cannot_bind_says_how_far_it_got(make_sim_fleet):
+    import dataclasses
+
+    from agent.simulator.fleet import Fleet, FleetStartError, plan_fleet
+
+    fleet = await make_sim_fleet(groups=(("cgminer", "Antminer S19"),), sites=1, per_group=2)
+    taken = fleet.fleet.config
+    # The same two addresses, both on the port the second running miner holds: the second bind fails.
+    clash = dataclasses.replace(taken.sites[0], port=fleet.miners[1].port)
+    config = dataclasses.replace(taken, sites=(clash,))
+    with pytest.raises(FleetStartError, match=r"bound 1 of 2 listeners; .*:\d+: .*in use"):
+        await Fleet(config, plan_fleet(config)).start()
