@@ -8,6 +8,7 @@ scrape duration, ...), add a Target and a function that reads it from the run's 
 from __future__ import annotations
 
 import operator
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,8 +57,8 @@ def judge(run: dict[str, Any]) -> list[dict[str, Any]]:
         Target("metrics_render_s", f"/metrics render at {miners:,} miners (per-miner text + registry, median of 3)",
                "<=", 0.25, "s"),
         None if render is None else render["render_median_s"], reason="" if render else why_not,
-        detail={} if render is None else {k: render[k] for k in ("render_s", "render_cold_s", "gzip_s", "bytes",
-                                                                   "gzip_bytes")},
+        detail={} if render is None else {k: render.get(k) for k in ("render_s", "render_cpu_s", "render_cold_s",
+                                                                       "gzip_s", "bytes", "gzip_bytes")},
     ))
     agent = run.get("agent") or {}
     figures.append(_overruns(agent, run, why_not))
@@ -90,9 +91,18 @@ def _poll_cycle(miners: int, peers: dict[str, Any], why_not: str) -> dict[str, A
     value = ours.get("median_cycle_s")
     if value is None:
         return _figure(target, None, reason=why_not)
-    reason, verdict = "", None
+    reasons, verdict = [], None
     if ours["min_miners_ok"] < miners:
-        reason, verdict = f"only {ours['min_miners_ok']:,} of {miners:,} miners read in a measured cycle", "FAIL"
+        reasons.append(f"only {ours['min_miners_ok']:,} of {miners:,} miners read in a measured cycle")
+        verdict = "FAIL"
+    fleet_cpu = min(p["simulator_cpu_s"] for p in peers.values() if "simulator_cpu_s" in p)
+    if fleet_cpu > limit:
+        reasons.append(f"the simulator alone used {fleet_cpu:.1f} s of its core per cycle (the least over all "
+                       f"peers): no client can meet {limit:g} s on this fleet core")
+    if ours["client_cpu_share"] < BUSY_SHARE:
+        reasons.append(f"the poller used {ours['median_cpu_s']:.1f} s of CPU per cycle but got only "
+                       f"{ours['client_cpu_share']:.0%} of its core (a busy machine)")
+    reason = "; ".join(reasons)
     return _figure(target, value, reason=reason, verdict=verdict, side_by_side=_side_by_side(peers),
                    detail={"cycles_s": [c["duration_s"] for c in ours["cycles"]],
                            "miners_per_s": ours["miners_per_s"], "requests_per_cycle": ours["setup"]["requests_per_cycle"]})
@@ -160,6 +170,28 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def _also_measured(run: dict[str, Any]) -> list[str]:
+    """Issue 7's figures that are measured already, without a verdict here."""
+    out = []
+    render = run.get("render")
+    if render:
+        out.append(f"/metrics {render['bytes'] / 1e6:.1f} MB plain, {render['gzip_bytes'] / 1e6:.2f} MB gzip "
+                   f"(level 1: {render['gzip_s']:.2f} s); render CPU {statistics.median(render['render_cpu_s']):.2f} s")
+    agent = run.get("agent") or {}
+    scrapes = agent.get("scrapes")
+    if scrapes:
+        longest = scrapes["max_duration_s"]
+        out.append(f"{agent['scraper']} scraped the agent {scrapes['scrapes']} times, {scrapes['failed']} failed, "
+                   f"longest {'-' if longest is None else f'{longest:.2f} s'}; agent cycles observed (s): " +
+                   ", ".join(f"{n}: {d:.1f}" for n, d in sorted(agent["cycles"].items(), key=lambda kv: int(kv[0]))))
+    if agent.get("peak_rss_kb"):
+        out.append(f"agent peak RSS per miner {agent['peak_rss_kb'] / run['miners']:.1f} KiB")
+    fleet = [p["simulator_cpu_s"] for p in run["peers"].values() if "simulator_cpu_s" in p]
+    if fleet:
+        out.append(f"simulator CPU per cycle {min(fleet):.1f}-{max(fleet):.1f} s")
+    return ["", "  also measured:"] + [f"    {line}" for line in out] if out else []
+
+
 def report(run: dict[str, Any], figures: list[dict[str, Any]]) -> str:
     """The printed report for one fleet size: the peers side by side, then each figure with its verdict."""
     lines = [f"megawatch bench: {run['miners']:,} simulated miners, " +
@@ -193,6 +225,7 @@ def report(run: dict[str, Any], figures: list[dict[str, Any]]) -> str:
             lines.append(f"      side by side: {', '.join(extra)}")
         if f["reason"]:
             lines.append(f"      {f['reason']}")
+    lines += _also_measured(run)
     if run.get("error"):
         lines.append(f"  ERROR: {run['error']}")
     return "\n".join(lines)

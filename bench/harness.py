@@ -203,7 +203,8 @@ def _rounds(options: Options, budget: Budget, peers: list[tuple[PeerSpec, Proc]]
         for spec, proc in peers:
             cpu0, w0 = cpu_seconds(sim.pid), time.monotonic()
             cycle = proc.ask("cycle", budget.cap(300))
-            cycle["simulator_cpu_share"] = (cpu_seconds(sim.pid) - cpu0) / max(1e-9, time.monotonic() - w0)
+            cycle["simulator_cpu_s"] = cpu_seconds(sim.pid) - cpu0
+            cycle["simulator_cpu_share"] = cycle["simulator_cpu_s"] / max(1e-9, time.monotonic() - w0)
             result["peers"][spec.key]["cycles"].append(cycle)
             say(f"  round {round_ + 1}/{options.cycles} {spec.key:16} {cycle['duration_s']:7.2f} s, "
                 f"{cycle['miners_ok']:,}/{cycle['miners']:,} miners, client CPU {cycle['cpu_s']:.2f} s, "
@@ -233,6 +234,8 @@ def _summarise_peer(peer: dict[str, Any], miners: int) -> None:
     peer["cpu_ms_per_1000_requests"] = 1e6 * cpu / requests if requests else None
     peer["min_miners_ok"] = min(c["miners_ok"] for c in cycles)
     peer["simulator_cpu_share"] = statistics.median(c["simulator_cpu_share"] for c in cycles)
+    # The fleet's own cost of one cycle: no client can finish a cycle faster than this on one fleet core.
+    peer["simulator_cpu_s"] = statistics.median(c["simulator_cpu_s"] for c in cycles)
 
 
 def _agent_phase(options: Options, budget: Budget, cores: Cores, agent_config: Path, logs: Path,

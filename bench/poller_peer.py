@@ -85,13 +85,14 @@ class MegawatchPoller:
         registry.register(FleetCollector(self.state))
         ProcessCollector(registry=registry)
 
-        def once() -> tuple[float, bytes]:
-            t0 = time.perf_counter()
+        def once() -> tuple[float, float, bytes]:
+            cpu0, t0 = time.process_time(), time.perf_counter()
             body = renderer.render(snapshot).encode() + generate_latest(registry)
-            return time.perf_counter() - t0, body
+            return time.perf_counter() - t0, time.process_time() - cpu0, body
 
-        cold_s, body = once()
-        warm = [once()[0] for _ in range(RENDER_REPEATS)]
+        cold_s, _, body = once()
+        runs = [once() for _ in range(RENDER_REPEATS)]
+        warm = [wall for wall, _, _ in runs]
         t0 = time.perf_counter()
         packed = gzip.compress(body, compresslevel=1)  # the level agent/web.py serves gzip at
         gzip_s = time.perf_counter() - t0
@@ -99,6 +100,7 @@ class MegawatchPoller:
             "render_s": warm,
             "render_median_s": statistics.median(warm),
             "render_cold_s": cold_s,
+            "render_cpu_s": [cpu for _, cpu, _ in runs],
             "gzip_s": gzip_s,
             "bytes": len(body),
             "gzip_bytes": len(packed),
