@@ -20,9 +20,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/megawatch demo
 
+# ~5-8 min at 10,000 miners; `make bench BENCH_ARGS="--miners 1000 --no-pyasic"` passes options (python -m bench --help).
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

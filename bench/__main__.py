@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ def _agent_spec(interval: float) -> AgentSpec:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every process the harness started is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.interval < 1:
         print("python -m bench: --interval must be at least 1 s (the agent's minimum)", file=sys.stderr)
         return 2
