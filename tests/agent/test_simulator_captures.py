@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-CAPTURES = Path("/work/shared/captures")
+CAPTURES = Path(__file__).resolve().parents[1] / "golden" / "captures"
 
 
 def kind(value):
