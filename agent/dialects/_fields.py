@@ -25,6 +25,7 @@ _HASH_UNITS: dict[str, float] = {
 }
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _LARGEST_FLOAT = int(sys.float_info.max)
+_isfinite = math.isfinite
 _NUMBER_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([KMGTP]?)\s*$")
 
 
@@ -33,6 +34,21 @@ def number(value: Any) -> float | None:
 
     bool, NaN, inf, "", "-", "nan" and anything unparsable give None.
     """
+    # Hot path (tens of calls per miner per poll): exact float and int first, without isinstance chains.
+    kind = type(value)
+    if kind is float:
+        return value if _isfinite(value) else None
+    if kind is int:
+        return float(value) if -_LARGEST_FLOAT <= value <= _LARGEST_FLOAT else None
+    if kind is str and value.isascii() and "_" not in value:
+        # float() accepts exactly what _NUMBER_RE does on ASCII without underscores, plus inf/nan
+        # (rejected below as not finite); "5K" and junk fall through to the regex.
+        try:
+            result = float(value)
+        except ValueError:
+            pass
+        else:
+            return result if _isfinite(result) else None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int) and abs(value) > _LARGEST_FLOAT:
@@ -46,7 +62,7 @@ def number(value: Any) -> float | None:
         result = float(match.group(1)) * _SUFFIX.get(match.group(2), 1.0)
     else:
         return None
-    return result if math.isfinite(result) else None
+    return result if _isfinite(result) else None
 
 
 def integer(value: Any) -> int | None:
@@ -184,6 +200,9 @@ def read(
 ) -> Any:
     """`convert(item[key])`; a value that is present but not numeric gives None and a note in `problems`."""
     value = item.get(key)
+    kind = type(value)
+    if value is None or (kind is float and _isfinite(value)):
+        return convert(value)  # the usual cases, without parsing the value twice
     if malformed(value):
         problems.append(f"{where}.{key}: not a number: {value!r:.60}")
         return None
@@ -201,13 +220,32 @@ def numbered(item: Mapping[str, Any], prefix: str) -> dict[int, Any]:
 
     Only digits may follow the prefix, so "temp" takes temp1 but not temp2_1 or temp_max.
     """
-    pattern = re.compile(re.escape(prefix) + r"(\d+)$")
-    found: dict[int, Any] = {}
-    for key, value in item.items():
-        match = pattern.match(key) if isinstance(key, str) else None
-        if match is not None:
-            found[int(match.group(1))] = value
-    return dict(sorted(found.items()))
+    return {slot: item[key] for slot, key in _numbered_keys(tuple(item), prefix)}
+
+
+# Replies from one firmware build carry the same keys in the same order, poll after poll: which keys are
+# slot-numbered is worked out once per (key list, prefix) instead of matching every key on every poll
+# (bmminer's stats device has ~100 keys and is scanned for 7 prefixes). Bounded: cleared when full.
+_NUMBERED_CACHE: dict[tuple[tuple[Any, ...], str], tuple[tuple[int, str], ...]] = {}
+_NUMBERED_CACHE_SIZE = 1024
+
+
+def _numbered_keys(keys: tuple[Any, ...], prefix: str) -> tuple[tuple[int, str], ...]:
+    """(slot, key) of the keys `<prefix><digits>`, by slot; of two keys naming one slot the later wins."""
+    cache_key = (keys, prefix)
+    found = _NUMBERED_CACHE.get(cache_key)
+    if found is None:
+        pattern = re.compile(re.escape(prefix) + r"(\d+)$")
+        slots: dict[int, str] = {}
+        for key in keys:
+            match = pattern.match(key) if isinstance(key, str) else None
+            if match is not None:
+                slots[int(match.group(1))] = key
+        found = tuple(sorted(slots.items()))
+        if len(_NUMBERED_CACHE) >= _NUMBERED_CACHE_SIZE:
+            _NUMBERED_CACHE.clear()
+        _NUMBERED_CACHE[cache_key] = found
+    return found
 
 
 def _hashrate(item: Mapping[str, Any], windows: Sequence[str], problems: list[str], where: str) -> float | None:
