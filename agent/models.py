@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from agent.model import MinerReading, PowerSource
@@ -29,6 +31,8 @@ class ModelSpec:
         return self.nominal_hashrate_hs * self.joules_per_hash
 
 
+# Miners repeat the same few model strings poll after poll: normalise each once (bounded, pure).
+@functools.lru_cache(maxsize=4096)
 def normalise_model(model: str) -> str:
     """Reduce a model string to its identity: "Antminer S19 XP" and "S19XP" both give "s19xp"."""
     # "+" is significant for Whatsminer (M30S, M30S+, M30S++); keep it.
@@ -92,16 +96,25 @@ def estimate_power(reading: MinerReading, table: ModelTable) -> MinerReading:
     spec = table.lookup(reading.model)
     if spec is None:
         why = f"power unknown: model {reading.model!r} is not in the model table"
-        return dataclasses.replace(reading, problems=(*reading.problems, why))
+        return replace_reading(reading, problems=(*reading.problems, why))
     hashrate = reading.hashrate_hs if reading.hashrate_hs is not None else reading.hashrate_avg_hs
     if hashrate is None:
         why = "power unknown: no hashrate to estimate from"
-        return dataclasses.replace(reading, problems=(*reading.problems, why))
+        return replace_reading(reading, problems=(*reading.problems, why))
     if hashrate <= 0:
         # A miner that hashes nothing still draws something (fans, control board, a sleeping PSU):
         # J/TH x 0 would claim 0 W, which we cannot know.
         why = "power unknown: miner reports 0 H/s, so J/TH gives no estimate"
-        return dataclasses.replace(reading, problems=(*reading.problems, why))
-    return dataclasses.replace(
-        reading, power_w=hashrate * spec.joules_per_hash, power_source=PowerSource.ESTIMATE
-    )
+        return replace_reading(reading, problems=(*reading.problems, why))
+    return replace_reading(reading, power_w=hashrate * spec.joules_per_hash, power_source=PowerSource.ESTIMATE)
+
+
+_READING_FIELDS = tuple(field.name for field in dataclasses.fields(MinerReading))
+_reading_values = attrgetter(*_READING_FIELDS)
+
+
+def replace_reading(reading: MinerReading, **changes: object) -> MinerReading:
+    """dataclasses.replace for MinerReading without its per-call field introspection (once per poll)."""
+    values = dict(zip(_READING_FIELDS, _reading_values(reading)))
+    values.update(changes)
+    return MinerReading(**values)  # type: ignore[arg-type]
