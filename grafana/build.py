@@ -215,8 +215,7 @@ def fleet() -> Json:
         series("Draw vs allocation per site", [
             target("max by (site) (megawatch_site_facility_power_watts)", "{{site}} draw"),
             target("max by (site) (megawatch_site_allocation_watts)", "{{site}} allocation"),
-        ], "watt", links=site_link(by_site), overrides=[regex_override(".* allocation", **{
-            "custom_lineStyle": {"fill": "dash", "dash": [10, 10]}, "custom_lineWidth": 2})]),
+        ], "watt", links=site_link(by_site), overrides=[regex_override(".* allocation", custom_lineStyle={"fill": "dash", "dash": [10, 10]}, custom_lineWidth=2)]),
         series("Utilisation over time", [
             target("max by (site) (megawatch_site_utilisation_ratio)", "{{site}}"),
             target("max(megawatch_fleet_utilisation_ratio)", "fleet"),

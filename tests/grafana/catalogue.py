@@ -159,3 +159,11 @@ def metric_names(expr: str) -> set[str]:
             continue  # 1e6, 0.8, $site
         names.add(m.group(0))
     return names
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+
+
+def substitute(expr: str, values: dict[str, str]) -> str:
+    """Grafana's variable interpolation for the variables the dashboards use; unknown ones raise KeyError."""
+    return _VARIABLE.sub(lambda m: values[m.group(1) or m.group(2)], expr)
