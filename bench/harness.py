@@ -109,8 +109,7 @@ def run(options: Options, budget: Budget, say: Any = print) -> dict[str, Any]:
     try:
         t0 = time.monotonic()
         say(f"[{fleet.miners} miners] starting the simulator ({cores.describe()})")
-        sim = _start_simulator(sim_config, logs, cores, budget, fleet.miners)
-        started.append(sim)
+        sim = _start_simulator(sim_config, logs, cores, budget, fleet.miners, started)
         result["phases_s"]["simulator_start"] = time.monotonic() - t0
         _peers_phase(options, budget, cores, agent_config, logs, sim, result, started, say)
         _agent_phase(options, budget, cores, agent_config, logs, result, started, say)
@@ -123,9 +122,11 @@ def run(options: Options, budget: Budget, say: Any = print) -> dict[str, Any]:
     return result
 
 
-def _start_simulator(config: Path, logs: Path, cores: Cores, budget: Budget, miners: int) -> Proc:
+def _start_simulator(config: Path, logs: Path, cores: Cores, budget: Budget, miners: int,
+                     started: list[Proc]) -> Proc:
     sim = Proc("simulator", [*megawatch_command(), "simulate", "--config", str(config), "--log-format", "json"],
                logs / "simulator.log", cores.fleet, pipe_stdout=True)
+    started.append(sim)
     deadline = time.monotonic() + budget.cap(180)
     lines = []
     while True:
