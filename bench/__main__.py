@@ -15,12 +15,13 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench import figures
+from bench import figures, fleets
 from bench.fleets import AgentSpec, FleetSpec
 from bench.harness import Budget, Options, run
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     document: dict[str, Any] = {
         "started_utc": stamp, "caveat": figures.CAVEAT, "argv": sys.argv[1:] if argv is None else argv,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "cpus": len(os.sched_getaffinity(0)), "versions": _versions()},
+                    "cpus": len(os.sched_getaffinity(0)), "versions": _versions(), "tree": _tree()},
         "runs": [],
     }
     failed = False
@@ -100,6 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     (out / "latest.json").write_text(text)
     print(f"results: {out / (stamp + '.json')} (also {out / 'latest.json'})")
     return 1 if failed else 0
+
+
+def _tree() -> dict[str, object]:
+    """The commit measured, and whether the working tree had uncommitted changes."""
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=fleets.REPO, capture_output=True, text=True, timeout=10,
+                                  check=False)
+        except OSError:
+            return ""
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or None, "changed_files": len(git("status", "--porcelain").splitlines())}
 
 
 def _versions() -> dict[str, str | None]:
