@@ -19,6 +19,7 @@ from common.logs import LEVELS, configure_logging, get_logger
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+    from common.webconfig import WebConfig
 
 EXIT_CONFIG = 2
 
@@ -33,14 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", choices=LEVELS, help="override log.level from the config")
     parser.add_argument("--listen", metavar="ADDR", help="override http.listen")
     parser.add_argument("--port", type=int, metavar="PORT", help="override http.port (0: any free port)")
+    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                        help="TLS and basic auth for every endpoint, in Prometheus's exporter web-config format")
 
 
 def run(args: argparse.Namespace) -> int:
     from agent.config import load_agent_config
+    from common.webconfig import load_web_config
 
     path = args.check_config or args.config
     try:
         config = load_agent_config(path)
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -51,11 +56,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvloop
     except ImportError:  # optional at runtime: the default loop works, ~1.6x slower (PERF-NOTES)
-        return asyncio.run(serve(config, args.listen, args.port))
-    return uvloop.run(serve(config, args.listen, args.port))
+        return asyncio.run(serve(config, args.listen, args.port, web_config))
+    return uvloop.run(serve(config, args.listen, args.port, web_config))
 
 
-async def serve(config: AgentConfig, listen: str | None = None, port: int | None = None) -> int:
+async def serve(config: AgentConfig, listen: str | None = None, port: int | None = None,
+                web_config: WebConfig | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT; return the exit code."""
     from aiohttp import web
     from prometheus_client import CollectorRegistry
@@ -65,6 +71,7 @@ async def serve(config: AgentConfig, listen: str | None = None, port: int | None
     from agent.poller import Poller
     from agent.state import FleetState
     from agent.web import make_app
+    from common.webconfig import protect
 
     log = get_logger(site=config.site)
     state = FleetState(config.site, len(config.miners))
@@ -72,10 +79,11 @@ async def serve(config: AgentConfig, listen: str | None = None, port: int | None
     registry.register(FleetCollector(state))
     ProcessCollector(registry=registry)  # RSS and CPU of the agent, for the 200 MB budget
     app = make_app(config, state, registry, poller=Poller(config, state))
+    protect(app, web_config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, bind_port = listen or config.http.listen, config.http.port if port is None else port
-    site = web.TCPSite(runner, host, bind_port)
+    site = web.TCPSite(runner, host, bind_port, ssl_context=web_config.ssl_context if web_config else None)
     try:
         await site.start()
     except OSError as exc:
@@ -83,7 +91,8 @@ async def serve(config: AgentConfig, listen: str | None = None, port: int | None
         await runner.cleanup()
         return 1
     log.info("agent_started", agent=config.agent_id, miners=len(config.miners),
-             listen=[list(a[:2]) for a in runner.addresses],
+             listen=[list(a[:2]) for a in runner.addresses], scheme=web_config.scheme if web_config else "http",
+             basic_auth=bool(web_config and web_config.users),
              interval_s=config.poll.interval_s, concurrency=config.poll.concurrency)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

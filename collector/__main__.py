@@ -30,17 +30,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and exit (0 = valid, 2 = invalid)")
     parser.add_argument("--listen", metavar="HOST:PORT",
                         help="override listen.address/listen.port from the config (e.g. 127.0.0.1:0)")
+    parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                        help="TLS and basic auth for every endpoint, in Prometheus's exporter web-config format "
+                             "(overrides web_config_file in the config)")
     parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
                         help="console on a terminal, JSON lines otherwise (default: %(default)s)")
     parser.add_argument("--log-level", choices=LEVELS, default="info", help="(default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from collector.config import load_collector_config
+    from common.webconfig import load_web_config
 
     path = args.check_config or args.config
     try:
         config = load_collector_config(path)
+        if args.web_config_file:
+            config = replace(config, web=load_web_config(args.web_config_file))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

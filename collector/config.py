@@ -12,7 +12,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from common.configfile import Section
+from common.configfile import ConfigError, Section
+from common.webconfig import WebConfig, load_web_config
 
 MW = 1e6  # W per MW
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
@@ -122,6 +123,8 @@ class CollectorConfig:
     listen_port: int = 9300
     poll_interval_s: float = 15.0
     poll_timeout_s: float = 5.0
+    web: WebConfig | None = None  # TLS and basic auth for the HTTP endpoints (web_config_file)
+    state_file: Path | None = None  # alert state kept across restarts (none: alerts start afresh)
 
     def site(self, site_id: str) -> Site | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -280,7 +283,16 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     interval = poll.number("interval_s", 15.0, exclusive_minimum=0)
     timeout = poll.number("timeout_s", 5.0, exclusive_minimum=0)
     poll.done()
+    here = Path(path).parent  # relative file names are read from beside the config, wherever we start
+    web_file = top.string("web_config_file", None)
+    state_file = top.string("state_file", None)
     top.done()
+    web = None
+    if web_file is not None:
+        try:
+            web = load_web_config(here / web_file)
+        except ConfigError as exc:  # its own file: its problems keep their own file:line
+            top.problems.items.extend(exc.problems)
 
     if interval is not None and timeout is not None and timeout > interval:
         poll.error("timeout_s", f"expected a number <= interval_s ({interval:g}), got {timeout:g}")
@@ -295,4 +307,5 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         path=str(path), fleet_name=fleet_name, fleet_allocation_w=fleet_mw * MW,
         allow_oversubscription=oversubscribe, sites=tuple(sites), thresholds=thresholds, alerting=alerting,
         listen_address=address, listen_port=port, poll_interval_s=interval, poll_timeout_s=timeout,
+        web=web, state_file=here / state_file if state_file is not None else None,
     )

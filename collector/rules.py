@@ -9,7 +9,7 @@ starts or ends a condition: the last state is kept, and SiteDataStale says why.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -77,6 +77,20 @@ class RuleEngine:
         self._alerts: dict[tuple[str, Labels], Alert] = {}
         self.resolved: deque[Alert] = deque(maxlen=RESOLVED_KEPT)
 
+    def restore(self, alerts: Iterable[Alert]) -> None:
+        """Take back pending and firing alerts saved before a restart (collector/alertstate.py).
+
+        A restored firing alert stays firing with its original start: the next evaluation resolves it
+        only if its condition is known to have ended, and an unknown condition (no data yet) keeps it.
+        """
+        for alert in alerts:
+            if alert.phase is not AlertPhase.RESOLVED:
+                self._alerts[alert.key] = alert
+
+    @property
+    def active(self) -> tuple[Alert, ...]:
+        return tuple(self._alerts[k] for k in sorted(self._alerts))
+
     def _was_active(self, name: str, labels: Labels) -> bool:
         return (name, labels) in self._alerts
 
@@ -94,7 +108,7 @@ class RuleEngine:
             gone = self._alerts.pop(key)
             if gone.phase is AlertPhase.FIRING:
                 changes.append(self._resolve(gone, now))
-        return Evaluation(active=tuple(self._alerts[k] for k in sorted(self._alerts)), changes=tuple(changes))
+        return Evaluation(active=self.active, changes=tuple(changes))
 
     def _step(self, check: Check, now: float) -> Alert | None:
         key = (check.name, check.labels)

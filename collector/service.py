@@ -14,8 +14,9 @@ from aiohttp import web
 
 from collector.aggregate import aggregate_fleet
 from collector.alertmanager import Notifier
+from collector.alertstate import load_alerts, save_alerts
 from collector.config import CollectorConfig
-from collector.model import AgentObservation, AlertPhase, FleetTotals
+from collector.model import AgentObservation, Alert, AlertPhase, FleetTotals
 from collector.rules import Evaluation, RuleEngine
 from collector.sources import AgentReader, observe
 from common.logs import get_logger
@@ -59,6 +60,15 @@ class CollectorService:
         self.site_of = {url: s.id for s in config.sites for url in s.agents}
         self._log = get_logger()
         self._reload_requested = False
+        self._saved: object = None  # what was last written to the state file
+        if config.state_file is not None:
+            restored = load_alerts(config.state_file)
+            self.engine.restore(restored)
+            self.evaluation = Evaluation(active=self.engine.active, changes=())
+            self._saved = self._persisted_view(self.engine.active)
+            if restored:
+                self._log.info("alert_state_restored", path=str(config.state_file), alerts=[
+                    f"{a.name}:{dict(a.labels).get('site', '')}:{a.phase.value}" for a in restored])
 
     def request_reload(self) -> None:
         """Ask for the config to be re-read before the next cycle (from SIGHUP): never mid-cycle."""
@@ -95,25 +105,47 @@ class CollectorService:
                               agent=labels.get("agent"), summary=alert.summary)
         self.notifier.submit(evaluation, now)
         self.fleet, self.evaluation = fleet, evaluation
+        self._save_state(evaluation, now)
         s = self.stats
         s.cycles += 1
         s.last_started, s.last_finished = started, self.clock()
         s.last_duration_s = max(0.0, s.last_finished - started)
         return fleet
 
+    @staticmethod
+    def _persisted_view(active: tuple[Alert, ...]) -> object:
+        # Messages and values change every cycle; the file is rewritten only when what a restart needs does.
+        return tuple((a.key, a.phase, a.since, a.fired_at) for a in active)
+
+    def _save_state(self, evaluation: Evaluation, now: float) -> None:
+        path = self.config.state_file
+        view = self._persisted_view(evaluation.active)
+        if path is None or view == self._saved:
+            return
+        try:
+            save_alerts(path, evaluation.active, now)
+        except OSError as exc:
+            # Alerting goes on; only a restart would forget. Retried next cycle (_saved is not updated).
+            self._log.error("alert_state_write_failed", path=str(path), error=str(exc))
+            return
+        self._saved = view
+
     def apply_config(self, new: CollectorConfig) -> list[str]:
         """Take a reloaded config between cycles; return what could not change without a restart.
 
         Sites, allocations, schedules, overhead, agents, thresholds and the poll interval change at once;
-        alert state and the agents' last known values carry over for what remains. Alerting targets
-        and the listen address keep their old values (their tasks and socket were made at start).
+        alert state and the agents' last known values carry over for what remains. Alerting targets, the
+        listen address, TLS and auth and the state file keep their old values (made once at start).
         """
         kept = [name for name, old_value, new_value in (
             ("alerting", self.config.alerting, new.alerting),
             ("listen.address", self.config.listen_address, new.listen_address),
-            ("listen.port", self.config.listen_port, new.listen_port)) if old_value != new_value]
+            ("listen.port", self.config.listen_port, new.listen_port),
+            ("web_config_file", self.config.web, new.web),
+            ("state_file", self.config.state_file, new.state_file)) if old_value != new_value]
         self.config = replace(new, alerting=self.config.alerting, listen_address=self.config.listen_address,
-                              listen_port=self.config.listen_port)
+                              listen_port=self.config.listen_port, web=self.config.web,
+                              state_file=self.config.state_file)
         self.site_of = {url: s.id for s in new.sites for url in s.agents}
         self.observations = {u: o for u, o in self.observations.items() if u in self.site_of}
         self.stats.fetches = Counter({k: n for k, n in self.stats.fetches.items() if k[0] in self.site_of})
@@ -159,13 +191,15 @@ class CollectorService:
 
 
 def generator_url(config: CollectorConfig, address: str, port: int) -> str:
-    base = config.alerting.external_url or f"http://{address}:{port}"
+    scheme = config.web.scheme if config.web is not None else "http"
+    base = config.alerting.external_url or f"{scheme}://{address}:{port}"
     return f"{base.rstrip('/')}/api/v1/alerts"
 
 
 async def serve(config: CollectorConfig, address: str, port: int) -> None:
     """Run the collector until SIGINT/SIGTERM: HTTP, the poll loop and alert delivery."""
     from collector.web import make_app
+    from common.webconfig import protect
 
     log = get_logger()
     stop = asyncio.Event()
@@ -176,14 +210,18 @@ async def serve(config: CollectorConfig, address: str, port: int) -> None:
     loop.add_signal_handler(signal.SIGHUP, lambda: service.request_reload() if service is not None else None)
     async with aiohttp.ClientSession(raise_for_status=False) as session:
         service = CollectorService(config, session, generator_url(config, address, port))
-        runner = web.AppRunner(make_app(service), access_log=None)
+        app = make_app(service)
+        protect(app, config.web)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
-            tcp = web.TCPSite(runner, address, port)
+            tcp = web.TCPSite(runner, address, port, ssl_context=config.web.ssl_context if config.web else None)
             await tcp.start()
             bound = _bound_port(tcp) or port
             service.notifier.generator_url = generator_url(config, address, bound)  # port 0 is known now
-            log.info("collector_listening", url=f"http://{address}:{bound}", sites=len(config.sites),
+            scheme = config.web.scheme if config.web is not None else "http"
+            log.info("collector_listening", url=f"{scheme}://{address}:{bound}", sites=len(config.sites),
+                     basic_auth=bool(config.web and config.web.users),
                      agents=len(service.site_of), alertmanagers=list(config.alerting.alertmanager_urls))
             poller = asyncio.create_task(service.run())
             notifier = asyncio.create_task(service.notifier.run())
