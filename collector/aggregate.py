@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from collector.config import CollectorConfig, Site
+from collector.config import CollectorConfig, Site, public_url
 from collector.model import (
     AgentObservation,
     AgentSummary,
@@ -30,7 +30,8 @@ def agent_age_s(obs: AgentObservation, now: float) -> float | None:
 
 def view_agent(obs: AgentObservation, now: float, stale_after_s: float) -> AgentView:
     age = agent_age_s(obs, now)
-    return AgentView(url=obs.url, up=obs.up, stale=age is None or age > stale_after_s,
+    # Labels, alerts and the JSON API name the agent without any user:password@ or ?token= in its URL.
+    return AgentView(url=public_url(obs.url), up=obs.up, stale=age is None or age > stale_after_s,
                      has_data=obs.summary is not None, age_s=age, last_error=obs.last_error,
                      down_since=obs.down_since)
 

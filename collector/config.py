@@ -111,6 +111,15 @@ class Alerting:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentClient:
+    """How the collector reaches agents served over TLS and/or basic auth (their --web.config.file)."""
+
+    ca_file: Path | None = None  # CA bundle that signed the agents' certificates (default: the system's)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # read from password_file, never in the config
+
+
+@dataclass(frozen=True, slots=True)
 class CollectorConfig:
     path: str
     fleet_name: str
@@ -124,6 +133,7 @@ class CollectorConfig:
     poll_interval_s: float = 15.0
     poll_timeout_s: float = 5.0
     web: WebConfig | None = None  # TLS and basic auth for the HTTP endpoints (web_config_file)
+    agent_client: AgentClient = AgentClient()
     state_file: Path | None = None  # alert state kept across restarts (none: alerts start afresh)
 
     def site(self, site_id: str) -> Site | None:
@@ -286,6 +296,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     here = Path(path).parent  # relative file names are read from beside the config, wherever we start
     web_file = top.string("web_config_file", None)
     state_file = top.string("state_file", None)
+    agent_client = _load_agent_client(top.section("agent_client"), here)
     top.done()
     web = None
     if web_file is not None:
@@ -307,5 +318,26 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         path=str(path), fleet_name=fleet_name, fleet_allocation_w=fleet_mw * MW,
         allow_oversubscription=oversubscribe, sites=tuple(sites), thresholds=thresholds, alerting=alerting,
         listen_address=address, listen_port=port, poll_interval_s=interval, poll_timeout_s=timeout,
-        web=web, state_file=here / state_file if state_file is not None else None,
+        web=web, state_file=here / state_file if state_file is not None else None, agent_client=agent_client,
     )
+
+
+def _load_agent_client(sec: Section, here: Path) -> AgentClient:
+    ca = sec.string("ca_file", None)
+    username = sec.string("username", None)
+    password_file = sec.string("password_file", None)
+    sec.done()
+    ca_path = here / ca if ca is not None else None
+    if ca_path is not None and not ca_path.is_file():
+        sec.error("ca_file", f"no such file: {str(ca_path)!r}")
+    if (username is None) != (password_file is None):
+        sec.error("username" if username is None else "password_file",
+                  "required with " + ("password_file" if username is None else "username"))
+    password = None
+    if password_file is not None:
+        try:
+            password = (here / password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            sec.error("password_file", f"cannot read {str(here / password_file)!r}: "
+                                       f"{getattr(exc, 'strerror', None) or exc}")
+    return AgentClient(ca_path, username, password)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from aiohttp import web
 from collector.aggregate import aggregate_fleet
 from collector.alertmanager import Notifier
 from collector.alertstate import load_alerts, save_alerts
-from collector.config import CollectorConfig
+from collector.config import CollectorConfig, public_url
 from collector.model import AgentObservation, Alert, AlertPhase, FleetTotals
 from collector.rules import Evaluation, RuleEngine
 from collector.sources import AgentReader, observe
@@ -50,7 +51,11 @@ class CollectorService:
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
-        self.reader = AgentReader(session, config.poll_timeout_s, clock)
+        client = config.agent_client
+        self.reader = AgentReader(
+            session, config.poll_timeout_s, clock,
+            auth=aiohttp.BasicAuth(client.username, client.password or "") if client.username else None,
+            ssl_context=ssl.create_default_context(cafile=str(client.ca_file)) if client.ca_file else None)
         self.engine = RuleEngine(config.thresholds)
         self.notifier = Notifier(config.alerting, session, generator_url, clock)
         self.observations: dict[str, AgentObservation] = {}
@@ -95,7 +100,7 @@ class CollectorService:
             self.stats.fetch_duration_s[result.url] = result.duration_s
             if prev is not None and prev.up != obs.up:
                 self._log.info("agent_up" if obs.up else "agent_unreachable", site=self.site_of[result.url],
-                               agent=result.url, error=result.error)
+                               agent=public_url(result.url), error=result.error)
         fleet = aggregate_fleet(self.config, self.observations, now)
         evaluation = self.engine.evaluate(fleet, now)
         for alert in evaluation.changes:
@@ -142,10 +147,11 @@ class CollectorService:
             ("listen.address", self.config.listen_address, new.listen_address),
             ("listen.port", self.config.listen_port, new.listen_port),
             ("web_config_file", self.config.web, new.web),
-            ("state_file", self.config.state_file, new.state_file)) if old_value != new_value]
+            ("state_file", self.config.state_file, new.state_file),
+            ("agent_client", self.config.agent_client, new.agent_client)) if old_value != new_value]
         self.config = replace(new, alerting=self.config.alerting, listen_address=self.config.listen_address,
                               listen_port=self.config.listen_port, web=self.config.web,
-                              state_file=self.config.state_file)
+                              state_file=self.config.state_file, agent_client=self.config.agent_client)
         self.site_of = {url: s.id for s in new.sites for url in s.agents}
         self.observations = {u: o for u, o in self.observations.items() if u in self.site_of}
         self.stats.fetches = Counter({k: n for k, n in self.stats.fetches.items() if k[0] in self.site_of})

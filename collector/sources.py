@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -102,8 +103,12 @@ class AgentReader:
 
     def __init__(self, session: aiohttp.ClientSession, timeout_s: float,
                  clock: Callable[[], float], max_bytes: int = MAX_SUMMARY_BYTES,
-                 concurrency: int = CONCURRENCY) -> None:
+                 concurrency: int = CONCURRENCY, *, auth: aiohttp.BasicAuth | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.session = session
+        # Per request, not on the session: the session also posts to Alertmanager, which must not get them.
+        self.auth = auth
+        self.ssl_context = ssl_context
         self.timeout_s = timeout_s
         self.clock = clock
         self.max_bytes = max_bytes
@@ -113,7 +118,8 @@ class AgentReader:
         """One agent's summary within the deadline; raises SummaryError or SummaryNotReady."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self.session.get(url + SUMMARY_PATH, allow_redirects=False) as resp:
+                async with self.session.get(url + SUMMARY_PATH, allow_redirects=False, auth=self.auth,
+                                            ssl=self.ssl_context if self.ssl_context is not None else True) as resp:
                     body = await resp.content.read(self.max_bytes + 1)
                     status = resp.status
         except TimeoutError:

@@ -24,12 +24,12 @@ def require_openssl() -> str:
 
 
 def make_cert(directory: Path, name: str = "server") -> tuple[Path, Path]:
-    """A self-signed EC certificate for 127.0.0.1 and localhost, valid one day: (cert, key)."""
+    """A self-signed EC certificate for 127.0.0.1, 127.0.0.2 and localhost, valid one day: (cert, key)."""
     openssl = require_openssl()
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=megawatch-test",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                    "-addext", "subjectAltName=IP:127.0.0.1,IP:127.0.0.2,DNS:localhost"],
                    check=True, capture_output=True, timeout=30)
     return cert, key
 
