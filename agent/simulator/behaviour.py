@@ -116,11 +116,22 @@ def snapshot(ident: Identity, *, seed: int, tick: int, tick_s: float, load: floa
     """
     i = ident.index
     spec = ident.model
-    drop = fault.drop if fault is not None and fault.kind == "hashrate_drop" else 0.0
-    surge = fault.factor if fault is not None and fault.kind == "power_surge" else 1.0
-    hot = fault is not None and fault.kind == "overheat"
+    # Runs once per miner per tick, for 10,000 miners: plain locals and list comprehensions (no generator
+    # frames), with the same arithmetic in the same order as ever, so every value is bit-for-bit unchanged.
+    drop = 0.0
+    surge = 1.0
+    hot = False
+    if fault is not None:
+        kind = fault.kind
+        if kind == "hashrate_drop":
+            drop = fault.drop
+        elif kind == "power_surge":
+            surge = fault.factor
+        elif kind == "overheat":
+            hot = True
 
-    steady = spec.nominal_hashrate_hs * load * ident.quality * (1.0 - drop)
+    nominal = spec.nominal_hashrate_hs
+    steady = nominal * load * ident.quality * (1.0 - drop)
     # ±1 % tick-to-tick noise on the short window; longer windows wander less.
     r_short, r_1m, r_5m, r_15m = units4(seed, i, tick, 10)
     short = steady * (1.0 + 0.02 * (r_short - 0.5))
@@ -128,24 +139,23 @@ def snapshot(ident: Identity, *, seed: int, tick: int, tick_s: float, load: floa
     five_m = steady * (1.0 + 0.006 * (r_5m - 0.5))
     fifteen_m = steady * (1.0 + 0.004 * (r_15m - 0.5))
     # Boards differ a little; their rates add up to the miner's short-window rate.
-    boards = tuple(short * share for share in ident.board_shares)
+    boards = tuple([short * share for share in ident.board_shares])
 
     # Constant J/TH: power follows hashrate, so an estimate from the model table matches the true draw
     # unless the miner is in a power_surge.
     power = round(short * spec.joules_per_hash * surge)
     limit = round(spec.nominal_power_w * 1.1)
 
-    warm = ident.ambient_c + 38.0 * short / spec.nominal_hashrate_hs + (30.0 if hot else 0.0)
+    warm = ident.ambient_c + 38.0 * short / nominal + (30.0 if hot else 0.0)
     board_noise = units4(seed, i, tick, 31)
-    chip = tuple(round(warm + offset + board_noise[b] - 0.5, 1) for b, offset in enumerate(ident.board_offsets_c))
-    board_t = tuple(round(c - 12.0, 1) for c in chip)
+    chip = tuple([round(warm + offset + noise - 0.5, 1) for offset, noise in zip(ident.board_offsets_c, board_noise)])
+    board_t = tuple([round(c - 12.0, 1) for c in chip])
     if hot:
         fans = (MAX_FAN_RPM,) * ident.fans
     else:
         base_rpm = 2400 + 70.0 * (max(chip) - 60.0)
-        fan_noise = units4(seed, i, tick, 40)
-        fans = tuple(int(round(max(1200.0, min(MAX_FAN_RPM, base_rpm + 120.0 * (fan_noise[f] - 0.5))) / 10.0) * 10)
-                     for f in range(ident.fans))
+        fans = tuple([int(round(max(1200.0, min(MAX_FAN_RPM, base_rpm + 120.0 * (noise - 0.5))) / 10.0) * 10)
+                      for noise in units4(seed, i, tick, 40)[:ident.fans]])
 
     uptime = (tick - boot_tick) * tick_s + (0 if booted_fresh else ident.initial_uptime_s)
     uptime_s = max(0, int(uptime))

@@ -9,6 +9,7 @@ the miner allows control. Every reply ends with one NUL.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from agent.simulator import replies
@@ -31,6 +32,9 @@ KNOWN = frozenset({
     "version", "config", "devs", "edevs", "pools", "summary", "stats", "estats", "devdetails", "coin",
     "lcd", "check", "notify", "usbstats", "dbgstats", "asccount", "pgacount", "asc", "pga",
 }) | PRIVILEGED
+# What agents send (`{"command":"a+b"}`, compact, printable ASCII without escapes): it decodes to exactly
+# the command between the quotes, so json.loads can be skipped; anything else takes the full parse.
+_PLAIN_REQUEST = re.compile(rb'\{"command":"([\x20\x21\x23-\x5b\x5d-\x7e]*)"\}')
 _WRITE_OK: dict[str, tuple[int, str]] = {
     "switchpool": (27, "Switching to pool {p}"),
     "enablepool": (47, "Enabling pool {p}"),
@@ -48,6 +52,9 @@ def reply_to(miner: Miner, raw: bytes, now: int) -> bytes:
     """The whole reply (body + NUL) that `miner` sends for request bytes `raw`."""
     fw = miner.firmware
     when = miner.when(now)
+    plain = _PLAIN_REQUEST.fullmatch(raw)
+    if plain is not None:
+        return _answer_json(miner, plain.group(1).decode("ascii"), "", now, when).encode() + b"\0"
     text = raw.decode("utf-8", "replace")
     if text.startswith("{"):
         try:
