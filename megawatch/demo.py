@@ -1,18 +1,416 @@
-"""Run simulated sites, an agent per site and the collector on loopback, and print where to look.
+"""Run the whole system on loopback and print where to look (`make demo`).
 
-Not built yet: the demo is issue 5.
+Simulated power-plant sites (configs/sim/demo.yaml, one process), an agent per site (each its own process),
+the collector (configs/national/sites-demo.yaml, the 1:50 twin of configs/national/sites.yaml), and
+Prometheus and Alertmanager when they are installed. After --drift-after seconds one site's load creeps
+over its allocation through the simulator's control endpoint, so an alert can be seen firing. Ctrl-C (or
+SIGTERM) stops every process the demo started. Configs, logs and data go to a temp dir, removed at exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+# --scale: every simulated group's miner count is divided by this (at least one miner per group).
+SCALES = {"full": 1, "small": 40}
+PORTS = {"simulator": 9400, "collector": 9300, "prometheus": 9090, "alertmanager": 9093, "agent": 9541}
+OVER_BY = 1.06  # the drifting site ends at 106% of its allocation: past the 2% hysteresis
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="simulated fleet for the demo")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="full",
+                        help="full: 10,000 miners over five sites; small: 1/40 of that (default: %(default)s)")
+    parser.add_argument("--sim-config", metavar="FILE", default=str(CONFIGS / "sim" / "demo.yaml"),
+                        help="simulated fleet (default: configs/sim/demo.yaml)")
+    parser.add_argument("--sites-config", metavar="FILE", default=str(CONFIGS / "national" / "sites-demo.yaml"),
+                        help="sites and allocations (default: configs/national/sites-demo.yaml)")
+    parser.add_argument("--agent-config", metavar="FILE", default=str(CONFIGS / "agent-demo.yaml"),
+                        help="agent settings used at every site (default: configs/agent-demo.yaml)")
+    parser.add_argument("--drift-site", metavar="SITE", default="wind-west", help="site that drifts over")
+    parser.add_argument("--drift-after", type=float, default=60.0, metavar="S",
+                        help="seconds after start-up before the drift begins (default: %(default)s)")
+    parser.add_argument("--drift-ramp", type=float, default=20.0, metavar="S",
+                        help=f"seconds the drift takes to reach {OVER_BY:.0%} of the allocation "
+                             "(default: %(default)s)")
+    parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus or Alertmanager")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, data) at exit")
 
 
 def run(args: argparse.Namespace) -> int:
-    print("megawatch demo: not built yet (issue 5)", file=sys.stderr)
-    return 2
+    try:
+        return asyncio.run(Demo(args).main())
+    except DemoError as exc:
+        print(f"megawatch demo: {exc}", file=sys.stderr)
+        return 1
+
+
+class DemoError(Exception):
+    """Something the demo needs failed: said in one line, after every started process is stopped."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while the demo was still starting up."""
+
+
+def pick_port(preferred: int) -> int:
+    """`preferred` when it is free on loopback, else any free port: two demos, or a demo and tests, coexist."""
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As the servers bind (aiohttp, Prometheus): a port left in TIME_WAIT by the last run is free.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise DemoError("no free TCP port on 127.0.0.1")
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    url: str
+
+
+@dataclass
+class Plan:
+    """The configs written for this run and the ports they use."""
+
+    workdir: Path
+    sites: list[dict[str, Any]]  # the simulator's sites (id, address, count)
+    sim: Path
+    sites_config: Path
+    agents: dict[str, tuple[Path, int]] = field(default_factory=dict)
+    collector_port: int = 0
+    control_port: int = 0
+
+
+def _load_yaml(path: str | Path) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DemoError(f"{path}: {exc}") from exc
+
+
+def _scaled_sim(raw: dict[str, Any], divisor: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """The fleet with every group divided by `divisor`, and each site's power kept (a ratio, by model)."""
+    from agent.models import load_model_table
+
+    table = load_model_table()
+    ratios: dict[str, float] = {}
+    for site in raw["sites"]:
+        before = after = 0.0
+        for group in site["groups"]:
+            spec = table.lookup(group["model"])
+            watts = spec.nominal_power_w if spec is not None else 1.0
+            count = max(1, round(group["count"] / divisor))
+            before, after = before + group["count"] * watts, after + count * watts
+            group["count"] = count
+        ratios[site["id"]] = after / before
+    return raw, ratios
+
+
+def _scaled_sites(raw: dict[str, Any], ratios: dict[str, float]) -> dict[str, Any]:
+    """Allocations and auxiliary loads scaled with each site's simulated power, so utilisation stays the same."""
+    total_before = sum(s["allocation_mw"] for s in raw["sites"])
+    for site in raw["sites"]:
+        r = ratios.get(site["id"], 1.0)
+        site["allocation_mw"] = round(site["allocation_mw"] * r, 6)
+        if "aux_mw" in site:
+            site["aux_mw"] = round(site["aux_mw"] * r, 6)
+        for window in site.get("schedule", []):
+            window["allocation_mw"] = round(window["allocation_mw"] * r, 6)
+    total_after = sum(s["allocation_mw"] for s in raw["sites"])
+    raw["fleet"]["allocation_mw"] = round(raw["fleet"]["allocation_mw"] * total_after / total_before, 6)
+    return raw
+
+
+def make_plan(args: argparse.Namespace, workdir: Path, alertmanager_url: str | None) -> Plan:
+    sim, ratios = _scaled_sim(_load_yaml(args.sim_config), SCALES[args.scale])
+    control_port = pick_port(PORTS["simulator"])
+    sim["control"] = {"host": "127.0.0.1", "port": control_port}
+    sim_path = workdir / "simulator.yaml"
+    sim_path.write_text(yaml.safe_dump(sim, sort_keys=False))
+    counts = {s["id"]: sum(g["count"] for g in s["groups"]) for s in sim["sites"]}
+
+    template = _load_yaml(args.agent_config)
+    sites_raw = _load_yaml(args.sites_config)
+    configured = {s["id"] for s in sites_raw["sites"]}
+    missing = sorted(set(counts) - configured)
+    if missing:
+        raise DemoError(f"{args.sites_config}: no site {', '.join(missing)} of {args.sim_config}")
+    plan = Plan(workdir, sim["sites"], sim_path, workdir / "sites.yaml", control_port=control_port)
+    next_port = PORTS["agent"]
+    for site in sim["sites"]:
+        first = ipaddress.ip_address(site["address"])
+        port = pick_port(next_port)
+        next_port += 1
+        agent = {**template, "site": site["id"],
+                 "miners": [{"range": f"{first}-{first + counts[site['id']] - 1}"}],
+                 "http": {**template.get("http", {}), "listen": "127.0.0.1", "port": port},
+                 "log": {"format": "json", "level": "info"}}
+        if args.scale != "full":  # a small fleet polls in no time: show changes sooner
+            agent["poll"] = {**template.get("poll", {}), "interval_s": 5, "request_timeout_s": 3}
+        path = workdir / f"agent-{site['id']}.yaml"
+        path.write_text(yaml.safe_dump(agent, sort_keys=False))
+        plan.agents[site["id"]] = (path, port)
+
+    sites_raw = _scaled_sites(sites_raw, ratios)
+    sites_raw["sites"] = [s for s in sites_raw["sites"] if s["id"] in plan.agents]
+    for s in sites_raw["sites"]:
+        s["agents"] = [f"http://127.0.0.1:{plan.agents[s['id']][1]}"]
+    sites_raw.setdefault("alerting", {})["alertmanager_urls"] = [alertmanager_url] if alertmanager_url else []
+    plan.collector_port = pick_port(PORTS["collector"])
+    sites_raw["listen"] = {"address": "127.0.0.1", "port": plan.collector_port}
+    plan.sites_config.write_text(yaml.safe_dump(sites_raw, sort_keys=False))
+    return plan
+
+
+def prometheus_config(plan: Plan, alertmanager: str | None, scrape_s: int) -> str:
+    agents = "\n".join(f"      - targets: ['127.0.0.1:{port}']\n        labels: {{site: {site}}}"
+                       for site, (_, port) in plan.agents.items())
+    alerting = (f"alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\n"
+                if alertmanager else "")
+    return (f"global: {{scrape_interval: {scrape_s}s, scrape_timeout: {min(10, scrape_s)}s, "
+            f"evaluation_interval: 15s}}\n"
+            f"rule_files: ['{CONFIGS / 'prometheus' / 'rules' / 'megawatch.rules.yml'}']\n{alerting}"
+            f"scrape_configs:\n  - job_name: megawatch-agent\n    static_configs:\n{agents}\n"
+            f"  - job_name: megawatch-collector\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{plan.collector_port}']\n")
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.children: list[Child] = []
+        self.stop = asyncio.Event()
+
+    async def main(self) -> int:
+        workdir = Path(tempfile.mkdtemp(prefix="megawatch-demo-"))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, self.stop.set)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+                self.http = http
+                return await self._run(workdir)
+        finally:
+            self._stop_children()
+            if self.args.keep:
+                print(f"configs, logs and data kept in {workdir}", flush=True)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def _start(self, name: str, argv: list[str], workdir: Path, url: str) -> Child:
+        log = workdir / f"{name}.log"
+        with log.open("wb") as out:
+            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        child = Child(name, popen, log, url)
+        self.children.append(child)
+        print(f"  started {name} (pid {popen.pid})", flush=True)
+        return child
+
+    def _megawatch(self, name: str, workdir: Path, url: str, *args: str) -> Child:
+        return self._start(name, [sys.executable, "-m", "megawatch.cli", *args], workdir, url)
+
+    async def _ready(self, child: Child, path: str, timeout_s: float, check: Any = None) -> Any:
+        """Poll `child.url + path` until it answers 200 (and `check(body)` holds), or fail naming the child."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.stop.is_set():
+                raise Interrupted
+            if child.popen.poll() is not None:
+                tail = child.log.read_text(errors="replace")[-1500:]
+                raise DemoError(f"{child.name} exited with code {child.popen.returncode}:\n{tail}")
+            try:
+                async with self.http.get(child.url + path) as resp:
+                    if resp.status == 200:
+                        body = await resp.json(content_type=None) if check else None
+                        if check is None or check(body):
+                            return body
+            except (TimeoutError, OSError, ValueError, aiohttp.ClientError):
+                pass
+            if time.monotonic() > deadline:
+                raise DemoError(f"{child.name} not ready at {child.url}{path} after {timeout_s:g} s "
+                                f"(log: {child.log})")
+            try:
+                await asyncio.wait_for(self.stop.wait(), 0.25)
+            except TimeoutError:
+                pass
+
+    async def _run(self, workdir: Path) -> int:
+        args = self.args
+        am_bin = None if args.no_prometheus else (shutil.which("prometheus-alertmanager")
+                                                  or shutil.which("alertmanager"))
+        prom_bin = None if args.no_prometheus else shutil.which("prometheus")
+        am_port = pick_port(PORTS["alertmanager"]) if am_bin else None
+        am_url = f"http://127.0.0.1:{am_port}" if am_port else None
+        plan = make_plan(args, workdir, am_url)
+        miners = sum(sum(g["count"] for g in s["groups"]) for s in plan.sites)
+        print(f"megawatch demo: {len(plan.sites)} sites, {miners:,} simulated miners (work dir {workdir})",
+              flush=True)
+        try:
+            sim = self._megawatch("simulator", workdir, f"http://127.0.0.1:{plan.control_port}", "simulate",
+                                  "--config", str(plan.sim), "--log-format", "json")
+            await self._ready(sim, "/api/v1/truth", 120)
+            agents = [self._megawatch(f"agent-{site}", workdir, f"http://127.0.0.1:{port}", "agent",
+                                      "--config", str(path)) for site, (path, port) in plan.agents.items()]
+            for agent in agents:
+                await self._ready(agent, "/api/v1/summary", 120, lambda b: b["cycle"]["number"] > 0)
+            am = None
+            if am_bin and am_port:
+                (workdir / "alertmanager").mkdir()
+                am = self._start("alertmanager", [
+                    am_bin, f"--config.file={CONFIGS / 'prometheus' / 'alertmanager.yml'}",
+                    f"--storage.path={workdir / 'alertmanager'}", f"--web.listen-address=127.0.0.1:{am_port}",
+                    "--cluster.listen-address=", "--log.level=warn"], workdir, f"http://127.0.0.1:{am_port}")
+                await self._ready(am, "/-/ready", 30)
+            collector = self._megawatch("collector", workdir, f"http://127.0.0.1:{plan.collector_port}",
+                                        "collector", "--config", str(plan.sites_config), "--log-format", "json")
+            every_site = {s["id"] for s in plan.sites}
+            await self._ready(collector, "/api/v1/sites", 60, lambda b: {
+                s["id"] for s in b.get("sites", []) if s.get("status") != "no_data"} == every_site)
+            prom = None
+            if prom_bin:
+                port = pick_port(PORTS["prometheus"])
+                config = workdir / "prometheus.yml"
+                config.write_text(prometheus_config(plan, f"127.0.0.1:{am_port}" if am_port else None,
+                                                    15 if args.scale == "full" else 5))
+                prom = self._start("prometheus", [
+                    prom_bin, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'prometheus'}",
+                    f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], workdir,
+                    f"http://127.0.0.1:{port}")
+                await self._ready(prom, "/-/ready", 30)
+        except Interrupted:
+            print("megawatch demo: interrupted during start-up; stopping", flush=True)
+            return 130
+        self._banner(sim, agents, collector, prom, am)
+        return await self._watch(sim, collector)
+
+    def _banner(self, sim: Child, agents: list[Child], collector: Child, prom: Child | None,
+                am: Child | None) -> None:
+        lines = ["", "megawatch demo is running. Open:",
+                 f"  collector   {collector.url}/api/v1/sites   (alerts: /api/v1/alerts, metrics: /metrics)"]
+        lines += [f"  agent       {a.url}/metrics   ({a.name.removeprefix('agent-')})" for a in agents]
+        lines.append(f"  simulator   {sim.url}/api/v1/truth   (ground truth)")
+        if prom:
+            lines.append(f"  prometheus  {prom.url}/alerts   (graph: {prom.url}/graph)")
+        else:
+            lines.append("  prometheus  not installed: the collector alone totals and alerts")
+        if am:
+            lines.append(f"  alertmanager {am.url}/#/alerts")
+        lines += [
+            "",
+            "Grafana: copy grafana/provisioning/datasources/megawatch.yaml and grafana/provisioning/dashboards/",
+            f"  megawatch.yaml into Grafana's provisioning dir, set the datasource url to {prom.url if prom else '<prometheus>'}",
+            f"  and the provider's path to {ROOT / 'grafana' / 'dashboards'}; restart Grafana and open the",
+            "  'megawatch / Fleet overview' dashboard.",
+            "",
+            f"In {self.args.drift_after:g} s site {self.args.drift_site} drifts over its allocation; the alert",
+            "fires after the hold time (thresholds.hold_s in the sites config). Ctrl-C stops everything.",
+            "megawatch demo: ready",
+        ]
+        print("\n".join(lines), flush=True)
+
+    async def _watch(self, sim: Child, collector: Child) -> int:
+        drift_at = time.monotonic() + self.args.drift_after
+        steps: list[float] | None = None
+        seen: set[tuple[str, str]] = set()
+        next_alert_check = 0.0
+        while not self.stop.is_set():
+            for child in self.children:
+                if child.popen.poll() is not None:
+                    print(f"megawatch demo: {child.name} exited with code {child.popen.returncode} "
+                          f"(log: {child.log}); stopping", file=sys.stderr, flush=True)
+                    return 1
+            now = time.monotonic()
+            if steps is None and now >= drift_at:
+                steps = await self._drift_plan(collector)
+            if steps and now >= drift_at:
+                factor = steps.pop(0)
+                await self._set_load(sim, factor)
+                drift_at = now + self.args.drift_ramp / max(1, len(steps) + 1)
+            if now >= next_alert_check:
+                next_alert_check = now + 5
+                await self._print_new_alerts(collector, seen)
+            try:
+                await asyncio.wait_for(self.stop.wait(), 0.5)
+            except TimeoutError:
+                pass
+        print("\nmegawatch demo: stopping", flush=True)
+        return 0
+
+    async def _drift_plan(self, collector: Child) -> list[float]:
+        """Load factors that take the drift site from now to OVER_BY x its allocation, in a few steps."""
+        site = self.args.drift_site
+        async with self.http.get(collector.url + "/api/v1/sites") as resp:
+            body = await resp.json(content_type=None)
+        view = next((s for s in body.get("sites", []) if s["id"] == site), None)
+        miner_w = None if view is None else (view.get("power_firmware_w") or 0) + (view.get("power_estimate_w") or 0)
+        if view is None or not miner_w or not view.get("allocation_w"):
+            print(f"megawatch demo: no draw known for site {site!r}; no drift", flush=True)
+            return []
+        target = (OVER_BY * view["allocation_w"] - view["aux_w"]) / view["pue"] / miner_w
+        n = max(1, math.ceil(self.args.drift_ramp / 5))
+        print(f"megawatch demo: site {site} drifts from {view['facility_power_w'] / 1e6:.2f} MW toward "
+              f"{OVER_BY * view['allocation_w'] / 1e6:.2f} MW (allocation {view['allocation_w'] / 1e6:.2f} MW)",
+              flush=True)
+        return [1 + (target - 1) * (i + 1) / n for i in range(n)]
+
+    async def _set_load(self, sim: Child, factor: float) -> None:
+        url = f"{sim.url}/api/v1/sites/{self.args.drift_site}/load"
+        async with self.http.post(url, json={"factor": round(factor, 4)}) as resp:
+            if resp.status != 200:
+                print(f"megawatch demo: {url} answered {resp.status}: {await resp.text()}", flush=True)
+                return
+        print(f"megawatch demo: site {self.args.drift_site} load x{factor:.3f}", flush=True)
+
+    async def _print_new_alerts(self, collector: Child, seen: set[tuple[str, str]]) -> None:
+        try:
+            async with self.http.get(collector.url + "/api/v1/alerts") as resp:
+                body = await resp.json(content_type=None)
+        except (TimeoutError, OSError, ValueError, aiohttp.ClientError):
+            return
+        for alert in body.get("active", []):
+            key = (alert["alertname"], alert["labels"].get("site", ""))
+            if alert["state"] == "firing" and key not in seen:
+                seen.add(key)
+                print(f"ALERT firing: {alert['alertname']} {alert['summary']}", flush=True)
+
+    def _stop_children(self) -> None:
+        """SIGTERM in reverse start order, SIGKILL after 10 s: nothing the demo started outlives it."""
+        for child in reversed(self.children):
+            if child.popen.poll() is None:
+                child.popen.terminate()
+        deadline = time.monotonic() + 10
+        for child in reversed(self.children):
+            try:
+                child.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"megawatch demo: {child.name} did not stop in 10 s; killing it", file=sys.stderr)
+                child.popen.kill()
+                child.popen.wait()
+        if self.children:
+            print(f"megawatch demo: stopped {len(self.children)} processes", flush=True)
