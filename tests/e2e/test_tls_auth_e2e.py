@@ -19,7 +19,15 @@ import aiohttp
 import pytest
 
 from tests.e2e import processes
-from tests.e2e.processes import Proc, Procs, get_json, listening_url, megawatch, start_prometheus, wait_until
+from tests.e2e.processes import (
+    Proc,
+    Procs,
+    get_json,
+    listening_url,
+    megawatch,
+    start_prometheus,
+    wait_until,
+)
 from tests.security.tls import write_web_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
