@@ -176,8 +176,20 @@ def _stats_s19(ident: Identity, s: Snapshot) -> Section:
     return Section(70, "CGMiner stats", "STATS", items)
 
 
+# Key names of the 16 per-chain slots, built once (this record is rendered for every S9 poll).
+_S9_SLOTS = 16
+_S9_NAMES = {family: tuple(f"{family}{b + 1}" for b in range(_S9_SLOTS)) for family in (
+    "temp", "temp2_", "temp_pcb", "temp_chip", "freq_avg", "chain_rateideal", "chain_acn", "chain_acs",
+    "chain_hw", "chain_rate")}
+_S9_FREQ = tuple(f"freq{b + 1}" for b in range(8))
+_S9_FAN = tuple(f"fan{f + 1}" for f in range(8))
+_S9_ZERO = Fixed(0.0)
+
+
 def _stats_s9(ident: Identity, s: Snapshot) -> Section:
-    slots = 16
+    slots = _S9_SLOTS
+    names = _S9_NAMES
+    idle = range(BOARDS, slots)
     rec: dict[str, Any] = stats_timing(0, "BTM_SOC0", s)
     rec["GHS 5s"] = f"{s.hashrate_hs / GH:.2f}"
     rec["GHS av"] = Fixed(s.hashrate_avg_hs / GH)
@@ -185,41 +197,58 @@ def _stats_s9(ident: Identity, s: Snapshot) -> Section:
     rec["Mode"] = "H"
     rec["miner_count"] = BOARDS
     rec["frequency"] = str(s.frequency_mhz)
-    for b in range(8):
-        rec[f"freq{b + 1}"] = str(s.frequency_mhz if b < BOARDS else 0)
+    freq = str(s.frequency_mhz)
+    for b, key in enumerate(_S9_FREQ):
+        rec[key] = freq if b < BOARDS else "0"
     rec["fan_num"] = ident.fans
-    for f in range(8):
-        rec[f"fan{f + 1}"] = s.fan_rpm[f] if f < len(s.fan_rpm) else 0
+    fans = s.fan_rpm
+    for f, key in enumerate(_S9_FAN):
+        rec[key] = fans[f] if f < len(fans) else 0
     rec["temp_num"] = BOARDS * 2
-    for b in range(slots):
-        rec[f"temp{b + 1}"] = round(s.board_temp_c[b]) if b < BOARDS else 0
-    for b in range(slots):
-        rec[f"temp2_{b + 1}"] = round(s.chip_temp_c[b]) if b < BOARDS else 0
-    for b in range(slots):
-        rec[f"temp_pcb{b + 1}"] = f"{round(s.board_temp_c[b]) - 30}-{round(s.board_temp_c[b])}" if b < BOARDS else "-"
-    for b in range(slots):
-        rec[f"temp_chip{b + 1}"] = f"{round(s.chip_temp_c[b]) - 8}-{round(s.chip_temp_c[b])}" if b < BOARDS else "-"
-    for b in range(slots):
-        rec[f"freq_avg{b + 1}"] = Fixed(0.0)
+    board = [round(t) for t in s.board_temp_c]
+    chip = [round(t) for t in s.chip_temp_c]
+    for family, values in (("temp", board), ("temp2_", chip)):
+        keys = names[family]
+        for b in range(BOARDS):
+            rec[keys[b]] = values[b]
+        for b in idle:
+            rec[keys[b]] = 0
+    for family, values, low in (("temp_pcb", board, 30), ("temp_chip", chip, 8)):
+        keys = names[family]
+        for b in range(BOARDS):
+            rec[keys[b]] = f"{values[b] - low}-{values[b]}"
+        for b in idle:
+            rec[keys[b]] = "-"
+    for key in names["freq_avg"]:
+        rec[key] = _S9_ZERO
     chips = _chips(ident)
     rec["total_rateideal"] = Fixed(s.nominal_hs / GH)
-    rec["total_freqavg"] = Fixed(0.0)
+    rec["total_freqavg"] = _S9_ZERO
     rec["total_acn"] = chips * BOARDS
     rec["total_rate"] = Fixed(s.hashrate_hs / GH)
-    for b in range(slots):
-        rec[f"chain_rateideal{b + 1}"] = Fixed(0.0)
+    for key in names["chain_rateideal"]:
+        rec[key] = _S9_ZERO
     rec["temp_max"] = round(max(s.board_temp_c))
     diff1 = s.accepted * SHARE_DIFFICULTY
     rec["Device Hardware%"] = Fixed(100.0 * s.hardware_errors / (s.hardware_errors + diff1) if diff1 else 0.0, 4)
     rec["no_matching_work"] = s.hardware_errors
-    for b in range(slots):
-        rec[f"chain_acn{b + 1}"] = chips if b < BOARDS else 0
-    for b in range(slots):
-        rec[f"chain_acs{b + 1}"] = (" oooooooo" * (chips // 8) + " " + "o" * (chips % 8)) if b < BOARDS else ""
-    for b in range(slots):
-        rec[f"chain_hw{b + 1}"] = board_share(s, b, s.hardware_errors) if b < BOARDS else 0
-    for b in range(slots):
-        rec[f"chain_rate{b + 1}"] = f"{s.board_hashrate_hs[b] / GH:.2f}" if b < BOARDS else ""
+    acs = " oooooooo" * (chips // 8) + " " + "o" * (chips % 8)
+    for family, active, empty in (("chain_acn", chips, 0), ("chain_acs", acs, "")):
+        keys = names[family]
+        for b in range(BOARDS):
+            rec[keys[b]] = active
+        for b in idle:
+            rec[keys[b]] = empty
+    keys = names["chain_hw"]
+    for b in range(BOARDS):
+        rec[keys[b]] = board_share(s, b, s.hardware_errors)
+    for b in idle:
+        rec[keys[b]] = 0
+    keys = names["chain_rate"]
+    for b in range(BOARDS):
+        rec[keys[b]] = f"{s.board_hashrate_hs[b] / GH:.2f}"
+    for b in idle:
+        rec[keys[b]] = ""
     for b in range(BOARDS):
         # Braces inside strings: a naive `}{` repair must not touch these (S9k capture).
         rec[f"chain_xtime{b + 1}"] = "{X6=1}" if b == 2 else "{}"
