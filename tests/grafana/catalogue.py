@@ -194,8 +194,9 @@ def metric_reference() -> str:
         for f in families:
             labels = ", ".join(f.labels) or "-"
             out.append(f"| `{f.name}` | {f.kind} | {unit_of(f)} | {labels} | {f.help} |")
-    out += ["", "**Prometheus recording rules** (configs/prometheus/rules/megawatch.rules.yml: the same site totals "
-            "computed from the agents' series)", "", "| name | expression |", "|---|---|"]
+    rules_title = ("**Prometheus recording rules** (configs/prometheus/rules/megawatch.rules.yml: the same site "
+                   "totals computed from the agents' series)")
+    out += ["", rules_title, "", "| name | expression |", "|---|---|"]
     groups = yaml.safe_load(RULES.read_text())["groups"]
     for rule in (r for g in groups for r in g["rules"] if "record" in r):
         expr = " ".join(rule["expr"].split()).replace("|", "\\|")

@@ -6,7 +6,12 @@ from __future__ import annotations
 import os
 import re
 
-from tests.grafana.catalogue import README, ROOT, metric_reference, readme_metric_reference
+from tests.grafana.catalogue import (
+    README,
+    ROOT,
+    metric_reference,
+    readme_metric_reference,
+)
 
 CONFIG_LOADERS = {"**Agent**": "agent/config.py", "**Sites and allocations**": "collector/config.py",
                   "**Simulator**": "agent/simulator/config.py"}
@@ -33,7 +38,7 @@ def test_metric_reference_is_the_render() -> None:
 
 def test_documented_config_keys_exist_in_their_loaders() -> None:
     section = _section(README.read_text(), "Configuration reference")
-    parts = re.split(r"^(\*\*[^*]+\*\*).*$", section, flags=re.M)
+    parts = re.split(r"^(\*\*[^*]+\*\*).*$", section, flags=re.MULTILINE)
     tables = dict(zip(parts[1::2], parts[2::2]))
     assert set(tables) == set(CONFIG_LOADERS), sorted(tables)
     missing = []
@@ -54,4 +59,4 @@ def test_quick_start_is_make_demo_and_make_test() -> None:
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
     assert commands == ["make demo", "make test"]
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert re.search(r"^demo:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
