@@ -256,15 +256,20 @@ def fleet() -> Json:
 # --- Site ----------------------------------------------------------------------------------------------
 
 def _score() -> str:
-    """Worst first: down 1000, hot 100, low hashrate 10, hardware errors 1 (summed)."""
+    """Worst first: down 1000, hot 100, low hashrate 10, plus hardware errors per minute (capped at 9).
+
+    Low hashrate is below 80% of the median of the same model at the site: a miner's own average drops
+    with it, and models differ 15-fold (S9 to S21), so neither is a fair yardstick.
+    """
     up = f"max by (site, miner) (megawatch_miner_up{{{SITE}}})"
     zero = f"{up} * 0"
+    by_model = (f"(megawatch_miner_hashrate_hashes_per_second{{{SITE}}} "
+                f"* on (site, miner) group_left (model) megawatch_miner_info{{{SITE}}})")
     hot = (f"(max by (site, miner) (megawatch_miner_temperature_celsius{{{SITE}, sensor=\"chip\"}}) "
            f">= bool {HOT_C}) * 100 or on (site, miner) {zero}")
-    low = (f"(max by (site, miner) (megawatch_miner_hashrate_hashes_per_second{{{SITE}}}) < bool 0.8 * "
-           f"max by (site, miner) (megawatch_miner_hashrate_average_hashes_per_second{{{SITE}}})) * 10 "
-           f"or on (site, miner) {zero}")
-    errs = (f"(max by (site, miner) (rate(megawatch_miner_hardware_errors_total{{{SITE}}}{RATE})) > bool 0) "
+    low = (f"max by (site, miner) ({by_model} < bool on (site, model) group_left "
+           f"0.8 * quantile by (site, model) (0.5, {by_model})) * 10 or on (site, miner) {zero}")
+    errs = (f"clamp_max(max by (site, miner) (rate(megawatch_miner_hardware_errors_total{{{SITE}}}{RATE})) * 60, 9) "
             f"or on (site, miner) {zero}")
     return f"(1 - {up}) * 1000 + on (site, miner) ({hot}) + on (site, miner) ({low}) + on (site, miner) ({errs})"
 
@@ -335,7 +340,8 @@ def site() -> Json:
         ], "none", sort_by="Score", h=12, hide=("Time", "Value #H"), overrides=[
             override("miner", links=miner_link),
             override("Value #A", displayName="Score",
-                     description="down 1000 + hot 100 + low hashrate 10 + hardware errors 1"),
+                     description=f"down 1000 + chip at {HOT_C} °C or more 100 + hashrate below 80% of "
+                                 "its model's site median 10 + hardware errors per minute (up to 9)"),
             override("Value #B", displayName="Up", mappings=UP_MAPPING,
                      custom_cellOptions={"type": "color-text"}),
             override("Value #C", displayName="Hashrate", unit="Hs"),

@@ -128,6 +128,8 @@ def _scaled_sim(raw: dict[str, Any], divisor: int) -> tuple[dict[str, Any], dict
             before, after = before + group["count"] * watts, after + count * watts
             group["count"] = count
         ratios[site["id"]] = after / before
+        if divisor != 1:  # other addresses than the full fleet's, so a test can run beside `make demo`
+            site["address"] = str(ipaddress.ip_address(site["address"]) + (10 << 16))
     return raw, ratios
 
 

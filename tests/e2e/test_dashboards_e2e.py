@@ -89,6 +89,13 @@ async def test_every_dashboard_query_returns_data(procs: Procs, http: aiohttp.Cl
                                                   make_sim_fleet: Any) -> None:
     sim = await make_sim_fleet(frozen=False, tick_s=1.0, per_group=2)  # 2 sites x 8 profiles x 2 = 32 miners
     assert len(sim.miners) == 32
+    # Trouble at site A for the worst-first miners table: one down, one hot, one hashing at half its model's rate.
+    site_a = [m for m in sim.miners if m.site == "site-a"]
+    trouble = {kind: next(m for m in site_a if m.dialect == dialect)
+               for kind, dialect in (("offline", "cgminer"), ("overheat", "luxos"), ("hashrate_drop", "btminer"))}
+    sim.set_fault([trouble["offline"]], "offline")
+    sim.set_fault([trouble["overheat"]], "overheat")
+    sim.set_fault([trouble["hashrate_drop"]], "hashrate_drop", drop=0.5)
     agents = {}
     for site in ("site-a", "site-b"):
         mine = [m for m in sim.miners if m.site == site]
@@ -167,6 +174,17 @@ async def test_every_dashboard_query_returns_data(procs: Procs, http: aiohttp.Cl
     if lit is None:
         failures += first_failures or ["miner.json: no miners"]
     assert not failures, "dashboard queries without data:\n" + "\n".join(failures)
+
+    # The site's miners table puts them first, worst first: down, then hot, then low hashrate.
+    [score] = [q for q in panel_queries("site.json", dashboards["site.json"]) if q.panel.startswith("Miners (worst")][:1]
+    body = await get_json(http, prom.url + "/api/v1/query?" + urlencode(
+        {"query": substitute(score.expr, {**chosen["site.json"], "site": "site-a"})}))
+    ranked = sorted(body["data"]["result"], key=lambda r: -float(r["value"][1]))
+    worst = [(r["metric"]["miner"], float(r["value"][1])) for r in ranked]
+    names = {kind: f"{m.host}:{m.port}" for kind, m in trouble.items()}
+    assert [m for m, _ in worst[:3]] == [names["offline"], names["overheat"], names["hashrate_drop"]], worst[:5]
+    assert worst[0][1] >= 1000 and 100 <= worst[1][1] < 1000 and 10 <= worst[2][1] < 100, worst[:4]
+    assert all(v < 10 for _, v in worst[3:]), worst[3:]
     total = sum(len(panel_queries(n, d)) + len(variable_queries(n, d)) for n, d in dashboards.items())
     print(f"{total} dashboard queries answered with data ({time.monotonic() - started:.1f} s after Prometheus "
           f"started); miner dashboard lit by {lit}")
