@@ -207,6 +207,7 @@ class Demo:
         self.args = args
         self.children: list[Child] = []
         self.stop = asyncio.Event()
+        self.started = time.monotonic()
 
     async def main(self) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="megawatch-demo-"))
@@ -320,7 +321,8 @@ class Demo:
         if prom:
             lines.append(f"  prometheus  {prom.url}/alerts   (graph: {prom.url}/graph)")
         else:
-            lines.append("  prometheus  not installed: the collector alone totals and alerts")
+            why = "--no-prometheus" if self.args.no_prometheus else "not installed"
+            lines.append(f"  prometheus  not started ({why}): the collector alone totals and alerts")
         if am:
             lines.append(f"  alertmanager {am.url}/#/alerts")
         lines += [
@@ -332,7 +334,7 @@ class Demo:
             "",
             f"In {self.args.drift_after:g} s site {self.args.drift_site} drifts over its allocation; the alert",
             "fires after the hold time (thresholds.hold_s in the sites config). Ctrl-C stops everything.",
-            "megawatch demo: ready",
+            f"megawatch demo: ready ({time.monotonic() - self.started:.0f} s to start)",
         ]
         print("\n".join(lines), flush=True)
 
@@ -415,4 +417,5 @@ class Demo:
                 child.popen.kill()
                 child.popen.wait()
         if self.children:
-            print(f"megawatch demo: stopped {len(self.children)} processes", flush=True)
+            print(f"megawatch demo: stopped {len(self.children)} process{'es' if len(self.children) > 1 else ''}",
+                  flush=True)
