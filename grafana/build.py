@@ -189,6 +189,17 @@ def fleet() -> Json:
                      "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
             description="Facility draw / allocation in force; orange from 95 %, red over the allocation. "
                         "Click a bar for the site."),
+        panel("barchart", "Draw and allocation per site", [
+            target("max by (site) (megawatch_site_facility_power_watts)", instant=True, table=True),
+            target("max by (site) (megawatch_site_allocation_watts)", instant=True, table=True),
+        ], "watt", w=24, h=8, links=site_link("${__data.fields.site}"),
+            transformations=[{"id": "merge", "options": {}},
+                             {"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+            overrides=[override("Value #A", displayName="draw"),
+                       override("Value #B", displayName="allocation", color={"mode": "fixed", "fixedColor": "red"})],
+            options={"xField": "site", "orientation": "vertical", "groupWidth": 0.7, "barWidth": 0.9,
+                     "showValue": "auto", "legend": {"displayMode": "list", "placement": "bottom"}},
+            description="Facility draw beside the allocation in force, per site (MW)."),
         row("Sites"),
         table("Sites (most utilised first; click a site)", [
             target("max by (site) (megawatch_site_utilisation_ratio)", instant=True, table=True),
