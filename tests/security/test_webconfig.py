@@ -139,3 +139,9 @@ async def test_untrusted_certificate_is_refused_by_a_verifying_client(tmp_path: 
                 assert resp.status == 200  # no users configured: TLS only
     finally:
         await server.close()
+
+
+def test_the_shipped_example_loads_as_plain_http() -> None:
+    example = Path(__file__).resolve().parents[2] / "configs" / "web-config.yml"
+    config = load_web_config(example)
+    assert config.ssl_context is None and not config.users
