@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.simulator import replies
 from agent.simulator.replies.common import Bare, Section
+from agent.simulator.replies.encode import Style
 
 if TYPE_CHECKING:
     from agent.simulator.miner import Miner
@@ -32,6 +34,7 @@ KNOWN = frozenset({
     "version", "config", "devs", "edevs", "pools", "summary", "stats", "estats", "devdetails", "coin",
     "lcd", "check", "notify", "usbstats", "dbgstats", "asccount", "pgacount", "asc", "pga",
 }) | PRIVILEGED
+_json_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 # What agents send (`{"command":"a+b"}`, compact, printable ASCII without escapes): it decodes to exactly
 # the command between the quotes, so json.loads can be skipped; anything else takes the full parse.
 _PLAIN_REQUEST = re.compile(rb'\{"command":"([\x20\x21\x23-\x5b\x5d-\x7e]*)"\}')
@@ -97,16 +100,38 @@ def _join_names(command: str) -> list[str]:
 def _answer_json(miner: Miner, command: str, param: str, now: int, when: int) -> str:
     fw = miner.firmware
     if "+" not in command:
+        render = fw.fast.get(command)
+        if render is not None:
+            return render(miner.identity, miner.snapshot(), now, when, fw)
         return replies.encode_json(fw, replies.as_object(fw, _one(miner, command, param, now, when), when))
     if not fw.joinable or not miner.identity.joins:
         # A firmware without joins takes "summary+pools" for one unknown command name.
         return replies.encode_json(fw, replies.error(fw, 14, "Invalid command", when))
+    names = _join_names(command)
+    style = replies.STYLES[fw.style_name]
+    if fw.fast and not style.sort_keys and "id" not in names:
+        return _joined_text(miner, names, now, when, style)
     joined: dict[str, Any] = {}
-    for name in _join_names(command):
+    for name in names:
         result = _joined(miner, name, now, when)
         joined[name] = [replies.as_object(fw, result, when)]
     joined["id"] = 1
     return replies.encode_json(fw, joined)
+
+
+def _joined_text(miner: Miner, names: list[str], now: int, when: int, style: Style) -> str:
+    """The joined reply assembled from each section's text: what json.dumps gives for the joined tree."""
+    fw = miner.firmware
+    parts = []
+    for name in names:
+        render = fw.fast.get(name)
+        if render is not None:
+            text = render(miner.identity, miner.snapshot(), now, when, fw)
+        else:
+            text = replies.encode_json(fw, replies.as_object(fw, _joined(miner, name, now, when), when))
+        parts.append(f"{_json_str(name)}{style.key_sep}[{text}]")
+    parts.append(f'"id"{style.key_sep}1')
+    return "{" + style.item_sep.join(parts) + "}"
 
 
 def _answer_text(miner: Miner, command: str, param: str, now: int, when: int) -> str:

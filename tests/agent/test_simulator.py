@@ -200,3 +200,38 @@ async def test_a_fleet_that_cannot_bind_says_how_far_it_got(make_sim_fleet):
     config = dataclasses.replace(taken, sites=(clash,))
     with pytest.raises(FleetStartError, match=r"bound 1 of 2 listeners; .*:\d+: .*in use"):
         await Fleet(config, plan_fleet(config)).start()
+
+
+def test_text_renderers_give_the_same_bytes_as_the_reply_trees():
+    # replies/fast.py renders the hottest sections straight to text; every byte must match the tree
+    # renderer, over fresh boots (no shares yet), idle (load 0), faults, long uptimes and clock values.
+    from agent.models import load_model_table
+    from agent.simulator import replies
+    from agent.simulator.behaviour import make_identity, snapshot
+    from agent.simulator.faults import make_fault
+    from agent.simulator.requests import NOT_JOINABLE
+
+    table = load_model_table()
+    profiles = [(dialect, model) for dialect, model in (
+        ("cgminer", "Antminer S19"), ("avalon", "Avalon A1246"), ("btminer", "Whatsminer M30S++"))]
+    faults = [None, make_fault("overheat", {}), make_fault("hashrate_drop", {}), make_fault("power_surge", {})]
+    compared = 0
+    for dialect, model in profiles:
+        for index in range(12):
+            ident = make_identity(seed=3, index=index, host="127.0.0.1", port=4028, site="north-1", dialect=dialect,
+                                  model=table.lookup(model), ambient_c=30.0, allow_control=False)
+            fw = replies.firmware_for(ident)
+            assert fw.fast and not replies.STYLES[fw.style_name].sort_keys
+            for name, render in fw.fast.items():
+                assert name in fw.handlers and name not in NOT_JOINABLE and (fw.allowed is None or name in fw.allowed)
+                for tick, load, boot_tick, fresh in ((0, 1.0, 0, False), (9, 1.0, 9, True), (10, 1.0, 9, True),
+                                                      (5000, 0.0, 0, False), (123457, 1.3, 0, False)):
+                    for fault in faults:
+                        s = snapshot(ident, seed=3, tick=tick, tick_s=5.0, load=load, boot_tick=boot_tick,
+                                     booted_fresh=fresh, fault=fault)
+                        now = 1_700_000_000 + tick * 5
+                        when = s.uptime_s if fw.when_is_uptime else now
+                        tree = replies.as_object(fw, fw.handlers[name](ident, s, now), when)
+                        assert render(ident, s, now, when, fw) == replies.encode_json(fw, tree), (dialect, name, tick)
+                        compared += 1
+    assert compared == (3 + 2 + 1) * 12 * 5 * 4  # sections: cgminer 3, avalon 2, btminer 1

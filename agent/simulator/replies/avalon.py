@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot, unit
+from agent.simulator.replies import fast
 from agent.simulator.replies.common import (
     GH,
     Firmware,
@@ -117,7 +118,7 @@ def mm_id(ident: Identity, s: Snapshot, seed_salt: int = 0) -> str:
     return " ".join(tokens)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _chip_spread(index: int) -> tuple[tuple[float, ...], ...]:
     # Each chip's fixed offset from its board: 72 hashes per estats reply otherwise, the same every tick
     # (one small tuple per Avalon miner of the process).
@@ -161,4 +162,5 @@ FIRMWARE = Firmware(
     describe_invalid=False,
     reports_power=True,
     when_is_uptime=True,
+    fast={"summary": fast.summary("30s"), "pools": fast.pools},
 )

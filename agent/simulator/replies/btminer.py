@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
+from agent.simulator.replies import fast
 from agent.simulator.replies.common import (
     MH,
     Firmware,
@@ -119,4 +120,5 @@ FIRMWARE = Firmware(
     handlers={"summary": summary, "pools": pools, "devs": devs, "edevs": devs, "devdetails": devdetails,
               "version": version},
     reports_power=True,
+    fast={"pools": fast.pools},
 )

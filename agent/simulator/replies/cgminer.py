@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
+from agent.simulator.replies import fast
 from agent.simulator.replies.common import (
     Firmware,
     Section,
@@ -74,4 +75,5 @@ FIRMWARE = Firmware(
         "devdetails": devdetails, "config": config, "stats": stats, "estats": stats, "coin": coin,
     },
     describe_invalid=False,
+    fast={"summary": fast.summary("5s"), "pools": fast.pools, "devs": fast.devs},
 )

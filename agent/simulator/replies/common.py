@@ -67,6 +67,8 @@ class Firmware:
     reports_power: bool = False
     when_is_uptime: bool = False  # Avalon has no RTC: When counts seconds since boot
     extra: dict[str, Any] = field(default_factory=dict)
+    # Read commands also rendered straight to text (replies/fast.py), the same bytes as `handlers` give.
+    fast: dict[str, Callable[..., str]] = field(default_factory=dict)
 
 
 def sorted_record(record: dict[str, Any]) -> dict[str, Any]:
