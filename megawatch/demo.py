@@ -28,6 +28,8 @@ from typing import Any
 import aiohttp
 import yaml
 
+from common.configfile import ConfigError, ConfigProblem
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 # --scale: every simulated group's miner count is divided by this (at least one miner per group).
@@ -57,10 +59,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        check_configs(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    try:
         return asyncio.run(Demo(args).main())
     except DemoError as exc:
         print(f"megawatch demo: {exc}", file=sys.stderr)
         return 1
+
+
+def check_configs(args: argparse.Namespace) -> None:
+    """Validate the three files with their own loaders first: a bad one is reported as file:line, not a crash."""
+    from agent.config import load_agent_config
+    from agent.simulator.config import load_fleet_config
+    from collector.config import load_collector_config
+
+    problems: list[ConfigProblem] = []
+    for load, path in ((load_fleet_config, args.sim_config), (load_collector_config, args.sites_config),
+                       (load_agent_config, args.agent_config)):
+        try:
+            load(path)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    sites = [s.id for s in load_fleet_config(args.sim_config).sites]
+    if args.drift_site not in sites:
+        raise ConfigError([ConfigProblem(args.sim_config, None, "--drift-site",
+                                         f"{args.drift_site!r} is not a site here (known: {', '.join(sites)})")])
 
 
 class DemoError(Exception):
@@ -190,16 +219,19 @@ def make_plan(args: argparse.Namespace, workdir: Path, alertmanager_url: str | N
 
 
 def prometheus_config(plan: Plan, alertmanager: str | None, scrape_s: int) -> str:
-    agents = "\n".join(f"      - targets: ['127.0.0.1:{port}']\n        labels: {{site: {site}}}"
-                       for site, (_, port) in plan.agents.items())
-    alerting = (f"alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\n"
-                if alertmanager else "")
-    return (f"global: {{scrape_interval: {scrape_s}s, scrape_timeout: {min(10, scrape_s)}s, "
-            f"evaluation_interval: 15s}}\n"
-            f"rule_files: ['{CONFIGS / 'prometheus' / 'rules' / 'megawatch.rules.yml'}']\n{alerting}"
-            f"scrape_configs:\n  - job_name: megawatch-agent\n    static_configs:\n{agents}\n"
-            f"  - job_name: megawatch-collector\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{plan.collector_port}']\n")
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": f"{scrape_s}s", "scrape_timeout": f"{min(10, scrape_s)}s",
+                   "evaluation_interval": "15s"},
+        "rule_files": [str(CONFIGS / "prometheus" / "rules" / "megawatch.rules.yml")],
+        "scrape_configs": [
+            {"job_name": "megawatch-agent", "static_configs": [
+                {"targets": [f"127.0.0.1:{port}"], "labels": {"site": site}} for site, (_, port) in plan.agents.items()]},
+            {"job_name": "megawatch-collector", "static_configs": [{"targets": [f"127.0.0.1:{plan.collector_port}"]}]},
+        ],
+    }
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 class Demo:
