@@ -172,3 +172,12 @@ def test_provisioning_files_point_grafana_at_prometheus_and_the_dashboards() -> 
     prov = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/megawatch.yaml").read_text())
     [provider] = prov["providers"]
     assert provider["type"] == "file" and Path(provider["options"]["path"]).is_absolute()
+
+
+def test_site_and_miner_queries_are_filtered_by_their_variables(dashboards: dict[str, dict[str, Any]]) -> None:
+    # A query that forgot `site="$site"` would show the whole fleet's figures under one site's title.
+    for name, needles in (("site.json", ['site="$site"']), ("miner.json", ['site="$site"', 'miner="$miner"'])):
+        for q in panel_queries(name, dashboards[name]):
+            for needle in needles:
+                for selector in re.findall(r"megawatch_\w+(\{[^}]*\})?", q.expr):
+                    assert needle in selector, f"{q.where()}: a selector without {needle}: {q.expr}"
