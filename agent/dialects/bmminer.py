@@ -23,9 +23,10 @@ from agent.model import Board, Fan, MinerReading, PowerSource
 
 NAME = "bmminer"
 COMMANDS: tuple[str, ...] = ("version", "summary", "stats", "pools")
-# Joins work on S9-era builds but not on S19 (pyasic rpc/base.py `multicommand`, CGMINER-API.md §3.1), and
-# stock firmware cannot be told apart before the first poll: one command per connection is always right.
-JOINABLE = False
+# Joins work on S9-era builds but some stock S19 builds refuse them (pyasic rpc/base.py
+# `multicommand`, CGMINER-API.md §3.1). One join costs one connection instead of four; the poller falls back to
+# one command per connection when a miner refuses and remembers that per miner until it re-detects.
+JOINABLE = True
 
 # Keys naming the program in VERSION[0] / STATS[0], preferred first (S9k: version "CGMiner", stats "BMMiner").
 _FIRMWARE_KEYS = ("BMMiner", "CGMiner")

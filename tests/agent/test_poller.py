@@ -431,6 +431,40 @@ async def test_agent_matches_simulator_truth_with_5_percent_faults(tmp_path: Pat
     assert by_kind == Counter(dict.fromkeys(SIM_FAULTS.values(), 10))
 
 
+@pytest.mark.parametrize("joins", [True, False], ids=["joins", "refuses-joins"])
+async def test_bmminer_read_in_full_whether_or_not_it_joins(tmp_path: Path, make_sim_fleet: Any, joins: bool) -> None:
+    """bmminer asks for a join; a stock S19 that refuses it is still read in full, one command per
+    connection, and the refusal is remembered: one refused join per miner, not one per cycle."""
+    from agent.dialects import bmminer
+    from agent.models import estimate_power
+    from agent.protocol import client
+
+    sim = await make_sim_fleet(sites=1, per_group=2, groups=(("bmminer", "Antminer S19 Pro"),), joins=joins)
+    config = _sim_agent_config(tmp_path, sim)
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    async def recording_query(host: str, commands: tuple[str, ...], **kwargs: Any) -> Any:
+        calls.append((f"{host}:{kwargs['port']}", commands))
+        return await client.query(host, commands, **kwargs)
+
+    poller = Poller(config, FleetState(config.site, len(config.miners)), query=recording_query)
+    for _ in range(3):
+        snap = await poller.poll_once()
+    joined = Counter(name for name, commands in calls if len(commands) > 1)
+    for m in snap.miners:
+        assert m.status is MinerStatus.UP and m.dialect == "bmminer"
+        # The same replies asked one at a time (the simulator's clock is frozen) give the same reading.
+        host, _, port = m.name.rpartition(":")
+        replies = {c: (await client.query(host, (c,), port=int(port))).replies[c] for c in bmminer.COMMANDS}
+        assert m.reading == estimate_power(bmminer.parse(replies), config.models)
+        assert m.reading is not None and m.reading.boards and m.reading.fans and m.reading.pools
+        if joins:  # detection, then one join per cycle
+            assert joined[m.name] == 4 and len([c for c in calls if c[0] == m.name]) == 4
+        else:  # one refused join (at detection), then one connection per command
+            assert joined[m.name] == 1
+            assert len([c for c in calls if c[0] == m.name]) == 1 + 2 + 3 * len(bmminer.COMMANDS)
+
+
 async def test_offline_miner_turns_stale_then_unknown_never_zero(tmp_path: Path, make_sim_fleet: Any) -> None:
     sim = await make_sim_fleet(sites=1)
     config = _sim_agent_config(tmp_path, sim, stale_grace_s=40)
