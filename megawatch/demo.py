@@ -312,21 +312,21 @@ class Demo:
             await self._ready(sim, "/api/v1/truth", 120)
             agents = [self._megawatch(f"agent-{site}", workdir, f"http://127.0.0.1:{port}", "agent",
                                       "--config", str(path)) for site, (path, port) in plan.agents.items()]
-            for agent in agents:
-                await self._ready(agent, "/api/v1/summary", 120, lambda b: b["cycle"]["number"] > 0)
+            waits = [self._ready(a, "/api/v1/summary", 120, lambda b: b["cycle"]["number"] > 0) for a in agents]
             am = None
-            if am_bin and am_port:
+            if am_bin and am_port:  # starts while the agents run their first cycle
                 (workdir / "alertmanager").mkdir()
                 am = self._start("alertmanager", [
                     am_bin, f"--config.file={CONFIGS / 'prometheus' / 'alertmanager.yml'}",
                     f"--storage.path={workdir / 'alertmanager'}", f"--web.listen-address=127.0.0.1:{am_port}",
                     "--cluster.listen-address=", "--log.level=warn"], workdir, f"http://127.0.0.1:{am_port}")
-                await self._ready(am, "/-/ready", 30)
+                waits.append(self._ready(am, "/-/ready", 30))
+            await asyncio.gather(*waits)
             collector = self._megawatch("collector", workdir, f"http://127.0.0.1:{plan.collector_port}",
                                         "collector", "--config", str(plan.sites_config), "--log-format", "json")
             every_site = {s["id"] for s in plan.sites}
-            await self._ready(collector, "/api/v1/sites", 60, lambda b: {
-                s["id"] for s in b.get("sites", []) if s.get("status") != "no_data"} == every_site)
+            waits = [self._ready(collector, "/api/v1/sites", 60, lambda b: {
+                s["id"] for s in b.get("sites", []) if s.get("status") != "no_data"} == every_site)]
             prom = None
             if prom_bin:
                 port = pick_port(PORTS["prometheus"])
@@ -337,7 +337,8 @@ class Demo:
                     prom_bin, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'prometheus'}",
                     f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], workdir,
                     f"http://127.0.0.1:{port}")
-                await self._ready(prom, "/-/ready", 30)
+                waits.append(self._ready(prom, "/-/ready", 30))
+            await asyncio.gather(*waits)
         except Interrupted:
             print("megawatch demo: interrupted during start-up; stopping", flush=True)
             return 130

@@ -101,6 +101,17 @@ async def test_small_demo_runs_every_process_and_ctrl_c_stops_them_all(http: aio
             return view if view["utilisation_ratio"] > 1 else None
 
         over = await wait_until(drifted, 20, f"{DRIFT_SITE} to draw over its allocation", every_s=0.5)
+        # The Prometheus the demo configured scrapes every agent and the collector, and loaded the rules.
+        prom = urls["prometheus"].removesuffix("/alerts")
+
+        async def scraping() -> bool:
+            body = await get_json(http, prom + "/api/v1/query?query=" + "sum by (job) (up)")
+            up = {r["metric"]["job"]: float(r["value"][1]) for r in body["data"]["result"]}
+            return up == {"megawatch-agent": len(SITES), "megawatch-collector": 1}
+
+        await wait_until(scraping, 15, "Prometheus to scrape every agent and the collector", every_s=0.5)
+        rules = await get_json(http, prom + "/api/v1/rules")
+        assert any(r["name"] == "SiteOverAllocation" for g in rules["data"]["groups"] for r in g["rules"])
         others = [s for s in (await get_json(http, collector + "/api/v1/sites"))["sites"] if s["id"] != DRIFT_SITE]
         assert all(s["utilisation_ratio"] < 1 for s in others), others
         print(f"demo ready in {ready_s:.1f} s; {DRIFT_SITE} at {over['utilisation_ratio']:.0%} "
