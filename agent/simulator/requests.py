@@ -120,17 +120,25 @@ def _answer_json(miner: Miner, command: str, param: str, now: int, when: int) ->
 
 
 def _joined_text(miner: Miner, names: list[str], now: int, when: int, style: Style) -> str:
-    """The joined reply assembled from each section's text: what json.dumps gives for the joined tree."""
+    """The joined reply assembled from section texts: what json.dumps gives for the joined tree.
+
+    Sections without a text renderer are encoded together, one json.dumps per run of them (its braces
+    dropped), so a join costs no more encoder calls than before.
+    """
     fw = miner.firmware
-    parts = []
+    parts: list[str] = []
+    pending: dict[str, Any] = {}
     for name in names:
         render = fw.fast.get(name)
-        if render is not None:
-            text = render(miner.identity, miner.snapshot(), now, when, fw)
-        else:
-            text = replies.encode_json(fw, replies.as_object(fw, _joined(miner, name, now, when), when))
-        parts.append(f"{_json_str(name)}{style.key_sep}[{text}]")
-    parts.append(f'"id"{style.key_sep}1')
+        if render is None:
+            pending[name] = [replies.as_object(fw, _joined(miner, name, now, when), when)]
+            continue
+        if pending:
+            parts.append(replies.encode_json(fw, pending)[1:-1])
+            pending = {}
+        parts.append(f"{_json_str(name)}{style.key_sep}[{render(miner.identity, miner.snapshot(), now, when, fw)}]")
+    pending["id"] = 1
+    parts.append(replies.encode_json(fw, pending)[1:-1])
     return "{" + style.item_sep.join(parts) + "}"
 
 

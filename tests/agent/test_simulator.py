@@ -212,8 +212,9 @@ def test_text_renderers_give_the_same_bytes_as_the_reply_trees():
     from agent.simulator.requests import NOT_JOINABLE
 
     table = load_model_table()
-    profiles = [(dialect, model) for dialect, model in (
-        ("cgminer", "Antminer S19"), ("avalon", "Avalon A1246"), ("btminer", "Whatsminer M30S++"))]
+    from tests.conftest import DEFAULT_GROUPS
+
+    profiles = DEFAULT_GROUPS  # every reply profile
     faults = [None, make_fault("overheat", {}), make_fault("hashrate_drop", {}), make_fault("power_surge", {})]
     compared = 0
     for dialect, model in profiles:
@@ -221,7 +222,6 @@ def test_text_renderers_give_the_same_bytes_as_the_reply_trees():
             ident = make_identity(seed=3, index=index, host="127.0.0.1", port=4028, site="north-1", dialect=dialect,
                                   model=table.lookup(model), ambient_c=30.0, allow_control=False)
             fw = replies.firmware_for(ident)
-            assert fw.fast and not replies.STYLES[fw.style_name].sort_keys
             for name, render in fw.fast.items():
                 assert name in fw.handlers and name not in NOT_JOINABLE and (fw.allowed is None or name in fw.allowed)
                 for tick, load, boot_tick, fresh in ((0, 1.0, 0, False), (9, 1.0, 9, True), (10, 1.0, 9, True),
@@ -234,4 +234,8 @@ def test_text_renderers_give_the_same_bytes_as_the_reply_trees():
                         tree = replies.as_object(fw, fw.handlers[name](ident, s, now), when)
                         assert render(ident, s, now, when, fw) == replies.encode_json(fw, tree), (dialect, name, tick)
                         compared += 1
-    assert compared == (3 + 2 + 1) * 12 * 5 * 4  # sections: cgminer 3, avalon 2, btminer 1
+    sections = {(dialect, model): len(replies.firmware_for(make_identity(
+        seed=3, index=0, host="127.0.0.1", port=4028, site="x", dialect=dialect, model=table.lookup(model),
+        ambient_c=30.0, allow_control=False)).fast) for dialect, model in profiles}
+    assert all(sections.values()), sections
+    assert compared == sum(sections.values()) * 12 * 5 * 4

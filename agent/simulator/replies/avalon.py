@@ -162,5 +162,6 @@ FIRMWARE = Firmware(
     describe_invalid=False,
     reports_power=True,
     when_is_uptime=True,
-    fast={"summary": fast.summary("30s"), "pools": fast.pools},
+    fast={"summary": fast.summary("30s"), "pools": fast.pools, "version": fast.static(version),
+          "devdetails": fast.static(devdetails)},
 )

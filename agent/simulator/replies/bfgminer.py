@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
+from agent.simulator.replies import fast
 from agent.simulator.replies.common import (
     Firmware,
     Section,
@@ -88,4 +89,5 @@ FIRMWARE = Firmware(
         "version": version, "summary": summary, "pools": pools, "devs": devs,
         "devdetails": devdetails, "config": config, "stats": stats,
     },
+    fast={"version": fast.static(version), "devdetails": fast.static(devdetails), "config": fast.static(config)},
 )

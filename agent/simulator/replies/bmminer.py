@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
+from agent.simulator.replies import fast
 from agent.simulator.replies.common import (
     GH,
     Firmware,
@@ -272,16 +273,17 @@ def _chips(ident: Identity) -> int:
     return 60
 
 
-def _firmware(name: str, description: str, style: str) -> Firmware:
+def _firmware(name: str, description: str, style: str, renderers: dict[str, Any]) -> Firmware:
     return Firmware(
         name=name, description=description,
         handlers={"version": version, "summary": summary, "pools": pools, "devs": devs, "stats": stats},
-        style_name=style, allowed=ALLOWED,
+        style_name=style, allowed=ALLOWED, fast={"version": fast.static(version), **renderers},
     )
 
 
-FIRMWARE_S9 = _firmware("bmminer", "cgminer 4.9.0", "compact")
-FIRMWARE_S19 = _firmware("bmminer", "cgminer 1.0.0", "spaced_floats")
+FIRMWARE_S9 = _firmware("bmminer", "cgminer 4.9.0", "compact", {})
+FIRMWARE_S19 = _firmware("bmminer", "cgminer 1.0.0", "spaced_floats", {
+    "summary": fast.s19_summary, "pools": fast.s19_pools, "stats": fast.s19_stats})
 
 
 def pick(ident: Identity) -> Firmware:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
+from agent.simulator.replies import fast
 from agent.simulator.replies.common import (
     MH,
     Firmware,
@@ -133,4 +134,5 @@ FIRMWARE = Firmware(
     },
     style_name="compact_floats",
     reports_power=True,
+    fast={"version": fast.static(version), "config": fast.static(config)},
 )

@@ -75,5 +75,6 @@ FIRMWARE = Firmware(
         "devdetails": devdetails, "config": config, "stats": stats, "estats": stats, "coin": coin,
     },
     describe_invalid=False,
-    fast={"summary": fast.summary("5s"), "pools": fast.pools, "devs": fast.devs},
+    fast={"summary": fast.summary("5s"), "pools": fast.pools, "devs": fast.devs, "version": fast.static(version),
+          "devdetails": fast.static(devdetails), "config": fast.static(config)},
 )

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
-from agent.simulator.replies.common import MH, POOL_HOST, TWO32_PER_MIN, Firmware
+from agent.simulator.replies.common import GH, MH, POOL_HOST, TWO32_PER_MIN, Firmware
 
 _json_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 # (identity, tick values, now, When, firmware) -> the section object's JSON text.
@@ -39,6 +40,25 @@ def _summary_format(fw: Firmware, window: str) -> str:
         '"Last getwork":0}],"id":1}')
 
 
+def _summary_values(s: Snapshot) -> tuple[tuple[Any, ...], tuple[float, ...]]:
+    """cg_summary()'s values for printf firmware: Elapsed to Best Share, and the three percentages."""
+    up = s.uptime_s
+    accepted = s.accepted
+    rejected = s.rejected
+    hw = s.hardware_errors
+    avg = s.hashrate_avg_hs
+    hw_whole = hw + accepted * SHARE_DIFFICULTY
+    shares = accepted + rejected
+    rejected_pct = 100.0 * rejected / shares if shares else 0.0
+    head = (
+        up, avg / MH, s.hashrate_hs / MH, s.hashrate_1m_hs / MH, s.hashrate_5m_hs / MH, s.hashrate_15m_hs / MH,
+        up // 30 + 1, accepted, rejected, hw, accepted * 60.0 / up if up else 0.0, up * 12, up * 4000, up // 600,
+        avg * up / MH, avg / TWO32_PER_MIN if up else 0.0, s.difficulty_accepted, rejected * SHARE_DIFFICULTY,
+        s.best_share,
+    )
+    return head, (100.0 * hw / hw_whole if hw_whole else 0.0, rejected_pct, rejected_pct)
+
+
 def summary(window: str) -> FastSection:
     """cg_summary(ident, s, window) as `summary` answers it."""
     formats: dict[str, str] = {}
@@ -47,22 +67,8 @@ def summary(window: str) -> FastSection:
         fmt = formats.get(fw.description)
         if fmt is None:
             fmt = formats[fw.description] = _summary_format(fw, window)
-        up = s.uptime_s
-        accepted = s.accepted
-        rejected = s.rejected
-        hw = s.hardware_errors
-        diff1 = accepted * SHARE_DIFFICULTY
-        avg = s.hashrate_avg_hs
-        shares = accepted + rejected
-        hw_whole = hw + diff1
-        rejected_pct = 100.0 * rejected / shares if shares else 0.0
-        return fmt % (
-            when, up, avg / MH, s.hashrate_hs / MH, s.hashrate_1m_hs / MH, s.hashrate_5m_hs / MH,
-            s.hashrate_15m_hs / MH, up // 30 + 1, accepted, rejected, hw, accepted * 60.0 / up if up else 0.0,
-            up * 12, up * 4000, up // 600, avg * up / MH, avg / TWO32_PER_MIN if up else 0.0,
-            s.difficulty_accepted, rejected * SHARE_DIFFICULTY, s.best_share,
-            100.0 * hw / hw_whole if hw_whole else 0.0, rejected_pct, rejected_pct,
-        )
+        head, tail = _summary_values(s)
+        return fmt % (when, *head, *tail)
 
     return render
 
@@ -112,13 +118,39 @@ def pools(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> st
 _QUOTED_HOST = _json_str(POOL_HOST)
 
 
-def _dev_format() -> str:
-    return (
-        '{"ASC":%d,"Name":"BTM","ID":%d,"Enabled":"Y","Status":"Alive","Temperature":%.2f,"MHS av":%.2f,'
-        '"MHS 5s":%.2f,"MHS 1m":%.2f,"MHS 5m":%.2f,"MHS 15m":%.2f,"Accepted":%d,"Rejected":%d,'
-        '"Hardware Errors":%d,"Utility":%.2f,"Last Share Pool":%d,"Last Share Time":%d,"Total MH":%.4f,'
-        '"Diff1 Work":%d,"Difficulty Accepted":%.8f,"Difficulty Rejected":%.8f,"Last Share Difficulty":%.8f,'
-        '"Last Valid Work":%d,"Device Hardware%%":%.4f,"Device Rejected%%":%.4f,"Device Elapsed":%d}')
+# cg_dev()'s fields from "MHS av" to "Device Elapsed" (dialects put their own fields around them).
+_DEV_COUNTERS = (
+    '"MHS av":%.2f,"MHS 5s":%.2f,"MHS 1m":%.2f,"MHS 5m":%.2f,"MHS 15m":%.2f,"Accepted":%d,"Rejected":%d,'
+    '"Hardware Errors":%d,"Utility":%.2f,"Last Share Pool":%d,"Last Share Time":%d,"Total MH":%.4f,'
+    '"Diff1 Work":%d,"Difficulty Accepted":%.8f,"Difficulty Rejected":%.8f,"Last Share Difficulty":%.8f,'
+    '"Last Valid Work":%d,"Device Hardware%%":%.4f,"Device Rejected%%":%.4f,"Device Elapsed":%d')
+
+
+def _dev_counters(s: Snapshot, now: int) -> list[tuple[object, ...]]:
+    """Per board, the values of _DEV_COUNTERS (cg_dev's arithmetic, in its order)."""
+    up = s.uptime_s
+    total = s.hashrate_hs
+    avg = s.hashrate_avg_hs / BOARDS / MH
+    one_m = s.hashrate_1m_hs / BOARDS / MH
+    five_m = s.hashrate_5m_hs / BOARDS / MH
+    fifteen_m = s.hashrate_15m_hs / BOARDS / MH
+    total_mh = s.hashrate_avg_hs * up / MH / BOARDS
+    boards: list[tuple[object, ...]] = []
+    for rate in s.board_hashrate_hs:
+        # board_share(): a miner-wide counter split in proportion to the board's hashrate.
+        accepted = int(s.accepted * rate / total) if total else 0
+        rejected = int(s.rejected * rate / total) if total else 0
+        hw = int(s.hardware_errors * rate / total) if total else 0
+        hw_whole = hw + accepted * SHARE_DIFFICULTY
+        shares = accepted + rejected
+        boards.append((
+            avg, rate / MH, one_m, five_m, fifteen_m, accepted, rejected, hw,
+            accepted * 60.0 / up if up else 0.0, 0 if accepted else -1, now - 3 if accepted else 0, total_mh,
+            int(accepted * SHARE_DIFFICULTY), accepted * SHARE_DIFFICULTY, rejected * SHARE_DIFFICULTY,
+            SHARE_DIFFICULTY if accepted else 0.0, now - 1, 100.0 * hw / hw_whole if hw_whole else 0.0,
+            100.0 * rejected / shares if shares else 0.0, up,
+        ))
+    return boards
 
 
 _DEVS_FORMATS: dict[str, str] = {}
@@ -128,29 +160,237 @@ def devs(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str
     """Stock cgminer `devs`: cg_dev(ident, s, b, now) for each hash board."""
     fmt = _DEVS_FORMATS.get(fw.description)
     if fmt is None:
+        record = '{"ASC":%d,"Name":"BTM","ID":%d,"Enabled":"Y","Status":"Alive","Temperature":%.2f,' + _DEV_COUNTERS + "}"
         fmt = _DEVS_FORMATS[fw.description] = (_status(fw, 9, f"{BOARDS} ASC(s)") + '"DEVS":['
-                                               + ",".join([_dev_format()] * BOARDS) + '],"id":1}')
-    up = s.uptime_s
-    total = s.hashrate_hs
-    avg = s.hashrate_avg_hs / BOARDS / MH
-    one_m = s.hashrate_1m_hs / BOARDS / MH
-    five_m = s.hashrate_5m_hs / BOARDS / MH
-    fifteen_m = s.hashrate_15m_hs / BOARDS / MH
-    total_mh = s.hashrate_avg_hs * up / MH / BOARDS
+                                               + ",".join([record] * BOARDS) + '],"id":1}')
     values: list[object] = [when]
+    for b, counters in enumerate(_dev_counters(s, now)):
+        values += (b, b, s.chip_temp_c[b], *counters)
+    return fmt % tuple(values)
+
+
+# Larger than any process's fleet (10,000 miners x a few static sections); cleared, not grown, past it.
+_STATIC_LIMIT = 50_000
+# A When no reply can carry otherwise: its digits mark where When goes in a static section's text.
+_WHEN_PROBE = 987654321987
+
+
+def static(handler: Callable[[Identity, Snapshot, int], Any]) -> FastSection:
+    """A section that depends only on the miner (version, devdetails): rendered once, When filled in."""
+    texts: dict[tuple[str, int], tuple[Identity, str]] = {}
+
+    def render(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+        key = (fw.description, ident.index)
+        entry = texts.get(key)
+        if entry is None or entry[0] is not ident:  # another fleet in this process (tests) reuses indexes
+            if len(texts) >= _STATIC_LIMIT:
+                texts.clear()
+            entry = texts[key] = (ident, _when_slot(fw, handler(ident, s, now)))
+        return entry[1] % when
+
+    return render
+
+
+def _when_slot(fw: Firmware, section: Any) -> str:
+    from agent.simulator.replies import (  # the package imports this module
+        as_object,
+        encode_json,
+    )
+
+    text = encode_json(fw, as_object(fw, section, _WHEN_PROBE))
+    probe = str(_WHEN_PROBE)
+    if text.count(probe) != 1:
+        raise ValueError(f"{fw.name}: a static section must hold When exactly once: {text[:80]}")
+    return text.replace("%", "%%").replace(probe, "%d")
+
+
+# -- bmminer 1.0 on S19/S21 class: Python-style ": " spacing and shortest floats (%r prints a float exactly
+# as json does: float.__repr__; ints print the same either way) --------------------------------------------
+def _spaced_status(fw: Firmware, code: int, msg: str) -> str:
+    text = (f'{{"STATUS": [{{"STATUS": "S", "When": %d, "Code": {code}, "Msg": {_json_str(msg)}, '
+            f'"Description": {_json_str(fw.description)}}}], ')
+    return text.replace("%", "%%").replace("%%d", "%d", 1)
+
+
+_S19_FORMATS: dict[tuple[str, ...], str] = {}
+
+
+def s19_summary(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bmminer.summary() for the S19 class: cg_summary in plain floats with GH/s rates in front."""
+    key = ("summary", fw.description)
+    fmt = _S19_FORMATS.get(key)
+    if fmt is None:
+        fmt = _S19_FORMATS[key] = _spaced_status(fw, 11, "Summary") + (
+            '"SUMMARY": [{"Elapsed": %d, "GHS 5s": %r, "GHS av": %r, "GHS 30m": %r, "Found Blocks": 0, '
+            '"Getworks": %d, "Accepted": %d, "Rejected": %d, "Hardware Errors": %d, "Utility": %r, "Discarded": %d, '
+            '"Stale": 0, "Get Failures": 0, "Local Work": %d, "Remote Failures": 0, "Network Blocks": %d, '
+            '"Total MH": %r, "Work Utility": %r, "Difficulty Accepted": %r, "Difficulty Rejected": %r, '
+            '"Difficulty Stale": 0.0, "Best Share": %d, "Device Hardware%%": %r, "Device Rejected%%": %r, '
+            '"Pool Rejected%%": %r, "Pool Stale%%": 0.0, "Last getwork": 0}], "id": 1}')
+    # The printf firmware's values, rounded as a JSON library firmware rounds them (common.plain).
+    head, tail = _summary_values(s)
+    return fmt % (
+        when, head[0], round(s.hashrate_hs / GH, 2), round(s.hashrate_avg_hs / GH, 2),
+        round(s.hashrate_15m_hs / GH, 2), *head[6:10], round(head[10], 2), *head[11:14], round(head[14], 4),
+        round(head[15], 2), round(head[16], 8), round(head[17], 8), head[18], *[round(v, 4) for v in tail],
+    )
+
+
+def _s19_idle_pool(n: int, url: str, status: str, getworks: int, user: str) -> str:
+    return (f'{{"POOL": {n}, "URL": {_json_str(url)}, "Status": "{status}", "Priority": {n}, "Quota": 1, '
+            f'"Long Poll": "N", "Getworks": {getworks}, "Accepted": 0, "Rejected": 0, "Discarded": 0, "Stale": 0, '
+            f'"Get Failures": 0, "Remote Failures": 0, "User": {user}, "Last Share Time": "0", "Diff": "", '
+            '"Diff1 Shares": 0, "Proxy Type": "", "Proxy": "", "Difficulty Accepted": 0.0, '
+            '"Difficulty Rejected": 0.0, "Difficulty Stale": 0.0, "Last Share Difficulty": 0.0, '
+            '"Has Stratum": true, "Stratum Active": false, "Stratum URL": "", "Has GBT": false, "Best Share": 0, '
+            '"Pool Rejected%": 0.0, "Pool Stale%%": 0.0}')
+
+
+def s19_pools(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bmminer.pools() for the S19 class: the primary, an idle backup and the dead pool spelt "Deed"."""
+    user = _json_str(f"{ident.site}.{ident.index}")
+    key = ("pools", fw.description, user)
+    fmt = _S19_FORMATS.get(key)
+    if fmt is None:
+        # Per miner (the user name): bounded by the miners of this process.
+        primary = (
+            '{"POOL": 0, "URL": ' + _json_str(f"stratum+tcp://{POOL_HOST}:3333") + ', "Status": "Alive", '
+            '"Priority": 0, "Quota": 1, "Long Poll": "N", "Getworks": %d, "Accepted": %d, "Rejected": %d, '
+            '"Discarded": %d, "Stale": 0, "Get Failures": 0, "Remote Failures": 0, "User": '
+            + user.replace("%", "%%") + ', "Last Share Time": %s, "Diff": "262K", "Diff1 Shares": %d, '
+            '"Proxy Type": "", "Proxy": "", "Difficulty Accepted": %r, "Difficulty Rejected": %r, '
+            '"Difficulty Stale": 0.0, "Last Share Difficulty": %r, "Has Stratum": true, "Stratum Active": true, '
+            '"Stratum URL": ' + _json_str(POOL_HOST) + ', "Has GBT": false, "Best Share": %d, '
+            '"Pool Rejected%%": %r, "Pool Stale%%%%": 0.0}')
+        idle = ", ".join([
+            _s19_idle_pool(1, f"stratum+tcp://{POOL_HOST}:3334", "Alive", 1, user),
+            _s19_idle_pool(2, "stratum+tcp://backup.megawatch.example:443", "Deed", 0, user),
+        ]).replace("%", "%%")
+        fmt = _S19_FORMATS[key] = _spaced_status(fw, 7, "3 Pool(s)") + '"POOLS": [' + primary + ", " + idle + '], "id": 1}'
+    accepted = s.accepted
+    rejected = s.rejected
+    shares = accepted + rejected
+    return fmt % (
+        when, s.uptime_s // 30 + 1, accepted, rejected, s.uptime_s * 12, '"0:00:03"' if accepted else '"0"',
+        int(accepted * SHARE_DIFFICULTY), round(accepted * SHARE_DIFFICULTY, 8),
+        round(rejected * SHARE_DIFFICULTY, 8), round(SHARE_DIFFICULTY if accepted else 0.0, 8), s.best_share,
+        round(100.0 * rejected / shares if shares else 0.0, 4),
+    )
+
+
+_PCB = (2, 0, 1, 3)
+_CHIP = (3, 1, 0, 2)
+
+
+def s19_stats(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bmminer._stats_s19(): the version header, then one record of chains, fans and temperatures."""
+    from agent.simulator.replies import bmminer  # bmminer imports this module
+
+    key = ("stats", fw.description, ident.model.name, str(ident.fans), ident.serial)
+    fmt = _S19_FORMATS.get(key)
+    if fmt is None:
+        # Per miner (the serial): bounded by the miners of this process.
+        chips = bmminer._chips(ident)
+        header = ", ".join(f"{_json_str(k)}: {_json_str(v)}" for k, v in bmminer._header(ident).items())
+        fans = "".join(f'"fan{f + 1}": %d, ' for f in range(ident.fans))
+        temps = "".join(f'"temp{b + 1}": %d, "temp2_{b + 1}": %d, ' for b in range(BOARDS))
+        dashes = "".join(f'"temp_{family}{b + 1}": "%s", ' for family in ("pcb", "chip", "pic") for b in range(BOARDS + 1))
+        acn = "".join(f'"chain_acn{b + 1}": {chips if b < BOARDS else 0}, ' for b in range(BOARDS + 1))
+        acs = "".join(f'"chain_acs{b + 1}": "{" oo" * chips if b < BOARDS else ""}", ' for b in range(BOARDS + 1))
+        hw = "".join(f'"chain_hw{b + 1}": %d, ' for b in range(BOARDS + 1))
+        rate = "".join(f'"chain_rate{b + 1}": "%s", ' for b in range(BOARDS + 1))
+        freq = "".join(f'"freq{b + 1}": %d, ' for b in range(BOARDS + 1))
+        fmt = _S19_FORMATS[key] = _spaced_status(fw, 70, "CGMiner stats") + (
+            '"STATS": [{' + header.replace("%", "%%") + '}, {"STATS": 0, "ID": "BTM_SOC0", "Elapsed": %d, '
+            '"Calls": 0, "Wait": 0, "Max": 0, "Min": 99999999, "GHS 5s": %r, "GHS av": %r, "rate_30m": %r, '
+            f'"Mode": 2, "miner_count": {BOARDS}, "frequency": %d, "fan_num": {ident.fans}, ' + fans
+            + f'"temp_num": {BOARDS}, ' + temps + dashes + '"total_rateideal": %r, "rate_unit": "GH", '
+            f'"total_freqavg": %d, "total_acn": {chips * BOARDS}, "total rate": %r, "temp_max": %d, '
+            '"no_matching_work": %d, ' + acn + acs + hw + rate + freq
+            + '"miner_version": "49.0.1.3", "miner_id": ' + _json_str(ident.serial).replace("%", "%%") + '}], "id": 1}')
+    freq_mhz = s.frequency_mhz
+    board = [round(t) for t in s.board_temp_c]
+    chip = [round(t) for t in s.chip_temp_c]
+    total = s.hashrate_hs
+    values: list[object] = [when, s.uptime_s, round(total / GH, 2), round(s.hashrate_avg_hs / GH, 2),
+                            round(s.hashrate_15m_hs / GH, 2), freq_mhz, *s.fan_rpm]
     for b in range(BOARDS):
-        rate = s.board_hashrate_hs[b]
-        # board_share(): a miner-wide counter split in proportion to the board's hashrate.
-        accepted = int(s.accepted * rate / total) if total else 0
-        rejected = int(s.rejected * rate / total) if total else 0
-        hw = int(s.hardware_errors * rate / total) if total else 0
-        hw_whole = hw + accepted * SHARE_DIFFICULTY
-        shares = accepted + rejected
-        values += (
-            b, b, s.chip_temp_c[b], avg, rate / MH, one_m, five_m, fifteen_m, accepted, rejected, hw,
-            accepted * 60.0 / up if up else 0.0, 0 if accepted else -1, now - 3 if accepted else 0, total_mh,
-            int(accepted * SHARE_DIFFICULTY), accepted * SHARE_DIFFICULTY, rejected * SHARE_DIFFICULTY,
-            SHARE_DIFFICULTY if accepted else 0.0, now - 1, 100.0 * hw / hw_whole if hw_whole else 0.0,
-            100.0 * rejected / shares if shares else 0.0, up,
-        )
+        values += (board[b], chip[b])
+    for sensors, offsets in ((board, _PCB), (chip, _CHIP), (board, _PCB)):
+        values += ["-".join([str(t - o) for o in offsets]) for t in sensors]
+        values.append("0-0-0-0")
+    values += (round(s.nominal_hs / GH, 2), freq_mhz, round(total / GH, 2), round(max(s.board_temp_c)),
+               s.hardware_errors)
+    values += [int(s.hardware_errors * r / total) if total else 0 for r in s.board_hashrate_hs]
+    values.append(0)
+    values += [f"{r / GH:.2f}" for r in s.board_hashrate_hs]
+    values.append("")
+    values += (freq_mhz,) * BOARDS
+    values.append(0)
+    return fmt % tuple(values)
+
+
+# -- btminer (Whatsminer): stock cgminer records with Whatsminer's own fields around them -----------------
+_BT_FORMATS: dict[tuple[str, ...], str] = {}
+
+
+def bt_summary(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """btminer.summary(): cg_summary with temperature, fans and power in the middle and vendor fields after."""
+    from agent.simulator.replies import btminer  # btminer imports this module
+
+    key = ("summary", fw.description, ident.mac, f"{ident.ambient_c!r}", ident.model.name)
+    fmt = _BT_FORMATS.get(key)
+    if fmt is None:
+        # Per miner (MAC, ambient): bounded by the miners of this process.
+        fmt = _BT_FORMATS[key] = _status(fw, 11, "Summary") + (
+            '"SUMMARY":[{"Elapsed":%d,"MHS av":%.2f,"MHS 5s":%.2f,"MHS 1m":%.2f,"MHS 5m":%.2f,"MHS 15m":%.2f,'
+            '"Found Blocks":0,"Getworks":%d,"Accepted":%d,"Rejected":%d,"Hardware Errors":%d,"Utility":%.2f,'
+            '"Discarded":%d,"Stale":0,"Get Failures":0,"Local Work":%d,"Remote Failures":0,"Network Blocks":%d,'
+            '"Total MH":%.4f,"Work Utility":%.2f,"Difficulty Accepted":%.8f,"Difficulty Rejected":%.8f,'
+            '"Difficulty Stale":0.00000000,"Best Share":%d,"Temperature":%.2f,"freq_avg":%d,"Fan Speed In":%d,'
+            '"Fan Speed Out":%d,"Voltage":1238,"Power":%d,"Power_RT":%d,"Device Hardware%%":%.4f,'
+            '"Device Rejected%%":%.4f,"Pool Rejected%%":%.4f,"Pool Stale%%":0.0000,"Last getwork":0,"Uptime":%d,'
+            '"Chip Data":"HP5A05-20043018 D02 BINV02-193005B","Power Current":249500,"Power Fanspeed":7576,'
+            '"Error Code Count":0,"Factory Error Code Count":0,"Security Mode":0,"Liquid Cooling":false,'
+            '"Hash Stable":true,"Hash Stable Cost Seconds":%d,"Hash Deviation%%":%.4f,"Target Freq":%d,'
+            '"Target MHS":%d,' + (
+                f'"Env Temp":{ident.ambient_c:.2f},"Power Mode":"Normal",'
+                f'"Firmware Version":{_json_str(btminer.FIRMWARE_VERSION)},"MAC":{_json_str(ident.mac)},'
+                f'"Factory GHS":{int(ident.model.nominal_hashrate_hs / 1e9)},').replace("%", "%%")
+            + '"Power Limit":%d,"Power Voltage Input":228.75,"Power Current Input":%.2f,"Chip Temp Min":%.2f,'
+            '"Chip Temp Max":%.2f,"Chip Temp Avg":%.2f}],"id":1}')
+    head, tail = _summary_values(s)
+    up = s.uptime_s
+    chips = s.chip_temp_c
+    power = s.power_w
+    nominal = s.nominal_hs
+    return fmt % (
+        when, *head, max(s.board_temp_c), s.frequency_mhz, s.fan_rpm[0], s.fan_rpm[1], power, power, *tail,
+        up + 597, min(up, 1500), 100.0 * (s.hashrate_hs / nominal - 1.0) if nominal else 0.0, s.frequency_mhz,
+        int(nominal / MH),
+        s.power_limit_w, power / 228.75, min(chips) - 12.0, max(chips), sum(chips) / BOARDS - 4.0,
+    )
+
+
+def bt_devs(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """btminer.devs(): cg_dev per board with slot, frequency and fans in front and chip data after."""
+    key = ("devs", fw.description, ident.serial)
+    fmt = _BT_FORMATS.get(key)
+    if fmt is None:
+        # Per miner (the board serials): bounded by the miners of this process.
+        records = [
+            '{"ASC":%d,"Name":"SM","ID":%d,"Slot":%d,"Enabled":"Y","Status":"Alive","Temperature":%.2f,'
+            '"Chip Frequency":%d,"Fan Speed In":%d,"Fan Speed Out":%d,' + _DEV_COUNTERS
+            + ',"Upfreq Complete":1,"Effective Chips":111,"PCB SN":'
+            + _json_str(f"{ident.serial.upper()}{b}").replace("%", "%%")
+            + ',"Chip Temp Min":%.2f,"Chip Temp Max":%.2f,"Chip Temp Avg":%.2f,"chip_vol_diff":8}'
+            for b in range(BOARDS)
+        ]
+        fmt = _BT_FORMATS[key] = _status(fw, 9, f"{BOARDS} ASC(s)") + '"DEVS":[' + ",".join(records) + '],"id":1}'
+    values: list[object] = [when]
+    fans = s.fan_rpm
+    for b, counters in enumerate(_dev_counters(s, now)):
+        chip = s.chip_temp_c[b]
+        values += (b, b, b, s.board_temp_c[b], s.frequency_mhz, fans[0], fans[1], *counters,
+                   chip - 12.0, chip, chip - 4.0)
     return fmt % tuple(values)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.simulator.behaviour import BOARDS, Identity, Snapshot
-from agent.simulator.replies import bmminer
+from agent.simulator.replies import bmminer, fast
 from agent.simulator.replies.common import (
     GH,
     Firmware,
@@ -77,6 +77,7 @@ FIRMWARE = Firmware(
     handlers={"version": version, "summary": summary, "pools": pools, "stats": stats, "power": power,
               "temps": temps, "fans": fans, "devs": bmminer.devs, "devdetails": devdetails},
     style_name="sorted_floats",
+    fast={"version": fast.static(version), "devdetails": fast.static(devdetails)},
     sort_envelope=True,
     reports_power=True,
 )
