@@ -15,11 +15,13 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.config import ExpositionSettings
+from agent.model import MinerReading
 from agent.state import OUTCOMES, FleetSnapshot, FleetState, MinerState, MinerStatus
 
 PREFIX = "megawatch_"
@@ -180,12 +182,13 @@ class MinerRenderer:
 
     def __init__(self, settings: ExpositionSettings) -> None:
         self._settings = settings
-        self._labels: dict[str, dict[tuple[str, ...], str]] = {}  # by family
-        self._fleet_key: tuple[str, ...] = ()
+        self._labels: dict[str, dict[Any, Any]] = {}  # by family
+        self._fleet_key: tuple[object, ...] = ()
         self._prefixes: dict[str, list[str]] = {}  # by family, one per miner, in snapshot order
 
     def _prefixes_for(self, snapshot: FleetSnapshot) -> dict[str, list[str]]:
-        key = (snapshot.site, *(m.name for m in snapshot.miners))
+        # Targets, not names: a name is formatted on every access, a target compares by identity first.
+        key = (snapshot.site, *(m.target for m in snapshot.miners))
         if key != self._fleet_key:
             site = _escape(snapshot.site)
             heads = [f'site="{site}",miner="{_escape(m.name)}"' for m in snapshot.miners]
@@ -216,6 +219,9 @@ class MinerRenderer:
             elif family.value is not None:
                 value = family.value
                 lines = [f"{p}{v}\n" for p, m in zip(heads, miners) if (v := value(m)) is not None]
+            elif name in _INDEXED:
+                # Boards and fans: the label text depends only on the slot number, cached by it.
+                lines = _INDEXED[name](heads, currents, settings, self._labels.setdefault(name, {}))
             else:
                 extra, samples = family.labels, family.samples
                 cache = self._labels.setdefault(name, {})
@@ -229,6 +235,52 @@ class MinerRenderer:
                         lines.append(f"{p}{labels}}} {v}\n")
             parts.append("".join(lines))
         return "".join(parts)
+
+
+def _temperature_lines(heads: list[str], currents: list[MinerReading | None], settings: ExpositionSettings,
+                       cache: dict[Any, Any]) -> list[str]:
+    """Same samples as `_temperatures`, label text cached per board index."""
+    boards_too = settings.board_temperatures
+    lines: list[str] = []
+    for p, c in zip(heads, currents):
+        if c is None:
+            continue
+        for board in c.boards:
+            chip, board_temp = board.chip_temp_c, board.board_temp_c
+            if chip is None and (board_temp is None or not boards_too):
+                continue
+            labels = cache.get(board.index)
+            if labels is None:
+                index = _escape(str(board.index))
+                labels = cache[board.index] = (f'board="{index}",sensor="chip"}} ', f'board="{index}",sensor="board"}} ')
+            if chip is not None:
+                lines.append(f"{p}{labels[0]}{chip}\n")
+            if boards_too and board_temp is not None:
+                lines.append(f"{p}{labels[1]}{board_temp}\n")
+    return lines
+
+
+def _fan_lines(heads: list[str], currents: list[MinerReading | None], _: ExpositionSettings,
+               cache: dict[Any, Any]) -> list[str]:
+    """Same samples as `_fans`, label text cached per fan index."""
+    lines: list[str] = []
+    for p, c in zip(heads, currents):
+        if c is None:
+            continue
+        for fan in c.fans:
+            rpm = fan.rpm
+            if rpm is not None:
+                labels = cache.get(fan.index)
+                if labels is None:
+                    labels = cache[fan.index] = f'fan="{_escape(str(fan.index))}"}} '
+                lines.append(f"{p}{labels}{rpm}\n")
+    return lines
+
+
+_INDEXED = {
+    PREFIX + "miner_temperature_celsius": _temperature_lines,
+    PREFIX + "miner_fan_rpm": _fan_lines,
+}
 
 
 def render_miners(snapshot: FleetSnapshot, settings: ExpositionSettings) -> str:
