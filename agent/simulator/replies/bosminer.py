@@ -134,5 +134,6 @@ FIRMWARE = Firmware(
     },
     style_name="compact_floats",
     reports_power=True,
-    fast={"version": fast.static(version), "config": fast.static(config)},
+    fast={"version": fast.static(version), "config": fast.static(config), "summary": fast.bos_summary,
+          "pools": fast.bos_pools},
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
@@ -394,3 +395,95 @@ def bt_devs(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> 
         values += (b, b, b, s.board_temp_c[b], s.frequency_mhz, fans[0], fans[1], *counters,
                    chip - 12.0, chip, chip - 4.0)
     return fmt % tuple(values)
+
+
+# -- bosminer (Braiins): every record's keys sorted, full-precision floats (%r, as json prints them) -------
+def _sorted_record(fields: dict[str, str]) -> tuple[str, Callable[[dict[str, Any]], Any]]:
+    """One record's format with its keys sorted, and a getter for its slot values (fields set to "%r")."""
+    keys = sorted(fields)
+    slots = [key for key in keys if fields[key] == "%r"]
+    text = ",".join(_json_str(key).replace("%", "%%") + ":" + (
+        fields[key] if fields[key] == "%r" else fields[key].replace("%", "%%")) for key in keys)
+    return "{" + text + "}", itemgetter(*slots)
+
+
+_BOS_SUMMARY = _sorted_record({
+    **dict.fromkeys(("Accepted", "Best Share", "Device Hardware%", "Device Rejected%", "Difficulty Accepted",
+                     "Difficulty Rejected", "Discarded", "Elapsed", "Getworks", "Hardware Errors", "Last getwork",
+                     "Local Work", "MHS 15m", "MHS 1m", "MHS 24h", "MHS 5m", "MHS 5s", "MHS av", "Network Blocks",
+                     "Pool Rejected%", "Rejected", "Total MH", "Utility", "Work Utility"), "%r"),
+    "Difficulty Stale": "0.0", "Found Blocks": "0", "Get Failures": "0", "Pool Stale%": "0.0", "Remote Failures": "0",
+    "Stale": "0",
+})
+_BOS_FORMATS: dict[tuple[str, ...], str] = {}
+
+
+def bos_summary(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bosminer.summary(): cg_summary in plain floats, MHS at full precision plus MHS 24h, keys sorted."""
+    key = ("summary", fw.description)
+    fmt = _BOS_FORMATS.get(key)
+    if fmt is None:
+        fmt = _BOS_FORMATS[key] = _status(fw, 11, "Summary") + '"SUMMARY":[' + _BOS_SUMMARY[0] + '],"id":1}'
+    (up, av, five_s, one_m, five_m, fifteen_m, getworks, accepted, rejected, hw, utility, discarded, local,
+     blocks, total_mh, work_utility, diff_accepted, diff_rejected, best), (hw_pct, rejected_pct, _) = _summary_values(s)
+    rejected_pct = round(rejected_pct, 4)
+    values = {
+        "Accepted": accepted, "Best Share": best, "Device Hardware%": round(hw_pct, 4),
+        "Device Rejected%": rejected_pct, "Difficulty Accepted": round(diff_accepted, 8),
+        "Difficulty Rejected": round(diff_rejected, 8), "Discarded": discarded, "Elapsed": up, "Getworks": getworks,
+        "Hardware Errors": hw, "Last getwork": now, "Local Work": local, "MHS 15m": fifteen_m, "MHS 1m": one_m,
+        "MHS 24h": av * min(1.0, up / 86400), "MHS 5m": five_m, "MHS 5s": five_s, "MHS av": av,
+        "Network Blocks": blocks, "Pool Rejected%": rejected_pct, "Rejected": rejected,
+        "Total MH": round(total_mh, 4), "Utility": round(utility, 2), "Work Utility": round(work_utility, 2),
+    }
+    return fmt % (when, *_BOS_SUMMARY[1](values))
+
+
+_POOL_SLOTS = ("Accepted", "Best Share", "Current Block Height", "Diff1 Shares", "Difficulty Accepted",
+               "Difficulty Rejected", "Discarded", "Getworks", "Last Share Difficulty", "Last Share Time",
+               "Pool Rejected%", "Rejected", "Stratum Difficulty", "Works")
+
+
+def _bos_pool(n: int, user: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
+    active = n == 0
+    return _sorted_record({
+        **dict.fromkeys(_POOL_SLOTS, "%r"),
+        "Bad Work": "0", "Current Block Version": "536870912", "Difficulty Stale": "0.0", "Get Failures": "0",
+        "Has GBT": "false", "Has Stratum": "true", "Has Vmask": "true", "Long Poll": '"N"', "POOL": str(n),
+        "Pool Stale%": "0.0", "Priority": str(n), "Proxy": '""', "Proxy Type": '""', "Quota": "1",
+        "Remote Failures": "0", "Stale": "0", "Status": '"Alive"', "Stratum Active": "true" if active else "false",
+        "Stratum URL": _json_str(POOL_HOST if active else ""), "URL": _json_str(f"stratum+tcp://{POOL_HOST}:{3333 + n}"),
+        "User": user, "Work Difficulty": "262144.0",
+    })
+
+
+def bos_pools(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bosminer.pools(): cg_pools in plain floats, keys sorted."""
+    user = _json_str(f"{ident.site}.{ident.index}")
+    key = ("pools", fw.description, user)
+    fmt = _BOS_FORMATS.get(key)
+    if fmt is None:
+        # Per miner (the user name): bounded by the miners of this process.
+        fmt = _BOS_FORMATS[key] = (_status(fw, 7, "2 Pool(s)") + '"POOLS":[' + _bos_pool(0, user)[0] + ","
+                                   + _bos_pool(1, user)[0] + '],"id":1}')
+    up = s.uptime_s
+    accepted = s.accepted
+    rejected = s.rejected
+    shares = accepted + rejected
+    height = 870000 + s.tick // 120
+    primary = {
+        "Accepted": accepted, "Best Share": s.best_share, "Current Block Height": height,
+        "Diff1 Shares": int(accepted * SHARE_DIFFICULTY), "Difficulty Accepted": round(accepted * SHARE_DIFFICULTY, 8),
+        "Difficulty Rejected": round(rejected * SHARE_DIFFICULTY, 8), "Discarded": up * 12, "Getworks": up // 30 + 1,
+        "Last Share Difficulty": round(SHARE_DIFFICULTY if accepted else 0.0, 8),
+        "Last Share Time": now - 3 if accepted else 0,
+        "Pool Rejected%": round(100.0 * rejected / shares if shares else 0.0, 4), "Rejected": rejected,
+        "Stratum Difficulty": round(SHARE_DIFFICULTY, 8), "Works": up * 40,
+    }
+    backup = {
+        "Accepted": 0, "Best Share": 0, "Current Block Height": height, "Diff1 Shares": 0, "Difficulty Accepted": 0.0,
+        "Difficulty Rejected": 0.0, "Discarded": 0, "Getworks": 1, "Last Share Difficulty": 0.0, "Last Share Time": 0,
+        "Pool Rejected%": 0.0, "Rejected": 0, "Stratum Difficulty": 0.0, "Works": 0,
+    }
+    slots = itemgetter(*sorted(_POOL_SLOTS))
+    return fmt % (when, *slots(primary), *slots(backup))
