@@ -25,6 +25,8 @@ _HASH_UNITS: dict[str, float] = {
 }
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _LARGEST_FLOAT = int(sys.float_info.max)
+_LARGEST_FLOAT_VALUE = sys.float_info.max
+_EXACT_INT = 2**53  # every int up to here survives int(float(n)) unchanged
 _isfinite = math.isfinite
 _NUMBER_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([KMGTP]?)\s*$")
 
@@ -67,6 +69,8 @@ def number(value: Any) -> float | None:
 
 def integer(value: Any) -> int | None:
     """Like number(), for counters: a non-integral or negative count is None."""
+    if type(value) is int and 0 <= value <= _EXACT_INT:
+        return value  # what the float round trip below gives for any count a float holds exactly
     result = number(value)
     if result is None or result < 0 or result != int(result):
         return None
@@ -75,12 +79,22 @@ def integer(value: Any) -> int | None:
 
 def positive(value: Any) -> float | None:
     """number() but values <= 0 are sentinels (-1 W, 0 RPM from an absent fan) and become None."""
+    kind = type(value)
+    if kind is float:
+        return value if 0 < value <= _LARGEST_FLOAT_VALUE else None  # NaN and inf compare out
+    if kind is int:
+        return float(value) if 0 < value <= _LARGEST_FLOAT else None
     result = number(value)
     return result if result is not None and result > 0 else None
 
 
 def temperature_c(value: Any) -> float | None:
     """A temperature in °C; -273 (no sensor), 0 and absurd values are None."""
+    kind = type(value)
+    if kind is float:
+        return value if 0 < value <= 200 else None  # NaN compares out
+    if kind is int:
+        return float(value) if 0 < value <= 200 else None
     result = number(value)
     if result is None or result <= 0 or result > 200:
         return None
@@ -89,8 +103,19 @@ def temperature_c(value: Any) -> float | None:
 
 def hash_unit_factor(unit: str) -> float | None:
     """Factor from a unit such as "GH", "GHS", "MH/s" to H/s."""
+    try:
+        return _UNIT_FACTORS[unit]
+    except KeyError:
+        pass
     key = unit.strip().upper().replace("/S", "").rstrip("S") or "H"
-    return _HASH_UNITS.get(key)
+    factor = _HASH_UNITS.get(key)
+    if len(_UNIT_FACTORS) >= 256:  # units come from miners: keep the memo bounded
+        _UNIT_FACTORS.clear()
+    _UNIT_FACTORS[unit] = factor
+    return factor
+
+
+_UNIT_FACTORS: dict[str, float | None] = {}
 
 
 def to_hs(value: Any, unit: str) -> float | None:
@@ -145,12 +170,12 @@ def max_known(values: Sequence[float | None]) -> float | None:
 
 def section(reply: Mapping[str, Any] | None, name: str) -> list[Mapping[str, Any]]:
     """The data section list of a reply (e.g. "SUMMARY"), or [] when absent or not a list of objects."""
-    if not isinstance(reply, Mapping):
+    if type(reply) is not dict and not isinstance(reply, Mapping):  # decoded JSON is a dict: skip the ABC check
         return []
     value = reply.get(name)
     if not isinstance(value, list):
         return []
-    return [item for item in value if isinstance(item, Mapping)]
+    return [item for item in value if type(item) is dict or isinstance(item, Mapping)]
 
 
 def first_item(reply: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
@@ -201,7 +226,7 @@ def read(
     """`convert(item[key])`; a value that is present but not numeric gives None and a note in `problems`."""
     value = item.get(key)
     kind = type(value)
-    if value is None or (kind is float and _isfinite(value)):
+    if value is None or (kind is float and _isfinite(value)) or (kind is int and -_LARGEST_FLOAT <= value <= _LARGEST_FLOAT):
         return convert(value)  # the usual cases, without parsing the value twice
     if malformed(value):
         problems.append(f"{where}.{key}: not a number: {value!r:.60}")
