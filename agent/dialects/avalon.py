@@ -109,7 +109,8 @@ def _modules(stats: Mapping[str, Any] | None, problems: list[str]) -> _Modules:
         (key, value)
         for item in f.section(stats, "STATS")
         for key, value in item.items()
-        if isinstance(key, str) and _MODULE_KEY.match(key)
+        # startswith first: ~100 keys per reply, few of them modules, and the regex costs several times more.
+        if isinstance(key, str) and key.startswith("MM ID") and _MODULE_KEY.match(key)
     ]
     if not packed:
         problems.append("estats: no \"MM ID<n>\" module string in STATS")
@@ -154,7 +155,11 @@ def _add_module(found: _Modules, key: str, tokens: dict[str, str], problems: lis
         )
 
     # Avalon 8xx modules have one fan and say `Fan[5730]`; later ones number them `Fan1[..] Fan2[..]`.
-    fan_keys = sorted((int(m.group(1) or 1), m.group(0)) for m in map(_FAN_KEY.match, tokens) if m is not None)
+    fan_keys = sorted(
+        (int(m.group(1) or 1), m.group(0))
+        for m in (_FAN_KEY.match(token) for token in tokens if token.startswith("Fan"))
+        if m is not None
+    )
     offset = len(found.fans)
     for number, fan_key in fan_keys:
         found.fans.append(Fan(index=offset + number, rpm=f.read(tokens, fan_key, f.positive, problems, key)))
