@@ -109,7 +109,7 @@ def _answer_json(miner: Miner, command: str, param: str, now: int, when: int) ->
         return replies.encode_json(fw, replies.error(fw, 14, "Invalid command", when))
     names = _join_names(command)
     style = replies.STYLES[fw.style_name]
-    if fw.fast and not style.sort_keys and "id" not in names:
+    if fw.fast and "id" not in names:
         return _joined_text(miner, names, now, when, style)
     joined: dict[str, Any] = {}
     for name in names:
@@ -122,23 +122,32 @@ def _answer_json(miner: Miner, command: str, param: str, now: int, when: int) ->
 def _joined_text(miner: Miner, names: list[str], now: int, when: int, style: Style) -> str:
     """The joined reply assembled from section texts: what json.dumps gives for the joined tree.
 
-    Sections without a text renderer are encoded together, one json.dumps per run of them (its braces
-    dropped), so a join costs no more encoder calls than before.
+    Sections are answered in request order (privileged ones counted as before), then laid out in the
+    order json.dumps would (sorted for sorting firmware); sections without a text renderer are encoded
+    together, one json.dumps per run of them (its braces dropped), so a join costs no extra encoder calls.
     """
     fw = miner.firmware
-    parts: list[str] = []
-    pending: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     for name in names:
         render = fw.fast.get(name)
         if render is None:
-            pending[name] = [replies.as_object(fw, _joined(miner, name, now, when), when)]
+            sections[name] = [replies.as_object(fw, _joined(miner, name, now, when), when)]
+        else:
+            sections[name] = render(miner.identity, miner.snapshot(), now, when, fw)
+    sections["id"] = 1
+    parts: list[str] = []
+    pending: dict[str, Any] = {}
+    for name in sorted(sections) if style.sort_keys else sections:
+        section = sections[name]
+        if type(section) is not str:
+            pending[name] = section
             continue
         if pending:
             parts.append(replies.encode_json(fw, pending)[1:-1])
             pending = {}
-        parts.append(f"{_json_str(name)}{style.key_sep}[{render(miner.identity, miner.snapshot(), now, when, fw)}]")
-    pending["id"] = 1
-    parts.append(replies.encode_json(fw, pending)[1:-1])
+        parts.append(f"{_json_str(name)}{style.key_sep}[{section}]")
+    if pending:
+        parts.append(replies.encode_json(fw, pending)[1:-1])
     return "{" + style.item_sep.join(parts) + "}"
 
 

@@ -399,12 +399,17 @@ def bt_devs(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> 
 
 # -- bosminer (Braiins): every record's keys sorted, full-precision floats (%r, as json prints them) -------
 def _sorted_record(fields: dict[str, str]) -> tuple[str, Callable[[dict[str, Any]], Any]]:
-    """One record's format with its keys sorted, and a getter for its slot values (fields set to "%r")."""
+    """One record's format with its keys sorted, and a getter for its slot values (fields "%r" or "%s")."""
     keys = sorted(fields)
-    slots = [key for key in keys if fields[key] == "%r"]
-    text = ",".join(_json_str(key).replace("%", "%%") + ":" + (
-        fields[key] if fields[key] == "%r" else fields[key].replace("%", "%%")) for key in keys)
+    slots = [key for key in keys if fields[key] in _SLOT_TEXT]
+    text = ",".join(_json_str(key).replace("%", "%%") + ":" + _SLOT_TEXT.get(fields[key], fields[key].replace("%", "%%"))
+                    for key in keys)
     return "{" + text + "}", itemgetter(*slots)
+
+
+# A slot's field value in _sorted_record: a number (%r prints it as json does), or a string that needs no
+# JSON escaping (digits, dashes, dots: the simulator's own formatted numbers).
+_SLOT_TEXT = {"%r": "%r", "%s": '"%s"'}
 
 
 _BOS_SUMMARY = _sorted_record({
@@ -466,6 +471,11 @@ def bos_pools(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -
         # Per miner (the user name): bounded by the miners of this process.
         fmt = _BOS_FORMATS[key] = (_status(fw, 7, "2 Pool(s)") + '"POOLS":[' + _bos_pool(0, user)[0] + ","
                                    + _bos_pool(1, user)[0] + '],"id":1}')
+    return fmt % (when, *_sorted_pool_values(s, now))
+
+
+def _sorted_pool_values(s: Snapshot, now: int) -> tuple[Any, ...]:
+    """The slot values of cg_pools(fx=plain) with sorted keys: the primary's, then the backup's."""
     up = s.uptime_s
     accepted = s.accepted
     rejected = s.rejected
@@ -485,5 +495,134 @@ def bos_pools(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -
         "Difficulty Rejected": 0.0, "Discarded": 0, "Getworks": 1, "Last Share Difficulty": 0.0, "Last Share Time": 0,
         "Pool Rejected%": 0.0, "Rejected": 0, "Stratum Difficulty": 0.0, "Works": 0,
     }
-    slots = itemgetter(*sorted(_POOL_SLOTS))
-    return fmt % (when, *slots(primary), *slots(backup))
+    return (*_POOL_GETTER(primary), *_POOL_GETTER(backup))
+
+
+_POOL_GETTER = itemgetter(*sorted(_POOL_SLOTS))
+
+
+# -- LuxOS: bosminer's sorted records, and the envelope sorted too ------------------------------------------
+def _sorted_object(fw: Firmware, code: int, msg: str, key: str, items: str) -> tuple[str, bool]:
+    """`{KEY:[items],"STATUS":[...],"id":1}` with every key sorted; True when When is the first slot."""
+    status = (f'"STATUS":[{{"Code":{code},"Description":{_json_str(fw.description)},"Msg":{_json_str(msg)},'
+              '"STATUS":"S","When":%d}]').replace("%", "%%").replace("%%d", "%d", 1)
+    section = f"{_json_str(key)}:[".replace("%", "%%") + items + "]"
+    when_first = "STATUS" < key
+    first, second = (status, section) if when_first else (section, status)
+    return "{" + first + "," + second + ',"id":1}', when_first
+
+
+_LUX_FORMATS: dict[tuple[str, ...], tuple[str, bool]] = {}
+
+
+def lux_pools(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """luxos.pools(): bosminer's pool records under a sorted envelope (POOLS sorts before STATUS)."""
+    user = _json_str(f"{ident.site}.{ident.index}")
+    key = ("pools", fw.description, user)
+    entry = _LUX_FORMATS.get(key)
+    if entry is None:
+        # Per miner (the user name): bounded by the miners of this process.
+        entry = _LUX_FORMATS[key] = _sorted_object(fw, 7, "2 Pool(s)", "POOLS",
+                                                   _bos_pool(0, user)[0] + "," + _bos_pool(1, user)[0])
+    values = _sorted_pool_values(s, now)
+    return entry[0] % ((when, *values) if entry[1] else (*values, when))
+
+
+_LUX_SUMMARY = _sorted_record({
+    **dict.fromkeys(("Accepted", "Best Share", "Device Hardware%", "Device Rejected%", "Difficulty Accepted",
+                     "Difficulty Rejected", "Discarded", "Elapsed", "GHS 30m", "GHS 5s", "GHS av", "Getworks",
+                     "Hardware Errors", "Local Work", "Network Blocks", "Pool Rejected%", "Rejected", "Total MH",
+                     "Utility", "Work Utility"), "%r"),
+    "Difficulty Stale": "0.0", "Found Blocks": "0", "Get Failures": "0", "Last getwork": "0", "Pool Stale%": "0.0",
+    "Remote Failures": "0", "Stale": "0",
+})
+
+
+def lux_summary(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """luxos.summary(): cg_summary in plain floats with GH/s rates instead of MH/s, every key sorted."""
+    entry = _LUX_FORMATS.get(("summary", fw.description))
+    if entry is None:
+        entry = _LUX_FORMATS[("summary", fw.description)] = _sorted_object(fw, 11, "Summary", "SUMMARY",
+                                                                          _LUX_SUMMARY[0])
+    (up, _, _, _, _, _, getworks, accepted, rejected, hw, utility, discarded, local, blocks, total_mh, work_utility,
+     diff_accepted, diff_rejected, best), (hw_pct, rejected_pct, _) = _summary_values(s)
+    rejected_pct = round(rejected_pct, 4)
+    values = _LUX_SUMMARY[1]({
+        "Accepted": accepted, "Best Share": best, "Device Hardware%": round(hw_pct, 4),
+        "Device Rejected%": rejected_pct, "Difficulty Accepted": round(diff_accepted, 8),
+        "Difficulty Rejected": round(diff_rejected, 8), "Discarded": discarded, "Elapsed": up,
+        "GHS 30m": round(s.hashrate_15m_hs / GH, 2), "GHS 5s": round(s.hashrate_hs / GH, 2),
+        "GHS av": round(s.hashrate_avg_hs / GH, 2), "Getworks": getworks, "Hardware Errors": hw, "Local Work": local,
+        "Network Blocks": blocks, "Pool Rejected%": rejected_pct, "Rejected": rejected, "Total MH": round(total_mh, 4),
+        "Utility": round(utility, 2), "Work Utility": round(work_utility, 2),
+    })
+    return entry[0] % ((when, *values) if entry[1] else (*values, when))
+
+
+_CHAINS = range(1, BOARDS + 1)
+_LUX_STATS_NAMES = {family: tuple(f"{family}{b}" for b in _CHAINS) for family in (
+    "temp", "temp2_", "temp_pcb", "temp_chip", "temp_pic", "chain_hw", "chain_rate", "freq")}
+
+
+def _lux_stats_format(fw: Firmware, ident: Identity) -> tuple[tuple[str, bool], Callable[[dict[str, Any]], Any]]:
+    from agent.simulator.replies import bmminer, luxos  # both import this module
+
+    chips = bmminer._chips(ident)
+    idle = BOARDS + 1
+    fields: dict[str, str] = {
+        "STATS": "0", "ID": '"BTM_SOC0"', "Calls": "0", "Wait": "0", "Max": "0", "Min": "99999999", "Mode": "2",
+        "miner_count": str(BOARDS), "fan_num": str(ident.fans), "temp_num": str(BOARDS), "rate_unit": '"GH"',
+        "total_acn": str(chips * BOARDS), f"temp_pcb{idle}": '"0-0-0-0"', f"temp_chip{idle}": '"0-0-0-0"',
+        f"temp_pic{idle}": '"0-0-0-0"', f"chain_acn{idle}": "0", f"chain_acs{idle}": '""', f"chain_hw{idle}": "0",
+        f"chain_rate{idle}": '""', f"freq{idle}": "0", "miner_version": '"49.0.1.3"', "miner_id": _json_str(ident.serial),
+        **{f"chain_acn{b}": str(chips) for b in _CHAINS}, **{f"chain_acs{b}": f'"{" oo" * chips}"' for b in _CHAINS},
+        **dict.fromkeys(("Elapsed", "GHS 5s", "GHS av", "rate_30m", "frequency", "total_rateideal", "total_freqavg",
+                         "total rate", "temp_max", "no_matching_work"), "%r"),
+        **{f"fan{f}": "%r" for f in range(1, ident.fans + 1)},
+        **{name: "%r" for family in ("temp", "temp2_", "chain_hw", "freq") for name in _LUX_STATS_NAMES[family]},
+        **{name: "%s" for family in ("temp_pcb", "temp_chip", "temp_pic", "chain_rate")
+           for name in _LUX_STATS_NAMES[family]},
+    }
+    record, getter = _sorted_record(fields)
+    header = ",".join(f"{_json_str(k)}:{_json_str(v)}" for k, v in sorted({
+        "LUXminer": luxos.VERSION, "Miner": luxos.VERSION, "CompileTime": "Tue Apr 8 22:03:05 UTC 2025",
+        "Type": ident.model.name}.items()))
+    return _sorted_object(fw, 70, "CGMiner stats", "STATS", "{" + header.replace("%", "%%") + "}," + record), getter
+
+
+def lux_stats(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """luxos.stats(): its own header, then bmminer's S19-class stats record, every key sorted."""
+    key = ("stats", fw.description, ident.model.name, str(ident.fans), ident.serial)
+    entry = _LUX_STATS.get(key)
+    if entry is None:
+        # Per miner (the serial): bounded by the miners of this process.
+        entry = _LUX_STATS[key] = _lux_stats_format(fw, ident)
+    (fmt, when_first), getter = entry
+    total = s.hashrate_hs
+    freq = s.frequency_mhz
+    board = [round(t) for t in s.board_temp_c]
+    chip = [round(t) for t in s.chip_temp_c]
+    values: dict[str, Any] = {
+        "Elapsed": s.uptime_s, "GHS 5s": round(total / GH, 2), "GHS av": round(s.hashrate_avg_hs / GH, 2),
+        "rate_30m": round(s.hashrate_15m_hs / GH, 2), "frequency": freq, "total_rateideal": round(s.nominal_hs / GH, 2),
+        "total_freqavg": freq, "total rate": round(total / GH, 2), "temp_max": round(max(s.board_temp_c)),
+        "no_matching_work": s.hardware_errors,
+    }
+    for f, rpm in enumerate(s.fan_rpm, 1):
+        values[f"fan{f}"] = rpm
+    names = _LUX_STATS_NAMES
+    for b in range(BOARDS):
+        rate = s.board_hashrate_hs[b]
+        values[names["temp"][b]] = board[b]
+        values[names["temp2_"][b]] = chip[b]
+        values[names["temp_pcb"][b]] = "-".join([str(board[b] - o) for o in _PCB])
+        values[names["temp_chip"][b]] = "-".join([str(chip[b] - o) for o in _CHIP])
+        values[names["temp_pic"][b]] = "-".join([str(board[b] - o) for o in _PCB])
+        values[names["chain_hw"][b]] = int(s.hardware_errors * rate / total) if total else 0
+        values[names["chain_rate"][b]] = f"{rate / GH:.2f}"
+        values[names["freq"][b]] = freq
+    slots = getter(values)
+    return fmt % ((when, *slots) if when_first else (*slots, when))
+
+
+_LUX_STATS: dict[tuple[str, ...], tuple[tuple[str, bool], Callable[[dict[str, Any]], Any]]] = {}

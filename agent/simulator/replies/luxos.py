@@ -77,7 +77,8 @@ FIRMWARE = Firmware(
     handlers={"version": version, "summary": summary, "pools": pools, "stats": stats, "power": power,
               "temps": temps, "fans": fans, "devs": bmminer.devs, "devdetails": devdetails},
     style_name="sorted_floats",
-    fast={"version": fast.static(version), "devdetails": fast.static(devdetails)},
+    fast={"version": fast.static(version), "devdetails": fast.static(devdetails), "pools": fast.lux_pools,
+          "summary": fast.lux_summary, "stats": fast.lux_stats},
     sort_envelope=True,
     reports_power=True,
 )
