@@ -163,5 +163,5 @@ FIRMWARE = Firmware(
     reports_power=True,
     when_is_uptime=True,
     fast={"summary": fast.summary("30s"), "pools": fast.pools, "version": fast.static(version),
-          "devdetails": fast.static(devdetails)},
+          "devdetails": fast.static(devdetails), "stats": fast.av_stats, "estats": fast.av_stats},
 )

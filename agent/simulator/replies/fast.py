@@ -626,3 +626,35 @@ def lux_stats(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -
 
 
 _LUX_STATS: dict[tuple[str, ...], tuple[tuple[str, bool], Callable[[dict[str, Any]], Any]]] = {}
+
+
+# -- Avalon: the device record with its packed MM ID0 string, then two pool records --------------------------
+def _av_pool(n: int) -> str:
+    return (f'{{"STATS":{n + 1},"ID":"POOL{n}","Elapsed":%d,"Calls":0,"Wait":0.000000,"Max":0.000000,'
+            '"Min":99999999.000000,"Pool Calls":0,"Pool Attempts":0,"Pool Wait":0.000000,"Pool Max":0.000000,'
+            '"Pool Min":99999999.000000,"Pool Av":0.000000,"Work Had Roll Time":false,"Work Can Roll":false,'
+            '"Work Had Expire":false,"Work Roll Time":0,"Work Diff":262144.00000000,"Min Diff":262144.00000000,'
+            '"Max Diff":262144.00000000,"Min Diff Count":%d,"Max Diff Count":%d,"Times Sent":%d,"Bytes Sent":%d,'
+            '"Times Recv":%d,"Bytes Recv":%d,"Net Bytes Sent":%d,"Net Bytes Recv":%d}')
+
+
+_AV_FORMATS: dict[str, str] = {}
+
+
+def av_stats(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """avalon.stats() (estats too): the AVA100 record around mm_id(), and avalon's two POOL records."""
+    from agent.simulator.replies import avalon  # avalon imports this module
+
+    fmt = _AV_FORMATS.get(fw.description)
+    if fmt is None:
+        fmt = _AV_FORMATS[fw.description] = _status(fw, 70, "CGMiner stats") + (
+            '"STATS":[{"STATS":0,"ID":"AVA100","Elapsed":%d,"Calls":0,"Wait":0.000000,"Max":0.000000,'
+            '"Min":99999999.000000,"MM ID0":%s,"MM Count":1,"Smart Speed":1,"Voltage Level Offset":0,'
+            '"Nonce Mask":25},' + _av_pool(0) + "," + _av_pool(1) + '],"id":1}')
+    up = s.uptime_s
+    accepted = s.accepted
+    sent = accepted * 120 + 300
+    received = (up // 30 + 5, up * 20 + 1500)
+    traffic = (accepted + 3, sent, *received, sent, received[1])
+    return fmt % (when, up, _json_str(avalon.mm_id(ident, s)), up, accepted, accepted, *traffic,
+                  up, 0, 0, *traffic)
