@@ -205,3 +205,22 @@ async def alertmanager_alerts(http: aiohttp.ClientSession, am: Proc, alertname: 
         resp.raise_for_status()
         alerts: list[dict[str, Any]] = await resp.json()
     return [a for a in alerts if a.get("status", {}).get("state") == "active"]
+
+
+async def start_prometheus_in(procs: Procs, http: aiohttp.ClientSession, name: str, config: str,
+                              files: dict[str, str] | None = None) -> Proc:
+    """Like start_prometheus, for several servers in one test: each gets `procs.tmp/name/` for its config,
+    the `files` written beside it (rule files, by relative path) and its TSDB, and its own log."""
+    binary = require_binary("prometheus")
+    home = procs.tmp / name
+    home.mkdir()
+    for relative, text in (files or {}).items():
+        (home / relative).parent.mkdir(parents=True, exist_ok=True)
+        (home / relative).write_text(text)
+    (home / "prometheus.yml").write_text(config)
+    port = free_port()
+    proc = procs.start(name, [
+        binary, f"--config.file={home / 'prometheus.yml'}", f"--storage.tsdb.path={home / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+    ])
+    return await _until_ready(proc, f"http://127.0.0.1:{port}", http, 20)
