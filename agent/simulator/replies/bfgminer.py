@@ -89,5 +89,6 @@ FIRMWARE = Firmware(
         "version": version, "summary": summary, "pools": pools, "devs": devs,
         "devdetails": devdetails, "config": config, "stats": stats,
     },
-    fast={"version": fast.static(version), "devdetails": fast.static(devdetails), "config": fast.static(config)},
+    fast={"version": fast.static(version), "devdetails": fast.static(devdetails), "config": fast.static(config),
+          "summary": fast.bfg_summary, "pools": fast.bfg_pools, "devs": fast.bfg_devs},
 )

@@ -74,8 +74,8 @@ def summary(window: str) -> FastSection:
     return render
 
 
-def _pool_format(n: int, user: str) -> str:
-    return (
+def _pool_format(n: int, user: str, zero_as_int: bool = False) -> str:
+    text = (
         f'{{"POOL":{n},"URL":{_json_str(f"stratum+tcp://{POOL_HOST}:{3333 + n}")},"Status":"Alive",'
         f'"Priority":{n},"Quota":1,"Long Poll":"N",'.replace("%", "%%")
         + '"Getworks":%d,"Accepted":%d,"Rejected":%d,"Works":%d,"Discarded":%d,"Stale":0,"Get Failures":0,'
@@ -85,6 +85,11 @@ def _pool_format(n: int, user: str) -> str:
         '"Stratum Active":%s,"Stratum URL":%s,"Stratum Difficulty":%.8f,"Has Vmask":true,"Has GBT":false,'
         '"Best Share":%d,"Pool Rejected%%":%.4f,"Pool Stale%%":0.0000,"Bad Work":0,"Current Block Height":%d,'
         '"Current Block Version":536870912}')
+    if zero_as_int:  # BFGMiner: difficulties come as text, a zero one as the integer 0
+        for name in ("Difficulty Accepted", "Difficulty Rejected", "Last Share Difficulty"):
+            text = text.replace(f'"{name}":%.8f', f'"{name}":%s')
+        text = text.replace('"Difficulty Stale":0.00000000', '"Difficulty Stale":0')
+    return text
 
 
 _POOLS_FORMATS: dict[tuple[str, str], str] = {}
@@ -99,20 +104,25 @@ def pools(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> st
         # Per miner (the user name): bounded by the miners of this process.
         fmt = _POOLS_FORMATS[key] = (_status(fw, 7, "2 Pool(s)") + '"POOLS":[' + _pool_format(0, user) + ","
                                      + _pool_format(1, user) + '],"id":1}')
+    return fmt % (when, *_pool_values(s, now, float))
+
+
+def _pool_values(s: Snapshot, now: int, difficulty: Callable[[float], Any]) -> tuple[Any, ...]:
+    """cg_pools()'s slot values, primary then backup; `difficulty` prints the three share difficulties."""
     up = s.uptime_s
     accepted = s.accepted
     rejected = s.rejected
     shares = s.accepted + s.rejected
     height = 870000 + s.tick // 120
-    return fmt % (
-        when,
+    idle = difficulty(0.0)
+    return (
         # the primary
         up // 30 + 1, accepted, rejected, up * 40, up * 12, now - 3 if accepted else 0,
-        int(accepted * SHARE_DIFFICULTY), accepted * SHARE_DIFFICULTY, rejected * SHARE_DIFFICULTY,
-        SHARE_DIFFICULTY if accepted else 0.0, SHARE_DIFFICULTY, "true", _QUOTED_HOST, SHARE_DIFFICULTY,
-        s.best_share, 100.0 * rejected / shares if shares else 0.0, height,
+        int(accepted * SHARE_DIFFICULTY), difficulty(accepted * SHARE_DIFFICULTY),
+        difficulty(rejected * SHARE_DIFFICULTY), difficulty(SHARE_DIFFICULTY if accepted else 0.0), SHARE_DIFFICULTY,
+        "true", _QUOTED_HOST, SHARE_DIFFICULTY, s.best_share, 100.0 * rejected / shares if shares else 0.0, height,
         # the backup: no work, no shares
-        1, 0, 0, 0, 0, 0, 0, 0.0, 0.0, 0.0, SHARE_DIFFICULTY, "false", '""', 0.0, 0, 0.0, height,
+        1, 0, 0, 0, 0, 0, 0, idle, idle, idle, SHARE_DIFFICULTY, "false", '""', 0.0, 0, 0.0, height,
     )
 
 
@@ -127,7 +137,7 @@ _DEV_COUNTERS = (
     '"Last Valid Work":%d,"Device Hardware%%":%.4f,"Device Rejected%%":%.4f,"Device Elapsed":%d')
 
 
-def _dev_counters(s: Snapshot, now: int) -> list[tuple[object, ...]]:
+def _dev_counters(s: Snapshot, now: int) -> list[tuple[Any, ...]]:
     """Per board, the values of _DEV_COUNTERS (cg_dev's arithmetic, in its order)."""
     up = s.uptime_s
     total = s.hashrate_hs
@@ -136,7 +146,7 @@ def _dev_counters(s: Snapshot, now: int) -> list[tuple[object, ...]]:
     five_m = s.hashrate_5m_hs / BOARDS / MH
     fifteen_m = s.hashrate_15m_hs / BOARDS / MH
     total_mh = s.hashrate_avg_hs * up / MH / BOARDS
-    boards: list[tuple[object, ...]] = []
+    boards: list[tuple[Any, ...]] = []
     for rate in s.board_hashrate_hs:
         # board_share(): a miner-wide counter split in proportion to the board's hashrate.
         accepted = int(s.accepted * rate / total) if total else 0
@@ -658,3 +668,61 @@ def av_stats(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) ->
     traffic = (accepted + 3, sent, *received, sent, received[1])
     return fmt % (when, up, _json_str(avalon.mm_id(ident, s)), up, accepted, accepted, *traffic,
                   up, 0, 0, *traffic)
+
+
+# -- BFGMiner: cgminer's records at a 20 s window, without 1m/5m/15m, and a zero difficulty printed as 0 -----
+def _bfg_difficulty(value: float) -> str:
+    # bfgminer._zero_as_int(): a difficulty that prints as zero is printed as the integer 0.
+    text = f"{value:.8f}"
+    return "0" if float(text) == 0 else text
+
+
+_BFG_FORMATS: dict[tuple[str, ...], str] = {}
+
+
+def bfg_summary(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bfgminer.summary(): cg_summary(window="20s") without the 1m/5m/15m rates."""
+    key = ("summary", fw.description)
+    fmt = _BFG_FORMATS.get(key)
+    if fmt is None:
+        fmt = _BFG_FORMATS[key] = _status(fw, 11, "Summary") + (
+            '"SUMMARY":[{"Elapsed":%d,"MHS av":%.2f,"MHS 20s":%.2f,"Found Blocks":0,"Getworks":%d,"Accepted":%d,'
+            '"Rejected":%d,"Hardware Errors":%d,"Utility":%.2f,"Discarded":%d,"Stale":0,"Get Failures":0,'
+            '"Local Work":%d,"Remote Failures":0,"Network Blocks":%d,"Total MH":%.4f,"Work Utility":%.2f,'
+            '"Difficulty Accepted":%s,"Difficulty Rejected":%s,"Difficulty Stale":0,"Best Share":%d,'
+            '"Device Hardware%%":%.4f,"Device Rejected%%":%.4f,"Pool Rejected%%":%.4f,"Pool Stale%%":0.0000,'
+            '"Last getwork":0}],"id":1}')
+    head, tail = _summary_values(s)
+    return fmt % (when, *head[0:3], *head[6:16], _bfg_difficulty(head[16]), _bfg_difficulty(head[17]), head[18],
+                  *tail)
+
+
+def bfg_pools(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bfgminer.pools(): cg_pools with zero difficulties printed as 0."""
+    user = f"{ident.site}.{ident.index}"
+    key = ("pools", fw.description, user)
+    fmt = _BFG_FORMATS.get(key)
+    if fmt is None:
+        # Per miner (the user name): bounded by the miners of this process.
+        fmt = _BFG_FORMATS[key] = (_status(fw, 7, "2 Pool(s)") + '"POOLS":[' + _pool_format(0, user, True) + ","
+                                   + _pool_format(1, user, True) + '],"id":1}')
+    return fmt % (when, *_pool_values(s, now, _bfg_difficulty))
+
+
+def bfg_devs(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bfgminer.devs(): cg_dev(kind="PGA", window="20s") per board, 1m/5m/15m dropped, zero difficulties 0."""
+    key = ("devs", fw.description)
+    fmt = _BFG_FORMATS.get(key)
+    if fmt is None:
+        record = ('{"PGA":%d,"Name":"BTM","ID":%d,"Enabled":"Y","Status":"Alive","Temperature":%.2f,"MHS av":%.2f,'
+                  '"MHS 20s":%.2f,"Accepted":%d,"Rejected":%d,"Hardware Errors":%d,"Utility":%.2f,'
+                  '"Last Share Pool":%d,"Last Share Time":%d,"Total MH":%.4f,"Diff1 Work":%d,'
+                  '"Difficulty Accepted":%s,"Difficulty Rejected":%s,"Last Share Difficulty":%s,"Last Valid Work":%d,'
+                  '"Device Hardware%%":%.4f,"Device Rejected%%":%.4f,"Device Elapsed":%d}')
+        fmt = _BFG_FORMATS[key] = (_status(fw, 9, f"{BOARDS} PGA(s)") + '"DEVS":[' + ",".join([record] * BOARDS)
+                                   + '],"id":1}')
+    values: list[object] = [when]
+    for b, c in enumerate(_dev_counters(s, now)):
+        values += (b, b, s.chip_temp_c[b], c[0], c[1], *c[5:13], _bfg_difficulty(c[13]), _bfg_difficulty(c[14]),
+                   _bfg_difficulty(c[15]), *c[16:])
+    return fmt % tuple(values)
