@@ -70,7 +70,9 @@ def site_prometheus_yml(site: str, agent: Proc, collector: Proc) -> str:
             {"job_name": "megawatch-agent",
              "static_configs": [{"targets": [agent.url.removeprefix("http://")], "labels": {"site": site}}]},
             {"job_name": "megawatch-collector",
-             "static_configs": [{"targets": [collector.url.removeprefix("http://")]}]},
+             "static_configs": [{"targets": [collector.url.removeprefix("http://")]}],
+             # As federation.yml's header says: only its own site's series and the fleet's (no site label).
+             "metric_relabel_configs": [{"source_labels": ["site"], "regex": f"{site}|", "action": "keep"}]},
         ],
     })
 
@@ -164,8 +166,11 @@ async def test_central_prometheus_federates_site_totals_and_no_miner_series(
     # Where each series came from: the site servers' external label, kept by honor_labels.
     sources = await query(http, central, "count by (site_prometheus) (site:megawatch_miner_power_watts:sum)")
     assert {r["metric"].get("site_prometheus") for r in sources} == {"site-a-prom", "site-b-prom"}
-    # The collector's allocations arrive through BOTH site servers; the fleet counts them once.
-    assert await scalar(http, central, "count(megawatch_site_allocation_watts)") == 2 * len(SITES)
+    # Each site's allocation arrives once (from its own server); the fleet's through both, counted once.
+    allocations = await query(http, central, "megawatch_site_allocation_watts")
+    assert sorted((r["metric"]["site"], r["metric"]["site_prometheus"]) for r in allocations) == [
+        ("site-a", "site-a-prom"), ("site-b", "site-b-prom")]
+    assert await scalar(http, central, "count(megawatch_fleet_allocation_watts)") == len(SITES)
     assert await scalar(http, central, "fleet:megawatch_allocation_watts:max") == pytest.approx(10e6)
     assert await scalar(http, central, "fleet:megawatch_sites_reporting:count") == len(SITES)
 
