@@ -171,6 +171,8 @@ async def test_central_prometheus_federates_site_totals_and_no_miner_series(
     assert sorted((r["metric"]["site"], r["metric"]["site_prometheus"]) for r in allocations) == [
         ("site-a", "site-a-prom"), ("site-b", "site-b-prom")]
     assert await scalar(http, central, "count(megawatch_fleet_allocation_watts)") == len(SITES)
+    # honor_labels: the collector's series keep their own job, not job="megawatch-federate" + exported_job.
+    assert {r["metric"].get("job") for r in allocations} == {"megawatch-collector"}
     assert await scalar(http, central, "fleet:megawatch_allocation_watts:max") == pytest.approx(10e6)
     assert await scalar(http, central, "fleet:megawatch_sites_reporting:count") == len(SITES)
 
