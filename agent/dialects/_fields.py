@@ -160,7 +160,17 @@ def dash_list(value: Any) -> list[float | None]:
         return [temperature_c(value)]
     if not isinstance(value, str):
         return []
-    return [temperature_c(part) for part in value.split("-") if part.strip()]
+    # The same few strings come back from every board of every miner: split each once (bounded memo).
+    found = _DASH_LISTS.get(value)
+    if found is None:
+        found = tuple(temperature_c(part) for part in value.split("-") if part.strip())
+        if len(_DASH_LISTS) >= 4096:
+            _DASH_LISTS.clear()
+        _DASH_LISTS[value] = found
+    return list(found)
+
+
+_DASH_LISTS: dict[str, tuple[float | None, ...]] = {}
 
 
 def max_known(values: Sequence[float | None]) -> float | None:
