@@ -135,5 +135,6 @@ FIRMWARE = Firmware(
     style_name="compact_floats",
     reports_power=True,
     fast={"version": fast.static(version), "config": fast.static(config), "summary": fast.bos_summary,
-          "pools": fast.bos_pools},
+          "pools": fast.bos_pools, "fans": fast.bos_fans, "temps": fast.bos_temps, "tunerstatus": fast.bos_tunerstatus,
+          "devdetails": fast.bos_devdetails},
 )

@@ -726,3 +726,77 @@ def bfg_devs(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) ->
         values += (b, b, s.chip_temp_c[b], c[0], c[1], *c[5:13], _bfg_difficulty(c[13]), _bfg_difficulty(c[14]),
                    _bfg_difficulty(c[15]), *c[16:])
     return fmt % tuple(values)
+
+
+def bos_fans(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bosminer.fans(): one sorted record per fan."""
+    key = ("fans", fw.description, str(len(s.fan_rpm)))
+    fmt = _BOS_FORMATS.get(key)
+    if fmt is None:
+        records = ",".join(f'{{"FAN":{f},"ID":{f},"RPM":%d,"Speed":%d}}' for f in range(len(s.fan_rpm)))
+        fmt = _BOS_FORMATS[key] = _status(fw, 202, f"{len(s.fan_rpm)} Fan(s)") + '"FANS":[' + records + '],"id":1}'
+    values: list[int] = [when]
+    for rpm in s.fan_rpm:
+        values += (rpm, min(100, round(rpm * 100 / 6000)))
+    return fmt % tuple(values)
+
+
+def bos_temps(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bosminer.temps(): board and chip temperature per hash chain, sorted records."""
+    from agent.simulator.replies.bosminer import (
+        FIRST_CHAIN,  # bosminer imports this module
+    )
+
+    key = ("temps", fw.description)
+    fmt = _BOS_FORMATS.get(key)
+    if fmt is None:
+        records = ",".join(f'{{"Board":%r,"Chip":%r,"ID":{FIRST_CHAIN + b},"TEMP":{b}}}' for b in range(BOARDS))
+        fmt = _BOS_FORMATS[key] = _status(fw, 201, f"{BOARDS} Temp(s)") + '"TEMPS":[' + records + '],"id":1}'
+    values: list[object] = [when]
+    for board, chip in zip(s.board_temp_c, s.chip_temp_c):
+        values += (board, chip)
+    return fmt % tuple(values)
+
+
+def bos_tunerstatus(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bosminer.tunerstatus(): the miner's power figures and one sorted record per chain."""
+    from agent.simulator.replies.bosminer import (
+        FIRST_CHAIN,  # bosminer imports this module
+    )
+
+    key = ("tunerstatus", fw.description)
+    fmt = _BOS_FORMATS.get(key)
+    if fmt is None:
+        chains = ",".join(
+            f'{{"ApproximatePowerConsumptionWatt":%d,"HashchainIndex":{FIRST_CHAIN + b},"Iteration":3,'
+            '"LoadedProfileCreatedOn":1595938000,"PowerLimitWatt":%d,"StageElapsed":%d,"Status":"Stable",'
+            '"TunerRunning":false,"TuningElapsed":600}' for b in range(BOARDS))
+        fmt = _BOS_FORMATS[key] = _status(fw, 203, "Tuner Status") + (
+            '"TUNERSTATUS":[{"ApproximateChainPowerConsumption":%d,"ApproximateMinerPowerConsumption":%d,'
+            '"DynamicPowerScaling":"Disabled","PowerLimit":%d,"TunerChainStatus":[' + chains + ']}],"id":1}')
+    total = s.hashrate_hs
+    power = s.power_w
+    chain_power = [round(power * 0.95 * r / total) if total else 0 for r in s.board_hashrate_hs]
+    values: list[int] = [when, sum(chain_power), power, s.power_limit_w]
+    for watts in chain_power:
+        values += (watts, s.power_limit_w // BOARDS, s.uptime_s)
+    return fmt % tuple(values)
+
+
+def bos_devdetails(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
+    """bosminer.devdetails(): per chain, sorted; the frequency follows the site's load."""
+    from agent.simulator.replies.bosminer import (
+        FIRST_CHAIN,  # bosminer imports this module
+    )
+
+    key = ("devdetails", fw.description, ident.model.name)
+    fmt = _BOS_FORMATS.get(key)
+    if fmt is None:
+        model = _json_str(f"Bitmain {ident.model.name}").replace("%", "%%")
+        records = ",".join(
+            f'{{"Chips":63,"Cores":114,"DEVDETAILS":{b},"Device Path":"","Driver":"bitmain","Frequency":%r,'
+            f'"ID":{FIRST_CHAIN + b},"Kernel":"","Model":{model},"Name":"Hash Chain {FIRST_CHAIN + b}",'
+            f'"Voltage":{8.416799545288086 + 0.01 * b!r}}}' for b in range(BOARDS))
+        fmt = _BOS_FORMATS[key] = _status(fw, 69, "Device Details") + '"DEVDETAILS":[' + records + '],"id":1}'
+    frequency = float(s.frequency_mhz * 1_000_000)
+    return fmt % (when, *(frequency,) * BOARDS)
