@@ -743,9 +743,8 @@ def bos_fans(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) ->
 
 def bos_temps(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
     """bosminer.temps(): board and chip temperature per hash chain, sorted records."""
-    from agent.simulator.replies.bosminer import (
-        FIRST_CHAIN,  # bosminer imports this module
-    )
+    # Imported here: bosminer imports this module.
+    from agent.simulator.replies.bosminer import FIRST_CHAIN
 
     key = ("temps", fw.description)
     fmt = _BOS_FORMATS.get(key)
@@ -760,9 +759,8 @@ def bos_temps(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -
 
 def bos_tunerstatus(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
     """bosminer.tunerstatus(): the miner's power figures and one sorted record per chain."""
-    from agent.simulator.replies.bosminer import (
-        FIRST_CHAIN,  # bosminer imports this module
-    )
+    # Imported here: bosminer imports this module.
+    from agent.simulator.replies.bosminer import FIRST_CHAIN
 
     key = ("tunerstatus", fw.description)
     fmt = _BOS_FORMATS.get(key)
@@ -785,9 +783,8 @@ def bos_tunerstatus(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmw
 
 def bos_devdetails(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
     """bosminer.devdetails(): per chain, sorted; the frequency follows the site's load."""
-    from agent.simulator.replies.bosminer import (
-        FIRST_CHAIN,  # bosminer imports this module
-    )
+    # Imported here: bosminer imports this module.
+    from agent.simulator.replies.bosminer import FIRST_CHAIN
 
     key = ("devdetails", fw.description, ident.model.name)
     fmt = _BOS_FORMATS.get(key)
