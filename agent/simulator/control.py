@@ -15,7 +15,13 @@ from aiohttp import web
 
 from agent.simulator.config import is_loopback
 from agent.simulator.faults import PARAMETERS, Fault, make_fault
-from agent.simulator.fleet import Fleet, Planned, finish_truth, resolve_names, select_site_fraction
+from agent.simulator.fleet import (
+    Fleet,
+    Planned,
+    finish_truth,
+    resolve_names,
+    select_site_fraction,
+)
 
 MAX_LOAD_FACTOR = 10.0
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from agent.simulator.behaviour import Identity
-from agent.simulator.replies import avalon, bfgminer, bmminer, bosminer, btminer, cgminer, luxos
+from agent.simulator.replies import (
+    avalon,
+    bfgminer,
+    bmminer,
+    bosminer,
+    btminer,
+    cgminer,
+    luxos,
+)
 from agent.simulator.replies.common import Bare, Firmware, Section
 from agent.simulator.replies.encode import (
     COMPACT,
