@@ -4,6 +4,10 @@
   megawatch agent --check-config configs/agent.yaml    validate only: "ok: ..." and exit 0, or errors and exit 2
 
 SIGTERM and SIGINT stop the agent cleanly (the current cycle is cancelled, the HTTP server closed).
+SIGHUP re-reads the config and applies it at the start of the next cycle (miners, poll settings, control):
+miners still listed keep their readings. A bad file is refused (config_reload_failed, one line per
+problem; megawatch_agent_config_last_reload_successful 0) and the running config stays. site, agent_id,
+http, exposition and log settings need a restart (logged as needs_restart).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from common.configfile import ConfigError
@@ -19,6 +25,8 @@ from common.logs import LEVELS, configure_logging, get_logger
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+    from agent.exposition import ReloadStatus
+    from agent.poller import Poller
     from common.webconfig import WebConfig
 
 EXIT_CONFIG = 2
@@ -67,7 +75,7 @@ async def serve(config: AgentConfig, listen: str | None = None, port: int | None
     from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
 
-    from agent.exposition import FleetCollector
+    from agent.exposition import FleetCollector, ReloadCollector, ReloadStatus
     from agent.poller import Poller
     from agent.state import FleetState
     from agent.web import make_app
@@ -77,8 +85,11 @@ async def serve(config: AgentConfig, listen: str | None = None, port: int | None
     state = FleetState(config.site, len(config.miners))
     registry = CollectorRegistry()
     registry.register(FleetCollector(state))
+    reload_status = ReloadStatus()
+    registry.register(ReloadCollector(reload_status))
     ProcessCollector(registry=registry)  # RSS and CPU of the agent, for the 200 MB budget
-    app = make_app(config, state, registry, poller=Poller(config, state))
+    poller = Poller(config, state)
+    app = make_app(config, state, registry, poller=poller)
     protect(app, web_config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -98,15 +109,55 @@ async def serve(config: AgentConfig, listen: str | None = None, port: int | None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+    running = [config]  # the config in force, replaced by each good reload
+
+    async def reload() -> None:
+        running[0] = await _reload(running[0], poller, reload_status)
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for task in list(reloads):
+            task.cancel()
         log.info("agent_stopping")
         await runner.cleanup()
     log.info("agent_stopped")
     return 0
+
+
+async def _reload(current: AgentConfig, poller: Poller, status: ReloadStatus) -> AgentConfig:
+    """Re-read the config file; hand a good one to the poller, keep the current one on any problem."""
+    from agent.config import load_agent_config
+
+    log = get_logger(site=current.site)
+    status.at_s = time.time()
+    try:
+        # In a thread: expanding a large fleet's CIDR blocks must not stall the polling on the event loop.
+        new = await asyncio.to_thread(load_agent_config, current.path)
+    except ConfigError as exc:
+        status.successful = False
+        log.error("config_reload_failed", path=current.path, problems=[str(p) for p in exc.problems])
+        return current
+    fixed = {"site": (current.site, new.site), "agent_id": (current.agent_id, new.agent_id),
+             "http": (current.http, new.http), "exposition": (current.exposition, new.exposition),
+             "log": ((current.log_format, current.log_level), (new.log_format, new.log_level))}
+    needs_restart = [name for name, (old, wanted) in fixed.items() if old != wanted]
+    applied = replace(new, site=current.site, agent_id=current.agent_id, http=current.http,
+                      exposition=current.exposition, log_format=current.log_format, log_level=current.log_level)
+    poller.reconfigure(applied)
+    status.successful = True
+    log.info("config_reloaded", path=current.path, miners=len(applied.miners),
+             interval_s=applied.poll.interval_s, needs_restart=needs_restart or None)
+    return applied
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ class Poller:
         detect: Callable[[Mapping[str, Mapping[str, Any]]], str] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        own_deadlines = deadlines is None
         if query is None or deadlines is None:
             # Imported here so the config and state modules load without the wire client.
             from agent.protocol import client
@@ -116,6 +117,8 @@ class Poller:
         self._tracks = [
             _Track(t, t.dialect, needs_detect=t.dialect is None) for t in config.miners
         ]
+        self._pending: AgentConfig | None = None  # a reloaded config, taken at the start of the next cycle
+        self._own_deadlines = own_deadlines
         self._cycle = 0
         self._overrunning = False
         self._cycles = 0
@@ -128,19 +131,21 @@ class Poller:
 
     async def run(self) -> None:
         """Poll forever, one cycle per interval, until cancelled. Cycles never overlap."""
-        interval = self._settings.interval_s
         next_start = self._clock.monotonic()
         while True:
             delay = next_start + self._rng.uniform(0, self._settings.jitter_s) - self._clock.monotonic()
             if delay > 0:
                 await self._sleep(delay)
             await self.poll_once()
-            next_start += interval
+            next_start += self._settings.interval_s  # read each cycle: a reload may change it
             # After an overrun, start at once rather than queue up missed cycles.
             next_start = max(next_start, self._clock.monotonic())
 
     async def poll_once(self) -> FleetSnapshot:
         """Run one cycle: poll every miner that is due, then publish and return the new snapshot."""
+        if self._pending is not None:
+            self._apply(self._pending)
+            self._pending = None
         self._cycle += 1
         cycle = self._cycle
         started_s, t0 = self._clock.time(), self._clock.monotonic()
@@ -174,6 +179,34 @@ class Poller:
         self._log.debug("cycle_finished", cycle=cycle, duration_s=round(duration, 3), up=t.up, stale=t.stale,
                         down=t.down)
         return snapshot
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """Take `config` at the start of the next cycle (never mid-cycle), keeping what is known per miner.
+
+        A miner still listed keeps its reading, dialect, failure count and backoff (a changed hint is
+        applied); new miners start unknown; dropped miners leave the next snapshot.
+        """
+        self._pending = config
+
+    def _apply(self, config: AgentConfig) -> None:
+        known = {t.target.name: t for t in self._tracks}
+        tracks = []
+        for target in config.miners:
+            track = known.get(target.name)
+            if track is None:
+                track = _Track(target, target.dialect, needs_detect=target.dialect is None)
+            elif track.target != target:
+                hinted = target.dialect is not None and target.dialect != track.dialect
+                track.target = target
+                if hinted:
+                    track.dialect, track.needs_detect, track.joins_fail = target.dialect, False, False
+            tracks.append(track)
+        self._tracks, self._config, self._settings = tracks, config, config.poll
+        if self._own_deadlines:
+            from agent.protocol import client
+
+            self._deadlines = client.Deadlines(connect_s=config.poll.connect_timeout_s,
+                                               request_s=config.poll.request_timeout_s)
 
     def _note_overrun(self, cycle: int, duration: float) -> None:
         overran = duration > self._settings.interval_s

@@ -249,3 +249,62 @@ async def test_collector_sighup_keeps_readings_and_alerts_and_refuses_a_bad_file
                   if '"config_reload_failed"' in line]
         assert failed and failed[0]["problems"] == [
             f"{path}:4: sites[0].allocation_mw: expected a number > 0, got -3"], failed
+
+
+async def test_agent_sighup_applies_a_good_config_keeps_readings_and_refuses_a_bad_one(
+        procs: Procs, http: aiohttp.ClientSession, make_sim_fleet: Any) -> None:
+    from tests.chaos.harness import scrape, wait_for_cycle, write_agent_config
+    from tests.chaos.harness import start_agent as start_chaos_agent
+
+    sim = await make_sim_fleet(sites=1)  # 8 miners, one per dialect profile
+    first, later = sim.miners[:6], sim.miners[6:]
+    path = procs.tmp / "agent.yaml"
+    write_agent_config(path, "site-a", [(m.host, m.port) for m in first], interval_s=2,
+                       request_timeout_s=0.8, stale_grace_s=60)
+    agent = await start_chaos_agent(procs, path, http)
+    await wait_for_cycle(http, agent, 1, 10)
+    gone = first[0]
+    sim.set_fault([gone], "offline")  # turns stale, its last reading carried: the reload must keep that
+
+    async def stale_row() -> dict[str, Any] | None:
+        body = await get_json(http, agent.url + "/api/v1/miners?state=stale")
+        return next((m for m in body["miners"] if m["miner"] == gone.address), None) if body else None
+
+    before = await wait_until(stale_row, 10, "the offline miner to turn stale")
+    polls_before = (await scrape(http, agent)).value("megawatch_agent_polls_total", outcome="ok") or 0
+
+    # A good edit: one miner dropped, two added, a new interval. Applied at the next cycle, nothing lost.
+    write_agent_config(path, "site-a", [(m.host, m.port) for m in [*first[:5], *later]], interval_s=1,
+                       request_timeout_s=0.8, stale_grace_s=60)
+    agent.popen.send_signal(signal.SIGHUP)
+
+    async def configured(n: int) -> dict[str, Any] | None:
+        body = await get_json(http, agent.url + "/api/v1/summary")
+        return body if body and body["miners"]["configured"] == n and body["miners"]["up"] == n - 1 else None
+
+    summary = await wait_until(lambda: configured(7), 10, "the reloaded miner list")
+    after = await stale_row()
+    assert after is not None and after["hashrate_hs"] == before["hashrate_hs"], (before, after)
+    rows = {m["miner"] for m in (await get_json(http, agent.url + "/api/v1/miners"))["miners"]}
+    assert first[5].address not in rows and {m.address for m in later} <= rows
+    metrics = await scrape(http, agent)
+    assert metrics.value("megawatch_agent_config_last_reload_successful") == 1
+    assert (metrics.value("megawatch_agent_polls_total", outcome="ok") or 0) > polls_before  # not reset
+    assert "config_reloaded" in agent.output()
+
+    # A bad edit: refused with its file:line, the running config (7 miners) goes on polling.
+    path.write_text(path.read_text().replace("interval_s: 1\n", "interval_s: fast\n"))
+    agent.popen.send_signal(signal.SIGHUP)
+
+    async def refused() -> bool:
+        return (await scrape(http, agent)).value("megawatch_agent_config_last_reload_successful") == 0
+
+    await wait_until(refused, 10, "the bad reload to be refused")
+    cycle = summary["cycle"]["number"]
+    await wait_for_cycle(http, agent, cycle + 2, 10)
+    assert (await get_json(http, agent.url + "/api/v1/summary"))["miners"]["configured"] == 7
+    failed = [json.loads(line) for line in agent.log.read_text().splitlines() if '"config_reload_failed"' in line]
+    line = path.read_text().splitlines().index("  interval_s: fast") + 1
+    assert failed and failed[0]["problems"] == [
+        f"{path}:{line}: poll.interval_s: expected a number >= 1, got 'fast'"], failed
+    assert agent.alive()
