@@ -328,3 +328,38 @@ def test_no_float_nan_ever_leaks_from_a_repaired_reply() -> None:
     obj = decode_reply(b'{"a":[nan,-nan,inf,-inf,NaN,-Infinity]}')
     assert all(v is None for v in obj["a"])
     assert not any(isinstance(v, float) and math.isnan(v) for v in obj["a"])
+
+
+_INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_STRICT_SCALARS = st.none() | st.booleans() | _INT64 | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+_STRICT_VALUES = st.recursive(
+    _STRICT_SCALARS,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.dictionaries(st.text(), _STRICT_VALUES, max_size=6), st.booleans())
+def test_strict_json_decodes_exactly_as_the_stdlib_does(obj: dict, ascii_only: bool) -> None:
+    raw = json.dumps(obj, ensure_ascii=ascii_only).encode()
+    assert decode_reply(raw) == json.loads(raw)
+
+
+def test_strict_json_skips_the_tolerant_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fast path is what keeps decoding off the poll's critical CPU (bench/): a clean reply must not
+    # pay for the stdlib decoder, and a broken one must still reach it.
+    calls: list[str] = []
+    tolerant = framing._decode_first
+    monkeypatch.setattr(framing, "_decode_first", lambda text: calls.append(text) or tolerant(text))
+    assert decode_reply(b'{"STATUS":[{"STATUS":"S"}],"SUMMARY":[{"MHS 5s":1.5}],"id":1}')["id"] == 1
+    assert calls == []
+    assert decode_reply(b'{"a":1,}')["a"] == 1  # trailing comma: orjson refuses, the repairs mend it
+    assert calls
+
+
+def test_integers_past_64_bits_still_decode() -> None:
+    # orjson turns them into floats, the stdlib keeps them exact: either way every reader converts through
+    # float, and the reply is not lost.
+    obj = decode_reply(b'{"Accepted":18446744073709551616,"Rejected":-36893488147419103232}')
+    assert obj["Accepted"] == 2**64 and obj["Rejected"] == -(2**65)
