@@ -21,7 +21,6 @@ TIME_WAIT never piles up on the poller (shared/PERF-NOTES.md).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import socket
@@ -297,12 +296,7 @@ async def query(
     before any connection is opened. ValueError for caller mistakes: no command, a parameter on a join,
     a request longer than cgminer reads.
     """
-    names = tuple(dict.fromkeys(commands))
-    if not names:
-        raise ValueError("query needs at least one command")
-    if not allow_control:
-        _refuse_unless_read_only(names)
-    payload = _encode_request(names, parameter)
+    names, payload = _prepare(tuple(commands), parameter, allow_control)
     raw = await request_raw(host, port, payload, deadlines=deadlines, max_reply_bytes=max_reply_bytes)
     obj = decode_reply(raw)
     if len(names) == 1:
@@ -316,6 +310,29 @@ async def query(
     return QueryResult(replies, rejected, len(raw))
 
 
+def _prepare(
+    commands: tuple[str, ...], parameter: str | int | float | None, allow_control: bool
+) -> tuple[tuple[str, ...], bytes]:
+    """The deduplicated command names and the encoded request, checked; the same few requests go to every
+    miner every cycle, so the answer is memoised (the refusals and ValueErrors are not, and raise each time)."""
+    key = (commands, parameter, type(parameter), allow_control)
+    prepared = _PREPARED.get(key)
+    if prepared is None:
+        names = tuple(dict.fromkeys(commands))
+        if not names:
+            raise ValueError("query needs at least one command")
+        if not allow_control:
+            _refuse_unless_read_only(names)
+        prepared = (names, _encode_request(names, parameter))
+        if len(_PREPARED) >= 1024:  # parameters can come from callers: keep the memo bounded
+            _PREPARED.clear()
+        _PREPARED[key] = prepared
+    return prepared
+
+
+_PREPARED: dict[tuple[Any, ...], tuple[tuple[str, ...], bytes]] = {}
+
+
 def _refuse_unless_read_only(names: tuple[str, ...]) -> None:
     refused = [name for name in names if name not in READ_COMMANDS]
     if refused:
@@ -323,7 +340,6 @@ def _refuse_unless_read_only(names: tuple[str, ...]) -> None:
         raise PrivilegedCommandRefused(f"refusing to send {', '.join(map(repr, refused))}: {why}, control is not enabled")
 
 
-@functools.lru_cache(maxsize=1024, typed=True)  # the same few requests go to every miner, every cycle
 def _encode_request(names: tuple[str, ...], parameter: str | int | float | None) -> bytes:
     request: dict[str, Any] = {"command": "+".join(names)}
     if parameter is not None:
