@@ -323,24 +323,47 @@ def pools(reply: Mapping[str, Any] | None, problems: list[str]) -> tuple[Pool, .
         return ()
     found: list[Pool] = []
     for position, item in enumerate(section(reply, "POOLS")):
-        url = text(item.get("URL"))
-        if url is None:
-            continue
-        where = f"pools[{position}]"
-        index = integer(item.get("POOL"))
-        status = text(item.get("Status"))
-        active = item.get("Stratum Active")
-        found.append(
-            Pool(
-                index=index if index is not None else position,
-                url=url,
-                user=text(item.get("User")),
-                status=_POOL_STATUS_ALIASES.get(status.lower(), status.lower()) if status else None,
-                active=active if isinstance(active, bool) else None,
-                priority=read(item, "Priority", integer, problems, where),
-            )
-        )
+        # A pool's fields stay the same poll after poll, and thousands of miners share a few pools: the
+        # same raw fields give the same (immutable) Pool, built once. Values are keyed with their types so
+        # 1, 1.0 and True never share an entry.
+        raw: tuple[Any, ...] | None = (position, *((v, type(v)) for v in map(item.get, _POOL_KEYS)))
+        try:
+            pool = _POOLS.get(raw)
+        except TypeError:  # a list or object where a scalar belongs: junk, parsed but not memoised
+            pool = raw = None
+        if pool is None:
+            noted = len(problems)
+            pool = _pool(item, position, problems)
+            if pool is None:
+                continue
+            # A malformed field is noted on every poll, so it is never memoised.
+            if raw is not None and len(problems) == noted:
+                if len(_POOLS) >= 4096:  # pool fields come from miners: keep the memo bounded
+                    _POOLS.clear()
+                _POOLS[raw] = pool
+        found.append(pool)
     return tuple(found)
+
+
+_POOL_KEYS = ("URL", "POOL", "Status", "Stratum Active", "User", "Priority")
+_POOLS: dict[tuple[Any, ...], Pool] = {}
+
+
+def _pool(item: Mapping[str, Any], position: int, problems: list[str]) -> Pool | None:
+    url = text(item.get("URL"))
+    if url is None:
+        return None
+    index = integer(item.get("POOL"))
+    status = text(item.get("Status"))
+    active = item.get("Stratum Active")
+    return Pool(
+        index=index if index is not None else position,
+        url=url,
+        user=text(item.get("User")),
+        status=_POOL_STATUS_ALIASES.get(status.lower(), status.lower()) if status else None,
+        active=active if isinstance(active, bool) else None,
+        priority=read(item, "Priority", integer, problems, f"pools[{position}]"),
+    )
 
 
 def any_description(replies: Mapping[str, Mapping[str, Any]]) -> str | None:
