@@ -268,3 +268,26 @@ def test_any_json_like_replies_give_a_reading_never_an_exception(dialect: str, d
     keys = sorted(set().union(*(_keys(replies) for replies in _GOLDEN[dialect])))
     replies = data.draw(replies_like(module.COMMANDS, keys))
     assert isinstance(module.parse(replies), MinerReading)
+
+
+def _pools_reply(priority: object) -> dict:
+    return {"STATUS": [{"STATUS": "S"}], "POOLS": [
+        {"POOL": 0, "URL": "stratum+tcp://pool.example:3333", "User": "site.w1", "Status": "Alive",
+         "Stratum Active": True, "Priority": priority},
+    ]}
+
+
+def test_a_malformed_pool_field_is_noted_on_every_poll_not_only_the_first() -> None:
+    for _ in range(3):
+        problems: list[str] = []
+        (pool,) = f.pools(_pools_reply("high"), problems)
+        assert pool.priority is None
+        assert problems == ["pools[0].Priority: not a number: 'high'"]
+
+
+def test_miners_reporting_the_same_pool_share_one_pool_object() -> None:
+    # Thousands of miners on a few pools: one object each, not one per miner per poll (memory, bench/).
+    first, second = f.pools(_pools_reply(0), []), f.pools(_pools_reply(0), [])
+    assert first == second and first[0] is second[0]
+    assert f.pools(_pools_reply(1), [])[0].priority == 1  # another value is another pool
+    assert f.pools(_pools_reply(True), [])[0].priority is None  # True is not 1 here: typed keys
