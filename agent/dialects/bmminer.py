@@ -96,11 +96,10 @@ def _total_rate(device: Mapping[str, Any], problems: list[str]) -> float | None:
 
 
 def _boards(device: Mapping[str, Any], problems: list[str]) -> tuple[Board, ...]:
-    rates = f.numbered(device, "chain_rate")
-    chips = f.numbered(device, "chain_acn")
+    rates, chips, board_temps, chip_temps, pcb_lists, chip_lists = f.numbered_many(
+        device, "chain_rate", "chain_acn", "temp", "temp2_", "temp_pcb", "temp_chip"
+    )
     unit = f.text(device.get("rate_unit")) or "GH"
-    board_temps, chip_temps = f.numbered(device, "temp"), f.numbered(device, "temp2_")
-    pcb_lists, chip_lists = f.numbered(device, "temp_pcb"), f.numbered(device, "temp_chip")
     boards: list[Board] = []
     for slot in sorted(rates.keys() | chips.keys()):
         count = f.read(device, f"chain_acn{slot}", f.integer, problems, "stats")

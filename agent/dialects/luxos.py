@@ -83,7 +83,8 @@ def _boards(chains: Mapping[str, Any], problems: list[str]) -> tuple[Board, ...]
     if f.hash_unit_factor(unit) is None:
         problems.append(f"stats.rate_unit: unknown hashrate unit: {unit!r:.20}")
     boards = []
-    for slot in sorted(f.numbered(chains, "chain_rate").keys() | f.numbered(chains, "chain_acn").keys()):
+    rates, counts = f.numbered_many(chains, "chain_rate", "chain_acn")
+    for slot in sorted(rates.keys() | counts.keys()):
         chips = f.read(chains, f"chain_acn{slot}", f.integer, problems, "stats")
         rate = f.read(chains, f"chain_rate{slot}", lambda v: f.to_hs(v, unit), problems, "stats")
         chip_temp = f.read(chains, f"temp2_{slot}", f.temperature_c, problems, "stats")
