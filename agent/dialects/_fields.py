@@ -264,14 +264,28 @@ def numbered_many(item: Mapping[str, Any], *prefixes: str) -> list[dict[int, Any
     return [{slot: item[key] for slot, key in index.slots(prefix)} for prefix in prefixes]
 
 
-class _KeyIndex:
-    """Which keys of one key list are slot-numbered, per prefix, worked out on first use."""
+def keys_matching(item: Mapping[str, Any], pattern: re.Pattern[str]) -> tuple[str, ...]:
+    """The keys of `item` that `pattern` matches (from the start), in the item's order."""
+    return _key_index(tuple(item)).matching(pattern)
 
-    __slots__ = ("_keys", "_by_prefix")
+
+class _KeyIndex:
+    """Which keys of one key list are slot-numbered (per prefix) or match a pattern, worked out on first use."""
+
+    __slots__ = ("_keys", "_by_prefix", "_by_pattern")
 
     def __init__(self, keys: tuple[Any, ...]) -> None:
         self._keys = keys
         self._by_prefix: dict[str, tuple[tuple[int, str], ...]] = {}
+        self._by_pattern: dict[re.Pattern[str], tuple[str, ...]] = {}
+
+    def matching(self, pattern: re.Pattern[str]) -> tuple[str, ...]:
+        found = self._by_pattern.get(pattern)
+        if found is None:
+            found = self._by_pattern[pattern] = tuple(
+                key for key in self._keys if isinstance(key, str) and pattern.match(key)
+            )
+        return found
 
     def slots(self, prefix: str) -> tuple[tuple[int, str], ...]:
         """(slot, key) of the keys `<prefix><digits>`, by slot; of two keys naming one slot the later wins."""

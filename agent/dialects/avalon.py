@@ -105,13 +105,8 @@ def _modules(stats: Mapping[str, Any] | None, problems: list[str]) -> _Modules:
     found = _Modules()
     if stats is None:
         return found
-    packed = [
-        (key, value)
-        for item in f.section(stats, "STATS")
-        for key, value in item.items()
-        # startswith first: ~100 keys per reply, few of them modules, and the regex costs several times more.
-        if isinstance(key, str) and key.startswith("MM ID") and _MODULE_KEY.match(key)
-    ]
+    # ~100 keys per reply, few of them modules: which ones is worked out once per key list.
+    packed = [(key, item[key]) for item in f.section(stats, "STATS") for key in f.keys_matching(item, _MODULE_KEY)]
     if not packed:
         problems.append("estats: no \"MM ID<n>\" module string in STATS")
     for key, value in packed:
@@ -155,11 +150,7 @@ def _add_module(found: _Modules, key: str, tokens: dict[str, str], problems: lis
         )
 
     # Avalon 8xx modules have one fan and say `Fan[5730]`; later ones number them `Fan1[..] Fan2[..]`.
-    fan_keys = sorted(
-        (int(m.group(1) or 1), m.group(0))
-        for m in (_FAN_KEY.match(token) for token in tokens if token.startswith("Fan"))
-        if m is not None
-    )
+    fan_keys = sorted((int(token[3:] or 1), token) for token in f.keys_matching(tokens, _FAN_KEY))
     offset = len(found.fans)
     for number, fan_key in fan_keys:
         found.fans.append(Fan(index=offset + number, rpm=f.read(tokens, fan_key, f.positive, problems, key)))
