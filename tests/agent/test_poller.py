@@ -413,10 +413,10 @@ async def test_agent_matches_simulator_truth_with_5_percent_faults(tmp_path: Pat
     truth = (await sim.truth())["sites"][config.site]
 
     # A hung miner costs one deadline (2 s) for its whole poll, not one per command or per retry (that would
-    # be 4 s and more); the slack is event-loop lag, this loop also runs the 1,000 simulated miners.
-    # Ten hung miners in a row would be 20 s.
+    # be 4 s and more); anything under two deadlines is event-loop lag (this loop also runs the 1,000
+    # simulated miners, on a shared machine). Ten hung miners in a row would be 20 s.
     hung = [m for m in snap.miners if m.last_error is ErrorKind.TIMEOUT]
-    assert hung and all(2.0 <= (m.poll_duration_s or 0) < 3.5 for m in hung), [m.poll_duration_s for m in hung]
+    assert hung and all(2.0 <= (m.poll_duration_s or 0) < 4.0 for m in hung), [m.poll_duration_s for m in hung]
     assert elapsed < 10, elapsed
     t = snap.totals
     assert (t.up, t.down, t.stale) == (950, 50, 0)
