@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agent.config import load_agent_config
+    from agent.runtime import tune_gc
     from common.webconfig import load_web_config
 
     path = args.check_config or args.config
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"ok: site {config.site}, {len(config.miners)} miners")
         return 0
     configure_logging(args.log_format or config.log_format, args.log_level or config.log_level)  # type: ignore[arg-type]
+    tune_gc()
     try:
         import uvloop
     except ImportError:  # optional at runtime: the default loop works, ~1.6x slower (PERF-NOTES)

@@ -83,8 +83,10 @@ def _make_peer(args: argparse.Namespace, runner: asyncio.Runner) -> tuple[Any, d
     # As the agent runs: JSON logs at info (nothing is logged per poll in a steady cycle), to stderr.
     configure_logging("json", "info")
     if args.kind == "megawatch":
+        from agent.runtime import tune_gc
         from bench.poller_peer import MegawatchPoller
 
+        tune_gc()  # as `megawatch agent` does at start; the other peers run as their users run them
         peer = MegawatchPoller(args.agent_config)
         return peer, runner.run(peer.record_plan(args.plan))
     from bench.plan import load_plan
