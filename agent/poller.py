@@ -10,7 +10,6 @@ debug level.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,7 +20,7 @@ from typing import Any, Protocol
 from agent import dialects as dialect_table
 from agent.config import AgentConfig, MinerTarget
 from agent.model import MinerReading
-from agent.models import estimate_power
+from agent.models import estimate_power, replace_reading
 from agent.protocol.errors import CommandRejected, ErrorKind, MinerError
 from agent.state import (
     OK,
@@ -336,7 +335,7 @@ class Poller:
             self._note_bug(track, "parse_failed", exc)
             return None
         if track.target.model is not None:
-            reading = dataclasses.replace(reading, model=track.target.model)
+            reading = replace_reading(reading, model=track.target.model)
         return estimate_power(reading, self._config.models)
 
     def _record_success(self, track: _Track, reading: MinerReading, t0: float) -> None:

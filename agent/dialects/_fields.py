@@ -9,7 +9,6 @@ import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from agent.model import Pool
@@ -432,7 +431,7 @@ def mark_active_pool(found: tuple[Pool, ...]) -> tuple[Pool, ...]:
     if not alive:
         return found
     chosen = min(alive, key=lambda pool: (pool.priority, pool.index))
-    return tuple(replace(pool, active=pool is chosen) for pool in found)
+    return tuple(pool._replace(active=pool is chosen) for pool in found)
 
 
 def short_rate(item: Mapping[str, Any], problems: list[str], where: str) -> float | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -75,8 +74,8 @@ def test_power_is_estimated_from_j_per_th_and_the_short_window_hashrate(table: M
     reading = _reading(model="Antminer S19 XP (Vnish 1.2.0-rc1)", hashrate_hs=100 * TH, hashrate_avg_hs=140 * TH)
     estimated = estimate_power(reading, table)
     assert estimated.power_w == pytest.approx(100 * 21.5)
-    expected = dataclasses.replace(reading, power_source=PowerSource.ESTIMATE)
-    assert dataclasses.replace(estimated, power_w=None) == expected
+    expected = reading._replace(power_source=PowerSource.ESTIMATE)
+    assert estimated._replace(power_w=None) == expected
 
 
 def test_the_average_hashrate_is_used_when_the_short_window_is_unknown(table: ModelTable) -> None:
@@ -103,7 +102,7 @@ def test_the_average_hashrate_is_used_when_the_short_window_is_unknown(table: Mo
 def test_without_model_or_hashrate_power_stays_unknown_never_0(
     table: ModelTable, reading: MinerReading, why: str
 ) -> None:
-    estimated = estimate_power(dataclasses.replace(reading, problems=("earlier note",)), table)
+    estimated = estimate_power(reading._replace(problems=("earlier note",)), table)
     assert (estimated.power_w, estimated.power_source) == (None, None)
     assert estimated.problems == ("earlier note", why)
 
