@@ -69,6 +69,22 @@ async def test_metrics_gzip_is_the_same_text(client: TestClient) -> None:
     assert gzip.decompress(raw) == plain
 
 
+async def test_metrics_is_compressed_family_by_family_never_rendered_whole(
+    config: AgentConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 10,000 miners the whole text is ~20 MB and its encoded copy as much again: building them to then
+    # compress cost ~70 MB of peak RSS (bench/). The served text must still be exactly the whole render.
+    from agent.exposition import MinerRenderer
+
+    whole = MinerRenderer(config.exposition).render(fixed_snapshot())
+    monkeypatch.setattr(MinerRenderer, "render", lambda self, snapshot: pytest.fail("rendered whole"))
+    state = FleetState(config.site, len(config.miners))
+    state.publish(fixed_snapshot())
+    async for c in _client(make_app(config, state, CollectorRegistry(), wall_clock=lambda: T0 + 5)):
+        resp = await c.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+        assert gzip.decompress(await resp.read()).decode() == whole
+
+
 async def test_summary_matches_the_collector_contract(client: TestClient) -> None:
     from collector.sources import (
         parse_summary,  # the reader on the other end of the wire
