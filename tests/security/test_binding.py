@@ -19,19 +19,10 @@ from common.configfile import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*") if p.suffix in (".yaml", ".yml"))
-# Known exceptions, each a bug to fix in that file (strict: the test fails once it is fixed, so the entry goes).
-NOT_LOOPBACK_YET = {
-    "configs/national/sites.yaml": "a deployment example: listen.address 0.0.0.0, agents on 10.x (reported to its owner)",
-}
 
 
 def _params() -> list[Any]:
-    out = []
-    for p in CONFIGS:
-        rel = str(p.relative_to(ROOT))
-        marks = [pytest.mark.xfail(reason=NOT_LOOPBACK_YET[rel], strict=True)] if rel in NOT_LOOPBACK_YET else []
-        out.append(pytest.param(p, id=rel, marks=marks))
-    return out
+    return [pytest.param(p, id=str(p.relative_to(ROOT))) for p in CONFIGS]
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 
 
@@ -97,8 +88,6 @@ def test_the_walker_sees_addresses() -> None:
 def test_shipped_servers_listen_on_loopback() -> None:
     checked = 0
     for path in CONFIGS:
-        if str(path.relative_to(ROOT)) in NOT_LOOPBACK_YET:
-            continue
         doc = yaml.safe_load(path.read_text())
         if not isinstance(doc, dict):
             continue
