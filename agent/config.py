@@ -124,7 +124,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     assert models is not None  # a failed model table was reported above
     return AgentConfig(
         site=site,
-        agent_id=agent_id or f"{site}@{socket.gethostname()}",
+        # With the port: two shards of one site on one host (one agent per core) get different names.
+        agent_id=agent_id or f"{site}@{socket.gethostname()}:{http.port}",
         miners=miners,
         poll=poll,
         http=http,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_entries_expand_in_order_with_hints(tmp_path: Path) -> None:
     )
     config = load_agent_config(path)
     assert config.site == "karachi-1"
-    assert config.agent_id.startswith("karachi-1@")
+    assert config.agent_id == f"karachi-1@{socket.gethostname()}:9540"  # the port tells shards on one host apart
     assert [m.name for m in config.miners] == [
         "127.1.0.1:4028", "127.1.0.2:4028",
         "127.1.0.250:4029", "127.1.0.251:4029", "127.1.0.252:4029", "127.1.0.253:4029",
