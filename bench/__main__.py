@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import figures, fleets
+from bench import collector_phase, figures, fleets
 from bench.fleets import AgentSpec, FleetSpec
 from bench.harness import Budget, Options, run
+from bench.procs import BenchError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,6 +53,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pyasic", action="store_true", help="leave the pyasic peer out")
     p.add_argument("--no-prometheus", action="store_true", help="scrape the agent from the bench instead")
     p.add_argument("--base-address", default="127.60.0.1", help="first simulated miner (default 127.60.0.1)")
+    p.add_argument("--collector-agents", type=int, default=collector_phase.AGENTS, metavar="N",
+                   help="the collector's round over N agent summaries (issue 7); 0 leaves it out (default 200)")
     p.add_argument("--time-budget", type=float, default=590.0, help="stop after this many seconds (default 590)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     return p
@@ -95,12 +98,29 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(figures.report(result, result["figures"]), flush=True)
         print()
+    if args.collector_agents > 0:
+        document["collector"] = _collector(args.collector_agents, out / stamp / "collector", budget)
+        failed |= document["collector"]["figure"]["verdict"] == "ERROR"
     document["finished_utc"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     text = json.dumps(document, indent=2, default=str)
     (out / f"{stamp}.json").write_text(text)
     (out / "latest.json").write_text(text)
     print(f"results: {out / (stamp + '.json')} (also {out / 'latest.json'})")
     return 1 if failed else 0
+
+
+def _collector(agents: int, logs: Path, budget: Budget) -> dict[str, Any]:
+    result, error = None, None
+    try:
+        budget.cap(60)
+        result = collector_phase.measure(logs, agents=agents, sites=max(1, agents // 10),
+                                         say=lambda line: print(line, flush=True))
+    except BenchError as exc:
+        error = str(exc)
+    figure = collector_phase.judge(result, error)
+    print(figures.report_rows([figure]), flush=True)
+    print()
+    return {"result": result, "figure": figure}
 
 
 def _tree() -> dict[str, object]:

@@ -193,6 +193,19 @@ def _also_measured(run: dict[str, Any]) -> list[str]:
     return ["", "  also measured:"] + [f"    {line}" for line in out] if out else []
 
 
+def report_rows(figures: list[dict[str, Any]]) -> str:
+    """Each figure with its value, target and verdict, and what stood beside it."""
+    lines = [f"  {'figure':100} {'value':>10} {'target':>12}  verdict"]
+    for f in figures:
+        lines.append(f"  {f['title']:100} {_fmt(f['value'], f['unit']):>10} {f['target']:>12}  {f['verdict']}")
+        extra = [f"{k} {_fmt(v)}" for k, v in f["side_by_side"].items() if not isinstance(v, dict)]
+        if extra:
+            lines.append(f"      side by side: {', '.join(extra)}")
+        if f["reason"]:
+            lines.append(f"      {f['reason']}")
+    return "\n".join(lines)
+
+
 def report(run: dict[str, Any], figures: list[dict[str, Any]]) -> str:
     """The printed report for one fleet size: the peers side by side, then each figure with its verdict."""
     lines = [f"megawatch bench: {run['miners']:,} simulated miners, " +
@@ -218,14 +231,7 @@ def report(run: dict[str, Any], figures: list[dict[str, Any]]) -> str:
         lines.append(f"  {run['rounds_cut']}")
     for key, why in run["skipped"].items():
         lines.append(f"  {key}: SKIPPED - {why}")
-    lines += ["", f"  {'figure':100} {'value':>10} {'target':>12}  verdict"]
-    for f in figures:
-        lines.append(f"  {f['title']:100} {_fmt(f['value'], f['unit']):>10} {f['target']:>12}  {f['verdict']}")
-        extra = [f"{k} {_fmt(v)}" for k, v in f["side_by_side"].items() if not isinstance(v, dict)]
-        if extra:
-            lines.append(f"      side by side: {', '.join(extra)}")
-        if f["reason"]:
-            lines.append(f"      {f['reason']}")
+    lines += ["", report_rows(figures)]
     lines += _also_measured(run)
     if run.get("error"):
         lines.append(f"  ERROR: {run['error']}")

@@ -27,7 +27,7 @@ def _run_bench(out: Path) -> subprocess.CompletedProcess[str]:
     base = f"127.{random.randint(150, 199)}.{random.randint(0, 255)}.1"
     argv = [sys.executable, "-m", "bench", "--miners", str(MINERS), "--cycles", "1", "--agent-cycles", "1",
             "--interval", "1", "--no-pyasic", "--no-prometheus", "--base-address", base, "--out", str(out),
-            "--time-budget", "150"]
+            "--time-budget", "150", "--collector-agents", "6"]
     return subprocess.run(argv, check=False, cwd=REPO, capture_output=True, text=True, timeout=200)
 
 
@@ -54,6 +54,10 @@ def test_small_bench_reports_every_figure_with_a_number_and_a_verdict(tmp_path: 
         assert [c["miners_ok"] for c in peer["cycles"]] == [MINERS], peer
     assert run["agent"]["scraper"] == "bench-http" and run["agent"]["scrapes"]["scrapes"] >= 1
     assert run["agent"]["series"]["miners_seen"] == MINERS
+    # The collector's round read every agent summary, added up under the agents' sites.
+    collector = document["collector"]
+    assert collector["result"]["agents_up"] == 6 and collector["result"]["fleet_miners_total"] == 6 * 2_500
+    assert collector["figure"]["verdict"] in ("PASS", "FAIL") and collector["figure"]["title"] in done.stdout
     # The printed table carries each figure's verdict and the caveat about comparing across runs.
     assert "compare figures only within one run" in done.stdout
     for figure in figures.values():
