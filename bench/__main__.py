@@ -11,6 +11,7 @@ configs beside them in bench/results/<UTC time>/. Exit code 0 when the bench ran
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -39,19 +40,43 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _latency(text: str) -> tuple[float, ...]:
+    """"200" -> (0.2,); "50-300" -> five delays from 50 to 300 ms, each for a fifth of the fleet."""
+    try:
+        low, _, high = text.partition("-")
+        first, last = float(low), float(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds like 200 or 50-300, got {text!r}") from None
+    if not 0 <= first <= last <= 10_000:
+        raise argparse.ArgumentTypeError(f"expected 0 <= low <= high <= 10000 ms, got {text!r}")
+    if first == last:
+        return (first / 1000,)
+    steps = LATENCY_SHARES - 1
+    return tuple(round((first + (last - first) * i / steps) / 1000, 4) for i in range(LATENCY_SHARES))
+
+
+LATENCY_SHARES = 5
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--miners", type=_sizes, default=[10_000], help="fleet size(s), comma-separated (default 10000)")
     p.add_argument("--cycles", type=int, default=3, choices=range(1, 11), metavar="N",
                    help="measured cycles per peer; the median is the figure (default 3)")
-    p.add_argument("--agent-cycles", type=int, default=3, choices=range(1, 21), metavar="N",
-                   help="agent cycles observed under scraping after its first (default 3)")
+    p.add_argument("--agent-cycles", type=int, default=4, choices=range(1, 21), metavar="N",
+                   help="agent cycles observed under scraping after its first (default 4: three or more "
+                        "steady-state scrapes after Prometheus's first)")
     p.add_argument("--interval", type=float, default=15.0, help="the agent's poll and scrape interval, s (default 15)")
-    p.add_argument("--latency-ms", type=float, default=None,
-                   help="delay every simulated reply by this much (default: instant replies)")
+    p.add_argument("--latency-ms", type=_latency, default=(),
+                   help="delay simulated replies like real miners: 200 delays every reply 200 ms; 50-300 spreads "
+                        "delays of 50 to 300 ms evenly over the miners (default: instant replies)")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="requests in flight, for the agent and every peer alike (default: the agent's own); "
+                        "with latency, in flight >= miners/s x reply time")
     p.add_argument("--no-pyasic", action="store_true", help="leave the pyasic peer out")
     p.add_argument("--no-prometheus", action="store_true", help="scrape the agent from the bench instead")
+    p.add_argument("--no-shards", action="store_true", help="leave out one agent vs two shard agents")
     p.add_argument("--base-address", default="127.60.0.1", help="first simulated miner (default 127.60.0.1)")
     p.add_argument("--collector-agents", type=int, default=collector_phase.AGENTS, metavar="N",
                    help="the collector's round over N agent summaries (issue 7); 0 leaves it out (default 200)")
@@ -86,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     failed = False
     for miners in args.miners:
-        fleet = FleetSpec(miners, base_address=args.base_address,
-                          latency_s=None if args.latency_ms is None else args.latency_ms / 1000)
-        options = Options(fleet, cycles=args.cycles, agent_cycles=args.agent_cycles, agent=_agent_spec(args.interval),
-                          pyasic=not args.no_pyasic, prometheus=not args.no_prometheus,
+        fleet = FleetSpec(miners, base_address=args.base_address, latency_s=args.latency_ms)
+        agent = dataclasses.replace(_agent_spec(args.interval), concurrency=args.concurrency)
+        options = Options(fleet, cycles=args.cycles, agent_cycles=args.agent_cycles, agent=agent,
+                          pyasic=not args.no_pyasic, prometheus=not args.no_prometheus, shards=not args.no_shards,
                           logs=out / stamp / f"{miners}")
         result = run(options, budget, say=lambda line: print(line, flush=True))
         result["figures"] = figures.judge(result)
@@ -97,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         document["runs"].append(result)
         print()
         print(figures.report(result, result["figures"]), flush=True)
+        print()
+    if document["runs"]:
+        document["across_sizes"] = figures.across_sizes(document["runs"])
+        print(figures.report_rows(document["across_sizes"]), flush=True)
         print()
     if args.collector_agents > 0:
         document["collector"] = _collector(args.collector_agents, out / stamp / "collector", budget)

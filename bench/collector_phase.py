@@ -83,7 +83,7 @@ def measure(logs: Path, rounds: int = 5, agents: int = AGENTS, sites: int = SITE
     config_path = logs / "sites.yaml"
     config_path.write_text(_sites_yaml(agents, sites, port))
     urls = [agent_url(BASE_ADDRESS, i, port) for i in range(agents)]
-    say(f"[collector] {agents} agent summaries of {sites} sites on {BASE_ADDRESS}.. port {port}, {rounds} rounds")
+    say(f"[collector] {agents} agent summaries of {sites} site(s) on {BASE_ADDRESS}.. port {port}, {rounds} rounds")
     server = Proc("summaries", [sys.executable, "-m", "bench.summaries", "--agents", str(agents), "--sites", str(sites),
                                 "--base-address", BASE_ADDRESS, "--port", str(port), "--scratch", str(logs / "agents")],
                   logs / "summaries.log", cores.fleet, pipe_stdout=True)

@@ -75,7 +75,64 @@ def judge(run: dict[str, Any]) -> list[dict[str, Any]]:
         None if not series else float(series["max"]), reason="" if series else why_not,
         detail={} if not series else {k: series[k] for k in ("mean", "miners_seen", "by_family")},
     ))
+    figures.append(_scrape_duration(miners, agent, run, why_not))
+    figures.append(_shards(run, why_not))
     return figures
+
+
+def _scrape_duration(miners: int, agent: dict[str, Any], run: dict[str, Any], why_not: str) -> dict[str, Any]:
+    target = Target("scrape_duration_s", f"Prometheus's scrape_duration_seconds of the agent at {miners:,} miners, "
+                    "steady state (the longest after the first), no failed scrapes", "<=", 1, "s")
+    scrapes = agent.get("scrapes")
+    if not scrapes:
+        return _figure(target, None, reason=why_not)
+    if agent.get("scraper") != "prometheus":
+        return _figure(target, None, verdict="SKIPPED", reason=run["skipped"].get("prometheus", "no Prometheus"))
+    durations = scrapes["duration_s"]
+    detail = {"first_s": durations[0] if durations else None, "steady_s": durations[1:], "failed": scrapes["failed"]}
+    if len(durations) < 2:
+        return _figure(target, None, reason=f"only {len(durations)} scrape(s) seen: no steady state", detail=detail)
+    # The first scrape also creates every series in Prometheus's head block (~210,000 at 10,000 miners): it
+    # is shown, not judged; every later one appends to series that exist, as a running Prometheus does.
+    reason = f"first scrape (creates every series): {durations[0]:.2f} s"
+    verdict = None
+    if scrapes["failed"]:
+        reason += f"; {scrapes['failed']} failed scrape(s)"
+        verdict = "FAIL"
+    return _figure(target, max(durations[1:]), reason=reason, verdict=verdict, detail=detail)
+
+
+def _shards(run: dict[str, Any], why_not: str) -> dict[str, Any]:
+    target = Target("shards_relative_difference", f"a 2-shard site vs one agent on the same {run['miners']:,} "
+                    "miners: totals' largest relative difference (counts must be equal)", "<=", 1e-9, "")
+    shards = run.get("shards")
+    if shards is None:
+        return _figure(target, None, verdict="SKIPPED" if "shards" in run["skipped"] else None,
+                       reason=run["skipped"].get("shards", why_not))
+    counts = shards["counts_differ"]
+    return _figure(target, shards["max_relative_difference"], verdict="FAIL" if counts else None,
+                   reason="; ".join(counts),
+                   detail={k: shards[k] for k in ("one", "shards", "vs_truth_relative")})
+
+
+KB = 1000  # the issue's "10 KB per miner": decimal, the stricter reading of the two
+
+
+def across_sizes(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Figures that need more than one fleet size: the agent's memory per miner."""
+    target = Target("memory_per_miner_kb", "agent memory per miner: peak RSS growth per added miner between the "
+                    "smallest and largest fleet", "<=", 10, "KB")
+    sized = sorted((r["miners"], r["agent"]["peak_rss_kb"]) for r in runs if (r.get("agent") or {}).get("peak_rss_kb"))
+    if not sized:
+        return [_figure(target, None, reason="no agent run finished")]
+    (small, small_kib), (large, large_kib) = sized[0], sized[-1]
+    totals = {f"{n:,} miners: peak RSS / miners (KB)": kib * 1024 / KB / n for n, kib in sized}
+    if large == small:
+        return [_figure(target, None, verdict="SKIPPED", side_by_side=totals,
+                        reason="one fleet size only (--miners 1000,10000 measures the growth)")]
+    marginal = (large_kib - small_kib) * 1024 / KB / (large - small)
+    return [_figure(target, marginal, side_by_side=totals,
+                    detail={"sizes": [n for n, _ in sized], "peak_rss_kib": [k for _, k in sized]})]
 
 
 def _side_by_side(peers: dict[str, Any]) -> dict[str, Any]:

@@ -20,12 +20,13 @@ MIX_FILE = REPO / "configs" / "sim" / "fleet-10k.yaml"
 
 @dataclass(frozen=True, slots=True)
 class FleetSpec:
-    """What to simulate. `latency_s` delays every reply (the simulator's `slow` fault); None: instant."""
+    """What to simulate. `latency_s`: reply delays (the simulator's `slow` fault), each for an equal share of
+    the miners; () for instant replies."""
 
     miners: int
     base_address: str = "127.60.0.1"
     seed: int = 3
-    latency_s: float | None = None
+    latency_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,18 +52,18 @@ def mix(miners: int) -> list[tuple[int, str, str]]:
     return [(c, g.model.name, g.dialect) for c, g in zip(counts, groups) if c > 0]
 
 
-def last_address(spec: FleetSpec) -> str:
-    return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(spec.base_address)) + spec.miners - 1))
-
-
 def write_sim_config(spec: FleetSpec, path: Path) -> Path:
     site: dict[str, object] = {
         "id": "bench",
         "address": spec.base_address,
         "groups": [{"count": c, "model": m, "dialect": d} for c, m, d in mix(spec.miners)],
     }
-    if spec.latency_s is not None:
-        site["faults"] = [{"fault": "slow", "fraction": 1.0, "delay_s": spec.latency_s}]
+    if spec.latency_s:
+        # The simulator picks a fraction's miners by a seeded rank, the same rank for every `slow` entry, and
+        # a later entry wins a miner: fractions 1, 4/5, ..., 1/5 leave each delay on its own fifth.
+        shares = len(spec.latency_s)
+        site["faults"] = [{"fault": "slow", "fraction": (shares - i) / shares, "delay_s": delay}
+                          for i, delay in enumerate(spec.latency_s)]
     config = {
         "seed": spec.seed,
         "tick_s": 5,
@@ -74,7 +75,11 @@ def write_sim_config(spec: FleetSpec, path: Path) -> Path:
     return path
 
 
-def write_agent_config(fleet: FleetSpec, agent: AgentSpec, path: Path) -> Path:
+def write_agent_config(fleet: FleetSpec, agent: AgentSpec, path: Path, *, miners: tuple[int, int] | None = None,
+                       agent_id: str = "bench-agent") -> Path:
+    """The agent config polling the fleet, or only its miners [first, last) when `miners` is given (a shard)."""
+    first, last = miners if miners is not None else (0, fleet.miners)
+    base = ipaddress.IPv4Address(fleet.base_address)
     poll: dict[str, float | int] = {"interval_s": agent.interval_s}
     for key in ("connect_timeout_s", "request_timeout_s", "concurrency"):
         value = getattr(agent, key)
@@ -82,8 +87,8 @@ def write_agent_config(fleet: FleetSpec, agent: AgentSpec, path: Path) -> Path:
             poll[key] = value
     config = {
         "site": "bench",
-        "agent_id": "bench-agent",
-        "miners": [{"range": f"{fleet.base_address}-{last_address(fleet)}"}],
+        "agent_id": agent_id,
+        "miners": [{"range": f"{base + first}-{base + last - 1}"}],
         "poll": poll,
         "http": {"listen": "127.0.0.1", "port": agent.http_port},
         "log": {"format": "json", "level": "info"},

@@ -9,6 +9,8 @@ Phases, each bounded in time (a phase that cannot finish is recorded with its re
 3. /metrics render of the megawatch peer's latest snapshot.
 4. The agent (`megawatch agent`) on the client core at its real interval, scraped by a real Prometheus
    (fleet core) every interval for a bounded number of cycles: overruns, peak RSS, series, scrapes.
+5. One agent beside two shard agents over the same fleet, the simulator's clock frozen: same totals
+   (bench/shards.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from bench.procs import (
     wait_for,
 )
 from bench.series import count_series, sample_value
+from bench.shards import shard_phase
 
 PROMETHEUS = "/usr/bin/prometheus"
 
@@ -71,6 +74,7 @@ class Options:
     agent: AgentSpec = field(default_factory=AgentSpec)
     pyasic: bool = True
     prometheus: bool = True
+    shards: bool = True  # one agent vs two shard agents on the same fleet (bench/shards.py)
     logs: Path | None = None  # where process logs and generated configs go; a temp dir if None
 
 
@@ -109,10 +113,16 @@ def run(options: Options, budget: Budget, say: Any = print) -> dict[str, Any]:
     try:
         t0 = time.monotonic()
         say(f"[{fleet.miners} miners] starting the simulator ({cores.describe()})")
-        sim = _start_simulator(sim_config, logs, cores, budget, fleet.miners, started)
+        sim, control_url = _start_simulator(sim_config, logs, cores, budget, fleet.miners, started)
         result["phases_s"]["simulator_start"] = time.monotonic() - t0
         _peers_phase(options, budget, cores, agent_config, logs, sim, result, started, say)
         _agent_phase(options, budget, cores, agent_config, logs, result, started, say)
+        if not options.shards:
+            result["skipped"]["shards"] = "left out (--no-shards)"
+        else:
+            t0 = time.monotonic()
+            result["shards"] = shard_phase(fleet, options.agent, control_url, cores, logs, budget, started, say)
+            result["phases_s"]["shards"] = time.monotonic() - t0
     except BenchError as exc:
         result["error"] = str(exc)
         say(f"bench stopped early: {exc}")
@@ -123,7 +133,8 @@ def run(options: Options, budget: Budget, say: Any = print) -> dict[str, Any]:
 
 
 def _start_simulator(config: Path, logs: Path, cores: Cores, budget: Budget, miners: int,
-                     started: list[Proc]) -> Proc:
+                     started: list[Proc]) -> tuple[Proc, str]:
+    """The running simulator and its control endpoint's URL."""
     sim = Proc("simulator", [*megawatch_command(), "simulate", "--config", str(config), "--log-format", "json"],
                logs / "simulator.log", cores.fleet, pipe_stdout=True)
     started.append(sim)
@@ -139,7 +150,8 @@ def _start_simulator(config: Path, logs: Path, cores: Cores, budget: Budget, min
         raise BenchError(f"simulator did not bind every miner: {' | '.join(lines)}")
     for child in children(sim.pid):  # worker processes past 10,000 miners
         pin(child, cores.fleet)
-    return sim
+    # "control endpoint: http://127.0.0.1:PORT/ (ground truth: ...)"
+    return sim, lines[-1].split()[2].rstrip("/")
 
 
 def _peers_phase(options: Options, budget: Budget, cores: Cores, agent_config: Path, logs: Path, sim: Proc,

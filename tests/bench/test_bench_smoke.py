@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES = {"poll_cycle_s", "ratio_raw", "ratio_pyasic", "metrics_render_s", "overruns", "peak_rss_mib",
-           "series_per_miner"}
+           "series_per_miner", "scrape_duration_s", "shards_relative_difference"}
 MINERS = 50
 
 
@@ -44,6 +44,9 @@ def test_small_bench_reports_every_figure_with_a_number_and_a_verdict(tmp_path: 
             assert figure["verdict"] == "SKIPPED" and "pyasic" in figure["reason"]
             assert figure["value"] is None
             continue
+        if key == "scrape_duration_s":  # Prometheus's own figure: none without it
+            assert figure["verdict"] == "SKIPPED" and "Prometheus" in figure["reason"]
+            continue
         assert isinstance(figure["value"], (int, float)) and math.isfinite(figure["value"]), figure
         assert figure["verdict"] in ("PASS", "FAIL"), figure
     # Every peer replayed the same plan and read every miner in every cycle.
@@ -54,6 +57,13 @@ def test_small_bench_reports_every_figure_with_a_number_and_a_verdict(tmp_path: 
         assert [c["miners_ok"] for c in peer["cycles"]] == [MINERS], peer
     assert run["agent"]["scraper"] == "bench-http" and run["agent"]["scrapes"]["scrapes"] >= 1
     assert run["agent"]["series"]["miners_seen"] == MINERS
+    # One agent and two shard agents over the same (frozen) fleet agree on every total.
+    shards = run["shards"]
+    assert shards["counts_differ"] == [] and shards["one"]["up"] == MINERS
+    assert figures["shards_relative_difference"]["verdict"] == "PASS"
+    # Memory per miner needs two sizes: with one it says so rather than guessing.
+    (memory,) = document["across_sizes"]
+    assert memory["verdict"] == "SKIPPED" and "one fleet size" in memory["reason"]
     # The collector's round read every agent summary, added up under the agents' sites.
     collector = document["collector"]
     assert collector["result"]["agents_up"] == 6 and collector["result"]["fleet_miners_total"] == 6 * 2_500
