@@ -40,7 +40,7 @@ class Cores:
 
     @classmethod
     def pick(cls) -> Cores:
-        available = sorted(os.sched_getaffinity(0))
+        available = _STARTING_CORES
         if len(available) < 2:
             return cls(None, None)  # nothing to pin apart; reported in the results
         return cls(available[0], available[1])
@@ -49,6 +49,11 @@ class Cores:
         if self.fleet is None:
             return "not pinned (fewer than 2 cores available)"
         return f"simulator on core {self.fleet}, client under test on core {self.client}"
+
+
+# The cores this process could run on when the bench started: the harness pins itself to the fleet core
+# during a run, so asking again for a second fleet size would find one core and pin nothing apart.
+_STARTING_CORES = sorted(os.sched_getaffinity(0))
 
 
 def pin(pid: int, core: int | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -91,3 +92,15 @@ def test_a_peer_without_pyasic_says_why_instead_of_measuring(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout.splitlines()[0])
     assert "pyasic" in answer["error"] and "ready" not in answer
+
+
+def test_a_second_fleet_size_is_still_pinned_apart() -> None:
+    # The harness pins itself to the fleet core during a size; the next size must still find both cores
+    # (it once found one, and ran the 10,000- and 30,000-miner sizes unpinned).
+    code = ("import os; from bench.procs import Cores; first = Cores.pick(); "
+            "os.sched_setaffinity(0, {first.fleet}); print(first == Cores.pick() and first.client is not None)")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: nothing to pin apart")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert done.stdout.strip() == "True", done.stderr
