@@ -128,6 +128,11 @@ class Poller:
     def cycle(self) -> int:
         return self._cycle
 
+    @property
+    def config(self) -> AgentConfig:
+        """The config the poller runs with now: a reloaded one from the first cycle after the reload."""
+        return self._config
+
     async def run(self) -> None:
         """Poll forever, one cycle per interval, until cancelled. Cycles never overlap."""
         next_start = self._clock.monotonic()

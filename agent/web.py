@@ -154,11 +154,18 @@ def _poller_failure(app: web.Application) -> str | None:
     return f"poller failed: {task.exception()!r}"
 
 
+def _running_config(app: web.Application) -> AgentConfig:
+    # After a SIGHUP reload the poller runs with the new interval and deadlines; app[CONFIG] is the one
+    # the agent started with (its site, agent_id and http settings cannot change without a restart).
+    poller = app.get(POLLER)
+    return poller.config if poller is not None else app[CONFIG]
+
+
 async def healthz(request: web.Request) -> web.Response:
     """200 while cycles keep finishing; 503 when the poller died or no cycle ended for 3 intervals."""
     app = request.app
     snap = app[STATE].snapshot
-    config = app[CONFIG]
+    config = _running_config(app)
     now = app[WALL_CLOCK]()
     limit = 3 * config.poll.interval_s + config.poll.request_timeout_s
     age = None if snap.finished_s is None else max(0.0, now - snap.finished_s)
@@ -172,7 +179,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def summary(request: web.Request) -> web.Response:
     app = request.app
-    return web.json_response(make_summary(app[CONFIG], app[STATE].snapshot, app[WALL_CLOCK]()))
+    return web.json_response(make_summary(_running_config(app), app[STATE].snapshot, app[WALL_CLOCK]()))
 
 
 def make_summary(config: AgentConfig, snap: FleetSnapshot, now_s: float) -> dict[str, Any]:

@@ -165,6 +165,33 @@ async def test_app_runs_poller_and_stops_it(config: AgentConfig) -> None:
     assert task.cancelled()
 
 
+async def test_healthz_and_summary_follow_a_reloaded_interval(config: AgentConfig) -> None:
+    # After SIGHUP sets a 60 s interval, 100 s without a cycle is normal (limit 3 x 60 s + deadline), not a
+    # stall judged by the 15 s the agent started with; the summary tells the collector the new grace too.
+    import dataclasses
+    import time as _time
+
+    from test_poller import DIALECTS, _detect
+
+    class FrozenWallClock:
+        def time(self) -> float:
+            return T0
+
+        def monotonic(self) -> float:
+            return _time.monotonic()
+
+    reloaded = dataclasses.replace(config, poll=dataclasses.replace(config.poll, interval_s=60, stale_grace_s=300))
+    state = FleetState(config.site, len(config.miners))
+    poller = Poller(config, state, query=_OneCycleQuery(), deadlines=object(), dialects=DIALECTS, detect=_detect,
+                    clock=FrozenWallClock())
+    poller.reconfigure(reloaded)
+    await poller.poll_once()  # a reload takes effect at the start of the next cycle
+    async for c in _client(make_app(config, state, CollectorRegistry(), poller=poller, wall_clock=lambda: T0 + 100)):
+        resp = await c.get("/healthz")
+        assert resp.status == 200, await resp.json()
+        assert (await (await c.get("/api/v1/summary")).json())["staleness"]["grace_s"] == 300
+
+
 async def test_healthz_503_when_poller_dies(config: AgentConfig) -> None:
     class Broken(Poller):
         async def run(self) -> None:
