@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="ADDR", help="override http.listen")
     parser.add_argument("--port", type=int, metavar="PORT", help="override http.port (0: any free port)")
     parser.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
-                        help="TLS and basic auth for every endpoint, in Prometheus's exporter web-config format")
+                        help="TLS and basic auth for every endpoint, in Prometheus's exporter web-config format "
+                             "(overrides web_config_file in the config)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     path = args.check_config or args.config
     try:
         config = load_agent_config(path)
-        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else config.web
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -153,7 +154,7 @@ async def _reload(current: AgentConfig, poller: Poller, status: ReloadStatus) ->
              "http": (current.http, new.http), "exposition": (current.exposition, new.exposition),
              "log": ((current.log_format, current.log_level), (new.log_format, new.log_level))}
     needs_restart = [name for name, (old, wanted) in fixed.items() if old != wanted]
-    applied = replace(new, site=current.site, agent_id=current.agent_id, http=current.http,
+    applied = replace(new, site=current.site, agent_id=current.agent_id, http=current.http, web=current.web,
                       exposition=current.exposition, log_format=current.log_format, log_level=current.log_level)
     poller.reconfigure(applied)
     status.successful = True

@@ -15,6 +15,7 @@ from agent.dialects import DIALECTS
 from agent.models import DEFAULT_MODELS_PATH, ModelTable, load_model_table
 from common.configfile import ConfigError, Section
 from common.logs import LEVELS
+from common.webconfig import WebConfig, load_web_config
 
 DEFAULT_PORT = 4028
 LOG_FORMATS = ("auto", "json", "console")
@@ -80,6 +81,7 @@ class AgentConfig:
     log_level: str = "info"
     control_enabled: bool = False  # passed to the client's allow_control; read-only unless set
     path: str = ""
+    web: WebConfig | None = None  # TLS and basic auth for every endpoint (web_config_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     log_level = log.choice("level", LEVELS, "info")
     log.done()
     control_enabled = top.boolean("control_enabled", False)
+    web_file = top.string("web_config_file", None)
 
     models = _load_models(top, models_path)
     entries = [_load_entry(item, models) for item in top.sections("miners", required=True)]
@@ -118,6 +121,12 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         top.error("miners", "expected at least one miner")
     miners = _expand(top, [e for e in entries if e is not None])
     top.done()
+    web = None
+    if web_file is not None:
+        try:  # relative to the agent config, as models_file is
+            web = load_web_config(Path(path).parent / web_file)
+        except ConfigError as exc:  # its own file: its problems keep their own file:line
+            top.problems.items.extend(exc.problems)
     # Read in dependency order, reported in file order (the model table's own problems last).
     top.problems.items.sort(key=lambda p: (p.path != top.problems.path, p.line or 0))
     top.problems.raise_if_any()
@@ -136,6 +145,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         log_level=log_level,
         control_enabled=control_enabled,
         path=str(path),
+        web=web,
     )
 
 

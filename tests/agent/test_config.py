@@ -89,3 +89,17 @@ def test_missing_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_agent_config(tmp_path / "nope.yaml")
     assert str(info.value) == f"{tmp_path / 'nope.yaml'}: cannot read file: No such file or directory"
+
+
+def test_web_config_file_is_read_from_beside_the_agent_config(tmp_path: Path) -> None:
+    # One file describes a deployment: TLS and basic auth come with the agent config, as for the collector.
+    import bcrypt
+
+    (tmp_path / "web.yml").write_text(
+        f"basic_auth_users:\n  prometheus: '{bcrypt.hashpw(b'secret', bcrypt.gensalt(4)).decode()}'\n")
+    path = tmp_path / "agent.yaml"
+    path.write_text("site: s1\nminers:\n  - address: 127.1.0.1\nweb_config_file: web.yml\n")
+    config = load_agent_config(path)
+    assert config.web is not None and set(config.web.users) == {"prometheus"}
+    path.write_text("site: s1\nminers:\n  - address: 127.1.0.1\n")
+    assert load_agent_config(path).web is None

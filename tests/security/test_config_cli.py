@@ -56,6 +56,8 @@ NEW: dict[str, tuple[str, str, list[str]]] = {
                                     ["{path}:6: agent_client.password_file: required with username"]),
     "collector_web_config_missing": ("collector", SITES + "web_config_file: nope.yml\n",
                                      ["{dir}/nope.yml: cannot read file: No such file or directory"]),
+    "agent_web_config_missing": ("agent", "site: s1\nminers:\n  - address: 127.1.0.1\nweb_config_file: nope.yml\n",
+                                 ["{dir}/nope.yml: cannot read file: No such file or directory"]),
     "agent_negative_and_wrong_types": ("agent", ("site: s1\nminers:\n  - address: 127.1.0.1\n"
                                        "poll: {interval_s: -15, request_timeout_s: fast}\n"),
                                        ["{path}:4: poll.interval_s: expected a number >= 1, got -15",
