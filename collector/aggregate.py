@@ -6,6 +6,7 @@ it never turns into 0 W. Only a site no agent has ever answered for has unknown 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 from collector.config import CollectorConfig, Site, public_url
@@ -91,6 +92,7 @@ def aggregate_site(site: Site, observations: Mapping[str, AgentObservation], now
     views = tuple(view_agent(o, now, stale_after_s) for o in obs)
     summaries = [o.summary for o in obs if o.summary is not None]
     ages = [v.age_s for v in views if v.age_s is not None]
+    ids = Counter(s.agent_id for s in summaries if s.agent_id is not None)
     return SiteTotals(
         site_id=site.id,
         name=site.name,
@@ -99,6 +101,7 @@ def aggregate_site(site: Site, observations: Mapping[str, AgentObservation], now
         data_age_s=max(ages) if ages else None,
         stale=any(v.stale for v in views),
         agents=views,
+        duplicate_agent_ids=tuple(sorted(agent_id for agent_id, n in ids.items() if n > 1)),
     )
 
 

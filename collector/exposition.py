@@ -92,6 +92,8 @@ class SiteCollector(Collector):
                    ["site", "status"])
         agents = g("site_agents", "The site's agents by state (up, down, stale, no_data), a count of agents.",
                    ["site", "state"])
+        duplicates = g("site_duplicate_agent_ids", "Agent ids reported by more than one of the site's agent URLs "
+                       "(one agent listed twice, or shards sharing an id), a count of ids.", ["site"])
         agent_up = g("collector_agent_up", "1 if the agent's summary was read at the last cycle (a flag).",
                      ["site", "agent"])
         agent_age = g("collector_agent_data_age_seconds", "Age of the agent's last good summary, in seconds.",
@@ -114,7 +116,7 @@ class SiteCollector(Collector):
         sent = CounterMetricFamily("megawatch_collector_notifications",
                                    "Alert batches by outcome (sent, failed attempt, dropped), a count of batches.",
                                    labels=["target", "outcome"])
-        families: list[Metric] = [*site_fam.values(), pue, aux, base_alloc, age, stale, status, agents,
+        families: list[Metric] = [*site_fam.values(), pue, aux, base_alloc, age, stale, status, agents, duplicates,
                                   *fleet_fam.values(), fleet_sites_stale, agent_up, agent_age, fetch_s, fetches,
                                   cycles, cycle_s, last, alerts, pending, target_up, sent]
         reload_ok = g("collector_config_last_reload_successful",
@@ -144,6 +146,7 @@ class SiteCollector(Collector):
                         agent_age.add_metric([t.site_id, a.url], a.age_s)
                 for state, n in counts.items():
                     agents.add_metric([t.site_id, state], n)
+                duplicates.add_metric([t.site_id], len(t.duplicate_agent_ids))
             _add_draw(fleet_fam, [fleet.name], fleet.draw)
             fleet_sites_stale.add_metric([fleet.name], fleet.sites_stale)
         if svc is not None:

@@ -95,6 +95,9 @@ class SiteTotals:
     data_age_s: float | None  # age of the oldest data counted in the totals
     stale: bool
     agents: tuple[AgentView, ...]
+    # agent_ids that more than one of the site's agent URLs report: one agent listed twice (counted twice),
+    # or two shards sharing an id (not told apart). Flagged, never silently dropped: either guess is wrong.
+    duplicate_agent_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ class CollectorService:
         self._log = get_logger()
         self._reload_requested = False
         self._saved: object = None  # what was last written to the state file
+        self._duplicates: dict[str, tuple[str, ...]] = {}  # site -> agent ids last logged as duplicated
         if config.state_file is not None:
             restored = load_alerts(config.state_file)
             self.engine.restore(restored)
@@ -102,6 +103,7 @@ class CollectorService:
                 self._log.info("agent_up" if obs.up else "agent_unreachable", site=self.site_of[result.url],
                                agent=public_url(result.url), error=result.error)
         fleet = aggregate_fleet(self.config, self.observations, now)
+        self._note_duplicates(fleet)
         evaluation = self.engine.evaluate(fleet, now)
         for alert in evaluation.changes:
             labels = dict(alert.labels)
@@ -116,6 +118,17 @@ class CollectorService:
         s.last_started, s.last_finished = started, self.clock()
         s.last_duration_s = max(0.0, s.last_finished - started)
         return fleet
+
+    def _note_duplicates(self, fleet: FleetTotals) -> None:
+        """Log once when a site's set of duplicated agent ids changes (the metric shows it all along)."""
+        for site in fleet.sites:
+            if site.duplicate_agent_ids != self._duplicates.get(site.site_id, ()):
+                self._duplicates[site.site_id] = site.duplicate_agent_ids
+                if site.duplicate_agent_ids:
+                    self._log.warning("duplicate_agent_id", site=site.site_id, agent_ids=list(site.duplicate_agent_ids),
+                                      agents=[a.url for a in site.agents])
+                else:
+                    self._log.info("duplicate_agent_id_resolved", site=site.site_id)
 
     @staticmethod
     def _persisted_view(active: tuple[Alert, ...]) -> object:

@@ -106,3 +106,17 @@ def test_fleet_totals_add_sites_and_count_stale_sites() -> None:
     fresh = aggregate_fleet(replace(config), obs, now=1)
     assert fresh.sites_stale == 0 and not fresh.stale
     assert [s.status for s in fresh.sites] == [SiteStatus.OK, SiteStatus.PARTIAL]  # b's agent is down, data young
+
+
+def test_an_agent_id_reported_by_two_urls_is_flagged_and_both_still_count() -> None:
+    # The same agent under two addresses counts twice; two shards sharing an id cannot be told apart. The
+    # collector cannot know which, so it drops neither and says so (metric, log, alert rule).
+    site = make_site(agents=3)
+    a, b, c = site.agents
+    obs = {url: observed(url, replace(make_summary(power_w=MW, estimate_w=0.0), agent_id=agent_id), at=0)
+           for url, agent_id in ((a, "plant@host:9540"), (b, "plant@host:9540"), (c, "plant@host:9541"))}
+    t = aggregate_site(site, obs, now=1, stale_after_s=STALE_AFTER)
+    assert t.duplicate_agent_ids == ("plant@host:9540",)
+    assert t.draw.miner_power_w == 3 * MW
+    obs[b] = observed(b, replace(make_summary(power_w=MW, estimate_w=0.0), agent_id="plant@other:9540"), at=0)
+    assert aggregate_site(site, obs, now=1, stale_after_s=STALE_AFTER).duplicate_agent_ids == ()

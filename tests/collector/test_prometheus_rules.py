@@ -47,7 +47,7 @@ def test_every_alert_rule_has_unit_tests_for_firing_and_not_firing() -> None:
         for t in case.get("alert_rule_test", []):
             (fires if t["exp_alerts"] else quiet).add(t["alertname"])
     assert alerts == {"SiteOverAllocation", "SiteNearAllocation", "AgentDown", "SiteDataStale",
-                      "FleetOverAllocation", "SiteMinersDown"}
+                      "FleetOverAllocation", "SiteMinersDown", "SiteDuplicateAgentId"}
     assert alerts <= fires and alerts <= quiet
 
 
