@@ -85,6 +85,19 @@ async def test_metrics_is_compressed_family_by_family_never_rendered_whole(
         assert gzip.decompress(await resp.read()).decode() == whole
 
 
+def test_plain_text_is_decompressed_a_piece_at_a_time(config: AgentConfig) -> None:
+    # A scraper that does not ask for gzip gets the text streamed from the compressed copy, never held whole.
+    from agent.exposition import MinerRenderer
+    from agent.web import MetricsCache
+
+    cache = MetricsCache(MinerRenderer(config.exposition))
+    rendered = cache._render(fixed_snapshot())
+    pieces = list(rendered.text_pieces(size=256))
+    whole = MinerRenderer(config.exposition).render(fixed_snapshot()).encode()
+    assert len(pieces) > 1 and max(map(len, pieces)) <= 256
+    assert b"".join(pieces) == whole and rendered.text_bytes == len(whole)
+
+
 async def test_summary_matches_the_collector_contract(client: TestClient) -> None:
     from collector.sources import (
         parse_summary,  # the reader on the other end of the wire
