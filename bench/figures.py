@@ -16,6 +16,8 @@ from typing import Any
 CAVEAT = ("This machine drifts by up to +-25% between runs minutes apart: compare figures only within one run "
           "(the peers below ran interleaved, in the same run, on the same fleet).")
 MINERS_PER_S = 2_500  # issue 3: 10,000 miners in <= 4 s; issue 7: 30,000 in <= 12 s
+REFERENCE_MINERS = 10_000  # the size issues 3 and 7 set render, RSS and scrape targets at
+RENDER_S_PER_MINER = 0.25 / REFERENCE_MINERS
 BUSY_SHARE = 0.8
 
 
@@ -54,8 +56,9 @@ def judge(run: dict[str, Any]) -> list[dict[str, Any]]:
                           peers, "pyasic-default", ("pyasic-uvloop",), run, why_not))
     render = run.get("render")
     figures.append(_figure(
+        # Issue 3's 250 ms is at 10,000 miners; other sizes get the same time per miner.
         Target("metrics_render_s", f"/metrics render at {miners:,} miners (per-miner text + registry, median of 3)",
-               "<=", 0.25, "s"),
+               "<=", round(RENDER_S_PER_MINER * max(miners, REFERENCE_MINERS), 3), "s"),
         None if render is None else render["render_median_s"], reason="" if render else why_not,
         detail={} if render is None else {k: render.get(k) for k in ("render_s", "render_cpu_s", "render_cold_s",
                                                                        "gzip_s", "bytes", "gzip_bytes")},
@@ -63,11 +66,11 @@ def judge(run: dict[str, Any]) -> list[dict[str, Any]]:
     agent = run.get("agent") or {}
     figures.append(_overruns(agent, run, why_not))
     rss_kb = agent.get("peak_rss_kb")
-    figures.append(_figure(
+    figures.append(_at_reference_size(miners, _figure(
         Target("peak_rss_mib", f"peak RSS of the agent process at {miners:,} miners (VmHWM)", "<=", 200, "MiB"),
         None if rss_kb is None else rss_kb / 1024, reason="" if rss_kb is not None else why_not,
         detail={} if rss_kb is None else {"kib_per_miner": rss_kb / miners},
-    ))
+    ), "memory per miner across sizes is the figure that scales"))
     series = agent.get("series")
     figures.append(_figure(
         Target("series_per_miner", "series per miner, default settings (the heaviest miner; from the agent's "
@@ -75,9 +78,18 @@ def judge(run: dict[str, Any]) -> list[dict[str, Any]]:
         None if not series else float(series["max"]), reason="" if series else why_not,
         detail={} if not series else {k: series[k] for k in ("mean", "miners_seen", "by_family")},
     ))
-    figures.append(_scrape_duration(miners, agent, run, why_not))
+    figures.append(_at_reference_size(miners, _scrape_duration(miners, agent, run, why_not),
+                                      "a larger site is split into shards (README, Scaling out)"))
     figures.append(_shards(run, why_not))
     return figures
+
+
+def _at_reference_size(miners: int, figure: dict[str, Any], instead: str) -> dict[str, Any]:
+    """A target the issues set for 10,000 miners: above that size the value is shown, not judged."""
+    if miners <= REFERENCE_MINERS or figure["verdict"] not in ("PASS", "FAIL"):
+        return figure
+    note = f"target set for {REFERENCE_MINERS:,} miners, shown here for scale ({instead})"
+    return {**figure, "verdict": "n/a", "reason": "; ".join(r for r in (figure["reason"], note) if r)}
 
 
 def _scrape_duration(miners: int, agent: dict[str, Any], run: dict[str, Any], why_not: str) -> dict[str, Any]:
