@@ -360,7 +360,8 @@ def pools(reply: Mapping[str, Any] | None, problems: list[str]) -> tuple[Pool, .
         # A pool's fields stay the same poll after poll, and thousands of miners share a few pools: the
         # same raw fields give the same (immutable) Pool, built once. Values are keyed with their types so
         # 1, 1.0 and True never share an entry.
-        raw: tuple[Any, ...] | None = (position, *((v, type(v)) for v in map(item.get, _POOL_KEYS)))
+        values = tuple(map(item.get, _POOL_KEYS))  # built in C: a generator here cost more than the memo saved
+        raw: tuple[Any, ...] | None = (position, values, tuple(map(type, values)))
         try:
             pool = _POOLS.get(raw)
         except TypeError:  # a list or object where a scalar belongs: junk, parsed but not memoised
@@ -425,8 +426,9 @@ def mark_active_pool(found: tuple[Pool, ...]) -> tuple[Pool, ...]:
     priority order, so the first alive pool is the one in use. Left alone when a pool already says it is
     active, or when no alive pool has a priority.
     """
-    if any(pool.active for pool in found):
-        return found
+    for pool in found:
+        if pool.active:
+            return found
     alive = [pool for pool in found if pool.status == "alive" and pool.priority is not None]
     if not alive:
         return found
