@@ -30,7 +30,7 @@ TARGET_S = 1.0
 
 
 def _sites_yaml(agents: int, sites: int, port: int) -> str:
-    lines = ["fleet: {name: bench-fleet, allocation_mw: %d}" % (sites * 100), "sites:"]
+    lines = [f"fleet: {{name: bench-fleet, allocation_mw: {sites * 100}}}", "sites:"]
     for s in range(sites):
         urls = ", ".join(agent_url(BASE_ADDRESS, i, port) for i in range(agents) if i % sites == s)
         lines += [f"  - id: {site_of(s, sites)}", "    allocation_mw: 100", f"    agents: [{urls}]"]

@@ -16,7 +16,16 @@ from typing import Any
 
 from bench import fleets
 from bench.fleets import AgentSpec, FleetSpec
-from bench.procs import BenchError, Cores, Proc, free_port, http_get, http_json, megawatch_command, wait_for
+from bench.procs import (
+    BenchError,
+    Cores,
+    Proc,
+    free_port,
+    http_get,
+    http_json,
+    megawatch_command,
+    wait_for,
+)
 
 TOLERANCE = 1e-9  # relative: float sums in another order differ by rounding only
 COUNTS = ("up", "down", "stale", "configured")
@@ -24,7 +33,7 @@ COUNTS = ("up", "down", "stale", "configured")
 
 def _post(url: str, body: dict[str, Any]) -> Any:
     request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback control endpoint
+    with urllib.request.urlopen(request, timeout=10) as resp:  # the simulator's loopback control endpoint
         return json.loads(resp.read())
 
 

@@ -271,7 +271,7 @@ def keys_matching(item: Mapping[str, Any], pattern: re.Pattern[str]) -> tuple[st
 class _KeyIndex:
     """Which keys of one key list are slot-numbered (per prefix) or match a pattern, worked out on first use."""
 
-    __slots__ = ("_keys", "_by_prefix", "_by_pattern")
+    __slots__ = ("_by_pattern", "_by_prefix", "_keys")
 
     def __init__(self, keys: tuple[Any, ...]) -> None:
         self._keys = keys

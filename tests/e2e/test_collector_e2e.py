@@ -8,10 +8,8 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,15 +19,23 @@ import pytest
 from tests.collector.fakes import FakeAgent, fake_agent
 from tests.e2e import processes
 from tests.e2e.processes import (
+    AGENT_POLL_S,
+    HOLD_S,
+    POLL_S,
     ROOT,
+    STALE_S,
     Proc,
     Procs,
+    agent_yaml,
     alertmanager_alerts,
     free_port,
     get_json,
-    listening_url,
-    megawatch,
+    prometheus_yml,
+    site_view,
+    sites_yaml,
+    start_agent,
     start_alertmanager,
+    start_collector,
     start_prometheus,
     wait_until,
 )
@@ -39,44 +45,7 @@ pytestmark = pytest.mark.e2e
 procs = processes.procs
 http = processes.http
 
-POLL_S = 1.0
-HOLD_S = 2.0
-STALE_S = 3.0
 MW = 1e6
-
-
-def sites_yaml(path: Path, agents: dict[str, list[str]], allocation_mw: dict[str, float], am_url: str,
-               pue: float = 1.0) -> Path:
-    lines = ["fleet: {name: e2e, allocation_mw: %g}" % (sum(allocation_mw.values()) + 1), "sites:"]
-    for site, urls in agents.items():
-        lines += [f"  - id: {site}", f"    allocation_mw: {allocation_mw[site]}", f"    pue: {pue}",
-                  f"    agents: [{', '.join(urls)}]"]
-    lines += [
-        "thresholds:", f"  hold_s: {HOLD_S}", f"  stale_after_s: {STALE_S}",
-        "alerting:", f"  alertmanager_urls: [{am_url}]", "  resend_interval_s: 2", "  retry_base_s: 0.1",
-        "  retry_max_s: 0.5",
-        "listen: {address: 127.0.0.1, port: 0}",
-        f"poll: {{interval_s: {POLL_S}, timeout_s: 0.8}}",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-async def start_collector(procs: Procs, config: Path, http: aiohttp.ClientSession) -> Proc:
-    proc = megawatch(procs, "collector", "collector", "--config", str(config), "--log-format", "json")
-    proc.url = await listening_url(proc, "collector_listening")
-
-    async def healthy() -> bool:
-        async with http.get(proc.url + "/healthz") as resp:
-            return resp.status == 200
-
-    await wait_until(healthy, 10, "collector /healthz")
-    return proc
-
-
-async def site_view(http: aiohttp.ClientSession, collector: Proc, site: str) -> dict[str, Any]:
-    body = await get_json(http, collector.url + "/api/v1/sites")
-    return next(s for s in body["sites"] if s["id"] == site)
 
 
 def for_site(alerts: list[dict[str, Any]], site: str) -> list[dict[str, Any]]:
@@ -156,61 +125,6 @@ async def test_alertmanager_down_at_first_gets_the_alert_when_it_comes_up(procs:
 
 
 # --- The full issue-4 run: simulator (two sites) + agents + collector + Alertmanager + Prometheus -------------
-
-AGENT_POLL_S = 1.0
-
-
-def agent_yaml(path: Path, site: str, miners: list[Any]) -> Path:
-    lines = [f"site: {site}", f"agent_id: {site}-e2e", "miners:"]
-    for m in miners:
-        lines.append(f"  - {{address: {m.host}, port: {m.port}, dialect: {m.dialect}}}")
-    lines += [
-        "poll:", f"  interval_s: {AGENT_POLL_S}", "  connect_timeout_s: 0.5", "  request_timeout_s: 0.8",
-        "  jitter_s: 0", "  stale_grace_s: 2",
-        "http: {listen: 127.0.0.1, port: 0}",
-        "log: {format: json, level: info}",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-async def start_agent(procs: Procs, config: Path, http: aiohttp.ClientSession) -> Proc:
-    proc = megawatch(procs, f"agent-{config.stem}", "agent", "--config", str(config))
-
-    async def started() -> str | None:
-        assert proc.alive(), f"{proc.name} exited:\n{proc.output()}"
-        for line in proc.output().splitlines():
-            if '"agent_started"' in line:
-                host, port = json.loads(line)["listen"][0]
-                return f"http://{host}:{port}"
-        return None
-
-    proc.url = await wait_until(started, 15, f"{proc.name} to start")
-
-    async def summary_ready() -> dict[str, Any] | None:
-        body = await get_json(http, proc.url + "/api/v1/summary")
-        return body if body and body["totals"]["power_w"] is not None else None
-
-    await wait_until(summary_ready, 10, f"{proc.name}'s first poll cycle")
-    return proc
-
-
-def prometheus_yml(agents: dict[str, Proc], collector: Proc) -> str:
-    targets = "\n".join(
-        f"      - targets: ['{p.url.removeprefix('http://')}']\n        labels: {{site: {site}}}"
-        for site, p in agents.items())
-    return f"""
-global: {{scrape_interval: 1s, evaluation_interval: 1s}}
-rule_files: [rules/megawatch.rules.yml]
-scrape_configs:
-  - job_name: megawatch-agent
-    static_configs:
-{targets}
-  - job_name: megawatch-collector
-    static_configs:
-      - targets: ['{collector.url.removeprefix('http://')}']
-"""
-
 
 async def prom_query(http: aiohttp.ClientSession, prom: Proc, expr: str) -> dict[str, float]:
     body = await get_json(http, prom.url + "/api/v1/query?" + urlencode({"query": expr}))

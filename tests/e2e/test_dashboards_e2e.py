@@ -20,17 +20,15 @@ from tests.e2e.processes import (
     ROOT,
     Proc,
     Procs,
-    get_json,
-    start_alertmanager,
-    start_prometheus,
-    wait_until,
-)
-from tests.e2e.test_collector_e2e import (
     agent_yaml,
+    get_json,
     prometheus_yml,
     sites_yaml,
     start_agent,
+    start_alertmanager,
     start_collector,
+    start_prometheus,
+    wait_until,
 )
 from tests.grafana.catalogue import (
     Query,

@@ -23,11 +23,13 @@ from tests.e2e.processes import (
     ROOT,
     Proc,
     Procs,
+    agent_yaml,
     get_json,
+    start_agent,
+    start_collector,
     start_prometheus_in,
     wait_until,
 )
-from tests.e2e.test_collector_e2e import agent_yaml, start_agent, start_collector
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 procs = processes.procs

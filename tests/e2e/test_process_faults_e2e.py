@@ -30,19 +30,17 @@ from tests.e2e import processes
 from tests.e2e.processes import (
     Proc,
     Procs,
+    agent_yaml,
     alertmanager_alerts,
     free_port,
     get_json,
     listening_url,
     megawatch,
     require_binary,
-    wait_until,
-)
-from tests.e2e.test_collector_e2e import (
-    agent_yaml,
     site_view,
     start_agent,
     start_collector,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -25,8 +25,15 @@ from agent.simulator.config import FaultConfig
 from agent.simulator.faults import make_fault
 from tests.conftest import DEFAULT_GROUPS, SimMiner, make_config
 from tests.e2e import processes
-from tests.e2e.processes import Proc, Procs, get_json, wait_until
-from tests.e2e.test_collector_e2e import site_view, start_agent, start_collector
+from tests.e2e.processes import (
+    Proc,
+    Procs,
+    get_json,
+    site_view,
+    start_agent,
+    start_collector,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 procs = processes.procs
