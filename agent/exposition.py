@@ -198,9 +198,10 @@ class MinerRenderer:
     def render(self, snapshot: FleetSnapshot) -> str:
         return "".join(self.render_parts(snapshot))
 
-    def render_parts(self, snapshot: FleetSnapshot) -> Iterator[str]:
-        """The text one family at a time: a consumer that compresses or writes each part as it comes
-        never holds the whole text (~20 MB at 10,000 miners) - nor its encoded copy - at once."""
+    def render_parts(self, snapshot: FleetSnapshot, block: int = 1000) -> Iterator[str]:
+        """The text one family and `block` miners at a time: a consumer that compresses or writes each part
+        as it comes never holds the whole text (~20 MB at 10,000 miners), its encoded copy, nor even one
+        family's (the temperatures alone were ~12 MB of lines, text and bytes at once at 10,000 miners)."""
         settings = self._settings
         miners = snapshot.miners
         heads_of_fleet = self._heads_for(snapshot)
@@ -210,35 +211,44 @@ class MinerRenderer:
         for family in MINER_FAMILIES:
             name = family.sample_name
             yield f"# HELP {name} {family.help}\n# TYPE {name} {family.kind}\n"
-            # The sample prefix `name{site=..,miner=..` of each miner, for this family only: kept for every
-            # family it was ~23 MB at 10,000 miners, and rebuilding it costs no measurable render time.
-            opening = f"{name}{{"
-            close = "," if family.labels else "} "
-            heads = [f"{opening}{h}{close}" for h in heads_of_fleet]
-            if family.field is not None:
-                get = attrgetter(family.field)
-                # `v - v == 0` drops None's neighbours NaN and inf: unknown is absent.
-                lines = [f"{p}{v}\n" for p, c in zip(heads, currents)
-                         if c is not None and (v := get(c)) is not None and v - v == 0]
-            elif family.value is not None:
-                value = family.value
-                lines = [f"{p}{v}\n" for p, m in zip(heads, miners) if (v := value(m)) is not None]
-            elif name in _INDEXED:
-                # Boards and fans: the label text depends only on the slot number, cached by it.
-                lines = _INDEXED[name](heads, currents, settings, self._labels.setdefault(name, {}))
-            else:
-                extra, samples = family.labels, family.samples
-                cache = self._labels.setdefault(name, {})
-                lines = []
-                for p, m in zip(heads, miners):
-                    for values, v in samples(m, settings):
-                        labels = cache.get(values)
-                        if labels is None:
-                            labels = ",".join(f'{k}="{_escape(x)}"' for k, x in zip(extra, values))
-                            cache[values] = labels
-                        lines.append(f"{p}{labels}}} {v}\n")
-            yield "".join(lines)
-            del lines  # before the next family's lines are built
+            for start in range(0, len(miners), block):
+                stop = start + block
+                text = self._family_lines(family, heads_of_fleet[start:stop], miners[start:stop],
+                                          currents[start:stop], settings)
+                if text:
+                    yield text
+
+    def _family_lines(self, family: MinerFamily, heads_of_fleet: list[str], miners: tuple[MinerState, ...],
+                      currents: list[MinerReading | None], settings: ExpositionSettings) -> str:
+        name = family.sample_name
+        # The sample prefix `name{site=..,miner=..` of each miner, for this family and block only: kept for
+        # every family it was ~23 MB at 10,000 miners, and rebuilding it costs no measurable render time.
+        opening = f"{name}{{"
+        close = "," if family.labels else "} "
+        heads = [f"{opening}{h}{close}" for h in heads_of_fleet]
+        if family.field is not None:
+            get = attrgetter(family.field)
+            # `v - v == 0` drops None's neighbours NaN and inf: unknown is absent.
+            lines = [f"{p}{v}\n" for p, c in zip(heads, currents)
+                     if c is not None and (v := get(c)) is not None and v - v == 0]
+        elif family.value is not None:
+            value = family.value
+            lines = [f"{p}{v}\n" for p, m in zip(heads, miners) if (v := value(m)) is not None]
+        elif name in _INDEXED:
+            # Boards and fans: the label text depends only on the slot number, cached by it.
+            lines = _INDEXED[name](heads, currents, settings, self._labels.setdefault(name, {}))
+        else:
+            extra, samples = family.labels, family.samples
+            cache = self._labels.setdefault(name, {})
+            lines = []
+            for p, m in zip(heads, miners):
+                for values, v in samples(m, settings):
+                    labels = cache.get(values)
+                    if labels is None:
+                        labels = ",".join(f'{k}="{_escape(x)}"' for k, x in zip(extra, values))
+                        cache[values] = labels
+                    lines.append(f"{p}{labels}}} {v}\n")
+        return "".join(lines)
 
 
 def _temperature_lines(heads: list[str], currents: list[MinerReading | None], settings: ExpositionSettings,

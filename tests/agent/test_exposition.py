@@ -19,6 +19,7 @@ from agent.exposition import (
     MINER_FAMILIES,
     FleetCollector,
     MinerCollector,
+    MinerRenderer,
     render_miners,
 )
 from agent.model import Board, Fan, MinerReading, Pool, PowerSource
@@ -113,6 +114,19 @@ def test_fast_text_parses_to_the_same_samples_as_prometheus_client(settings: Exp
     assert _samples(fast) == _samples(reference)
     ref_families = {(f.name, f.type, f.documentation) for f in text_string_to_metric_families(reference)}
     assert {(f.name, f.type, f.documentation) for f in text_string_to_metric_families(fast)} == ref_families
+
+
+@pytest.mark.parametrize("block", [1, 2, 4])
+def test_rendered_in_blocks_of_miners_the_text_is_the_same(block: int) -> None:
+    # Parts bounded by miners, not by family: the render never holds a whole family's text (~12 MB at 10k).
+    snapshot = fixed_snapshot()
+    settings = ExpositionSettings(board_temperatures=True, all_pools=True)
+    renderer = MinerRenderer(settings)
+    parts = list(renderer.render_parts(snapshot, block=block))
+    assert "".join(parts) == render_miners(snapshot, settings)
+    for part in parts:
+        assert len({line.split('miner="')[1].split('"')[0] for line in part.splitlines()
+                    if not line.startswith("#")}) <= block
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
