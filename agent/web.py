@@ -191,7 +191,8 @@ async def healthz(request: web.Request) -> web.Response:
     if problem is None and age is not None and age > limit:
         problem = f"no poll cycle finished for {age:.0f} s (limit {limit:.0f} s)"
     body = {"status": "ok" if problem is None else "failing", "cycle": snap.cycle,
-            "last_cycle_age_s": age, "problem": problem}
+            "last_cycle_age_s": age, "poll_interval_s": config.poll.interval_s, "stall_limit_s": limit,
+            "problem": problem}
     return web.json_response(body, status=200 if problem is None else 503)
 
 

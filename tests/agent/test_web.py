@@ -146,7 +146,9 @@ async def test_healthz_ok_then_stalled(config: AgentConfig) -> None:
     state.publish(fixed_snapshot())
     now = [T0 + 1]
     async for c in _client(make_app(config, state, CollectorRegistry(), wall_clock=lambda: now[0])):
-        assert (await c.get("/healthz")).status == 200
+        resp = await c.get("/healthz")
+        assert resp.status == 200
+        assert (await resp.json())["poll_interval_s"] == 15
         now[0] = T0 + 3 * 15 + 5 + 1  # three intervals and a deadline without a cycle
         resp = await c.get("/healthz")
         assert resp.status == 503
@@ -202,6 +204,8 @@ async def test_healthz_and_summary_follow_a_reloaded_interval(config: AgentConfi
     async for c in _client(make_app(config, state, CollectorRegistry(), poller=poller, wall_clock=lambda: T0 + 100)):
         resp = await c.get("/healthz")
         assert resp.status == 200, await resp.json()
+        body = await resp.json()
+        assert (body["poll_interval_s"], body["stall_limit_s"]) == (60, 3 * 60 + config.poll.request_timeout_s)
         assert (await (await c.get("/api/v1/summary")).json())["staleness"]["grace_s"] == 300
 
 
