@@ -271,13 +271,16 @@ async def site_view(http: aiohttp.ClientSession, collector: Proc, site: str) -> 
     return next(s for s in body["sites"] if s["id"] == site)
 
 
-def agent_yaml(path: Path, site: str, miners: list[Any]) -> Path:
-    lines = [f"site: {site}", f"agent_id: {site}-e2e", "miners:"]
+def agent_yaml(path: Path, site: str, miners: list[Any], *, agent_id: str | None = None,
+               interval_s: float = AGENT_POLL_S, connect_s: float = 0.5, request_s: float = 0.8,
+               stale_grace_s: float = 2) -> Path:
+    """An agent config for `miners` (simulated: host, port, dialect), short timings for tests."""
+    lines = [f"site: {site}", f"agent_id: {agent_id or site + '-e2e'}", "miners:"]
     for m in miners:
         lines.append(f"  - {{address: {m.host}, port: {m.port}, dialect: {m.dialect}}}")
     lines += [
-        "poll:", f"  interval_s: {AGENT_POLL_S}", "  connect_timeout_s: 0.5", "  request_timeout_s: 0.8",
-        "  jitter_s: 0", "  stale_grace_s: 2",
+        "poll:", f"  interval_s: {interval_s}", f"  connect_timeout_s: {connect_s}", f"  request_timeout_s: {request_s}",
+        "  jitter_s: 0", f"  stale_grace_s: {stale_grace_s}",
         "http: {listen: 127.0.0.1, port: 0}",
         "log: {format: json, level: info}",
     ]

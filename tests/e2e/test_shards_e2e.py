@@ -28,6 +28,7 @@ from tests.e2e import processes
 from tests.e2e.processes import (
     Proc,
     Procs,
+    agent_yaml,
     get_json,
     site_view,
     start_agent,
@@ -47,16 +48,8 @@ SERIES_BUDGET = 25
 
 def shard_yaml(path: Path, agent_id: str, miners: list[SimMiner]) -> Path:
     """An agent config for one shard: the site id is shared, the miners and the agent_id are its own."""
-    lines = [f"site: {SITE}", f"agent_id: {agent_id}", "miners:"]
-    lines += [f"  - {{address: {m.host}, port: {m.port}, dialect: {m.dialect}}}" for m in miners]
-    lines += [
-        "poll:", f"  interval_s: {INTERVAL_S}", "  connect_timeout_s: 1", "  request_timeout_s: 1.5",
-        "  jitter_s: 0", "  stale_grace_s: 30",
-        "http: {listen: 127.0.0.1, port: 0}",
-        "log: {format: json, level: info}",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return agent_yaml(path, SITE, miners, agent_id=agent_id, interval_s=INTERVAL_S, connect_s=1, request_s=1.5,
+                      stale_grace_s=30)
 
 
 def collector_yaml(path: Path, agents: list[Proc]) -> Path:
