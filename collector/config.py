@@ -107,6 +107,9 @@ class Alerting:
     retry_base_s: float = 0.5
     retry_max_s: float = 30.0
     queue_limit: int = 10_000
+    # On SIGTERM, how long the last delivery attempt may take: an Alertmanager that is down must not hold up
+    # a stop (systemd's TimeoutStopSec, then SIGKILL, would lose the state file write-out as well).
+    shutdown_timeout_s: float = 3.0
     external_url: str | None = None  # where operators reach this collector; used in generatorURL
 
 
@@ -243,13 +246,15 @@ def _load_alerting(sec: Section) -> Alerting:
     base = sec.number("retry_base_s", d.retry_base_s, exclusive_minimum=0)
     cap = sec.number("retry_max_s", d.retry_max_s, exclusive_minimum=0)
     limit = sec.integer("queue_limit", d.queue_limit, minimum=1)
+    shutdown = sec.number("shutdown_timeout_s", d.shutdown_timeout_s, exclusive_minimum=0)
     external = sec.string("external_url", None, check=_is_url, expected=url_expected)
     sec.done()
     if base is not None and cap is not None and cap < base:
         sec.error("retry_max_s", f"expected a number >= retry_base_s ({base:g}), got {cap:g}")
     return Alerting(alertmanager_urls=tuple(u.rstrip("/") for u in urls), webhook_url=webhook,
                     resend_interval_s=resend, timeout_s=timeout, max_retries=retries, retry_base_s=base,
-                    retry_max_s=cap, queue_limit=limit, external_url=external)
+                    retry_max_s=cap, queue_limit=limit, shutdown_timeout_s=shutdown,
+                    external_url=external)
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:

@@ -250,8 +250,10 @@ async def serve(config: CollectorConfig, address: str, port: int) -> None:
                 await asyncio.wait({poller, notifier, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 await _cancel(poller, stopper)
                 log.info("collector_stopping", pending_alerts=sum(n for _, n in service.notifier.pending()))
-                if not notifier.done():
-                    await service.notifier.drain(timeout_s=config.alerting.timeout_s)
+                limit_s = service.config.alerting.shutdown_timeout_s  # the reloaded config's, if any
+                if not notifier.done() and not await service.notifier.drain(timeout_s=limit_s):
+                    log.error("alerts_undelivered", timeout_s=limit_s,
+                              pending_batches={t.name: n for t, n in service.notifier.pending() if n})
             finally:
                 await _cancel(poller, notifier, stopper)
             for task in (poller, notifier):

@@ -36,6 +36,7 @@ BAD = {
     "duplicate_key": (5, "invalid YAML: duplicate key 'allocation_mw'"),
     "bad_site_id": (3, "sites[0].id: expected a site id"),
     "bad_alertmanager_url": (7, "alerting.alertmanager_urls: expected a list of http(s) URLs"),
+    "shutdown_timeout_zero": (7, "alerting.shutdown_timeout_s: expected a number > 0, got 0"),
 }
 
 

@@ -238,7 +238,7 @@ AGENT_POLL_S = 1.0
 
 
 def sites_yaml(path: Path, agents: dict[str, list[str]], allocation_mw: dict[str, float], am_url: str,
-               pue: float = 1.0) -> Path:
+               pue: float = 1.0, shutdown_timeout_s: float | None = None) -> Path:
     lines = ["fleet: {name: e2e, allocation_mw: %g}" % (sum(allocation_mw.values()) + 1), "sites:"]
     for site, urls in agents.items():
         lines += [f"  - id: {site}", f"    allocation_mw: {allocation_mw[site]}", f"    pue: {pue}",
@@ -247,6 +247,7 @@ def sites_yaml(path: Path, agents: dict[str, list[str]], allocation_mw: dict[str
         "thresholds:", f"  hold_s: {HOLD_S}", f"  stale_after_s: {STALE_S}",
         "alerting:", f"  alertmanager_urls: [{am_url}]", "  resend_interval_s: 2", "  retry_base_s: 0.1",
         "  retry_max_s: 0.5",
+        *([f"  shutdown_timeout_s: {shutdown_timeout_s}"] if shutdown_timeout_s is not None else []),
         "listen: {address: 127.0.0.1, port: 0}",
         f"poll: {{interval_s: {POLL_S}, timeout_s: 0.8}}",
     ]

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -122,6 +124,41 @@ async def test_alertmanager_down_at_first_gets_the_alert_when_it_comes_up(procs:
         am = await start_alertmanager(procs, http, port=am_port)
         await wait_until(lambda: _alerts_for(http, am, "SiteOverAllocation", "site-a"), 5.0,
                          "the held-back alert to reach Alertmanager once it is up")
+
+
+async def test_sigterm_with_alertmanager_down_exits_within_the_shutdown_limit(procs: Procs,
+                                                                             http: aiohttp.ClientSession) -> None:
+    limit_s = 1.0
+    async with fake_agent(FakeAgent("site-a", power_firmware_w=12 * MW)) as a:
+        config = sites_yaml(procs.tmp / "sites.yaml", {"site-a": [a.url]}, {"site-a": 10},
+                            f"http://127.0.0.1:{free_port()}", shutdown_timeout_s=limit_s)
+        collector = await start_collector(procs, config, http)
+
+        async def undelivered() -> bool:
+            metrics = await (await http.get(collector.url + "/metrics")).text()
+            return any(line.startswith("megawatch_collector_notification_target_up{") and line.endswith(" 0.0")
+                       for line in metrics.splitlines())
+
+        await wait_until(_firing_in(http, collector), HOLD_S + 2 * POLL_S + 2.0, "the collector to fire")
+        await wait_until(undelivered, 5.0, "a failed delivery attempt")
+        collector.popen.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        # The margin covers interpreter exit and HTTP clean-up on a busy machine; without the limit the
+        # delivery loop would keep retrying for alerting.timeout_s (5 s) or more.
+        code = collector.popen.wait(limit_s + 2.0)
+        took = time.monotonic() - sent
+        print(f"collector exited {took:.2f} s after SIGTERM with Alertmanager down")
+        assert code == 0, collector.output()
+        events = [json.loads(line)["event"] for line in collector.output().splitlines() if line.startswith("{")]
+        assert events.count("alerts_undelivered") == 1, collector.output()
+
+
+def _firing_in(http: aiohttp.ClientSession, collector: Proc) -> Any:
+    async def firing() -> bool:
+        body = await get_json(http, collector.url + "/api/v1/alerts")
+        return any(x["alertname"] == "SiteOverAllocation" and x["state"] == "firing" for x in body["active"])
+
+    return firing
 
 
 # --- The full issue-4 run: simulator (two sites) + agents + collector + Alertmanager + Prometheus -------------
