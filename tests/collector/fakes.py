@@ -17,6 +17,7 @@ class FakeAgent:
     """Serves /api/v1/summary in the agent's summary shape; `mode` injects faults."""
 
     site: str
+    agent: str = ""  # agent_id in the summary; default fake-<site>, so two fakes of one site share it
     power_firmware_w: float | None = 1e6
     power_estimate_w: float | None = 0.0
     hashrate_hs: float | None = 1e17
@@ -34,7 +35,7 @@ class FakeAgent:
         now = time.time()
         return {
             "version": 1,
-            "agent": f"fake-{self.site}",
+            "agent": self.agent or f"fake-{self.site}",
             "site": self.site,
             "cycle": {"number": 7, "finished_s": now - self.age_s, "duration_s": 0.2},
             "staleness": {"age_s": self.age_s},

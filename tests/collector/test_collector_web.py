@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
 
 from collector.config import Alerting, CollectorConfig, Site, Thresholds
 from collector.service import CollectorService
@@ -78,6 +79,24 @@ async def test_metrics_show_site_totals_against_allocation(rig: Rig) -> None:
     assert m[("megawatch_fleet_facility_power_watts", (("fleet", "f"),))] == pytest.approx(11 * MW)
     assert m[("megawatch_fleet_allocation_watts", (("fleet", "f"),))] == 25 * MW
     assert m[("megawatch_collector_cycles_total", ())] == 1
+
+
+async def test_two_urls_of_a_site_reporting_one_agent_id_show_in_metrics_and_log_once(rig: Rig) -> None:
+    service, client, (_, a2, _), _, clock = rig  # both of site a's fakes report agent id fake-a
+    with capture_logs() as logs:
+        for _ in range(3):
+            await service.poll_once()
+            clock.t += 5
+        m = samples(await (await client.get("/metrics")).text())
+        assert m[("megawatch_site_duplicate_agent_ids", (("site", "a"),))] == 1
+        assert m[("megawatch_site_duplicate_agent_ids", (("site", "b"),))] == 0
+        a2.agent = "fake-a-2"
+        await service.poll_once()
+        await service.poll_once()
+    m = samples(await (await client.get("/metrics")).text())
+    assert m[("megawatch_site_duplicate_agent_ids", (("site", "a"),))] == 0
+    events = [(e["event"], e.get("site"), e.get("agent_ids")) for e in logs if "duplicate_agent_id" in e["event"]]
+    assert events == [("duplicate_agent_id", "a", ["fake-a"]), ("duplicate_agent_id_resolved", "a", None)]
 
 
 async def test_over_allocation_alert_flows_to_alertmanager_and_resolves(rig: Rig) -> None:
