@@ -76,9 +76,9 @@ def parse(replies: Mapping[str, Mapping[str, Any]]) -> MinerReading:
     power_w = _total(modules.power_w)
     return MinerReading(
         dialect=NAME,
-        model=f.text(version.get("PROD")) or f.text(version.get("MODEL")) or modules.model,
-        firmware=f.split_description(f.any_description(replies))[0],
-        firmware_version=f.text(version.get("VERSION")) or modules.build,
+        model=f.shared(f.text(version.get("PROD")) or f.text(version.get("MODEL")) or modules.model),
+        firmware=f.shared(f.split_description(f.any_description(replies))[0]),
+        firmware_version=f.shared(f.text(version.get("VERSION")) or modules.build),
         **summary,
         boards=tuple(modules.boards),
         fans=tuple(modules.fans),

@@ -47,9 +47,9 @@ def parse(replies: Mapping[str, Mapping[str, Any]]) -> MinerReading:
     power_w = _power(device, problems)
     return MinerReading(
         dialect=NAME,
-        model=f.text(version.get("Type")) or f.text(header.get("Type")),
-        firmware=firmware,
-        firmware_version=firmware_version,
+        model=f.shared(f.text(version.get("Type")) or f.text(header.get("Type"))),
+        firmware=f.shared(firmware),
+        firmware_version=f.shared(firmware_version),
         **_rates(replies.get("summary"), device, problems),
         boards=_boards(device, problems),
         fans=_fans(device, problems),

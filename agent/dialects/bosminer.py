@@ -35,9 +35,9 @@ def parse(replies: Mapping[str, Mapping[str, Any]]) -> MinerReading:
     power_w, power_limit_w = _power(replies.get("tunerstatus"), problems)
     return MinerReading(
         dialect=NAME,
-        model=_model(replies.get("devdetails")),
-        firmware=firmware,
-        firmware_version=firmware_version,
+        model=f.shared(_model(replies.get("devdetails"))),
+        firmware=f.shared(firmware),
+        firmware_version=f.shared(firmware_version),
         **f.summary_fields(replies.get("summary"), problems),
         boards=_boards(replies.get("temps"), replies.get("devdetails"), problems),
         fans=_fans(replies.get("fans"), problems),

@@ -38,9 +38,9 @@ def parse(replies: Mapping[str, Mapping[str, Any]]) -> MinerReading:
     power_w = f.read(summary, "Power", f.positive, problems, "summary")
     return MinerReading(
         dialect=NAME,
-        model=devdetails_model(replies.get("devdetails")),
+        model=f.shared(devdetails_model(replies.get("devdetails"))),
         firmware=NAME if replies else None,
-        firmware_version=f.text(summary.get("Firmware Version")),
+        firmware_version=f.shared(f.text(summary.get("Firmware Version"))),
         **f.summary_fields(replies.get("summary"), problems),
         boards=_boards(devs, problems),
         fans=_fans(summary, "summary", problems) if summary else _fans(devs[0] if devs else {}, "devs[0]", problems),

@@ -37,9 +37,9 @@ def stock_reading(
     problems: list[str] = []
     return MinerReading(
         dialect=dialect,
-        model=devdetails_model(replies.get("devdetails")),
-        firmware=firmware[0],
-        firmware_version=firmware[1],
+        model=f.shared(devdetails_model(replies.get("devdetails"))),
+        firmware=f.shared(firmware[0]),
+        firmware_version=f.shared(firmware[1]),
         **f.summary_fields(replies.get("summary"), problems),
         boards=devs_boards(replies.get("devs"), problems),
         pools=f.mark_active_pool(f.pools(replies.get("pools"), problems)),

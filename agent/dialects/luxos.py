@@ -39,9 +39,9 @@ def parse(replies: Mapping[str, Mapping[str, Any]]) -> MinerReading:
     chains = _chain_stats(stats)
     return MinerReading(
         dialect=NAME,
-        model=f.text(version.get("Type")) or _header_type(stats),
-        firmware=firmware,
-        firmware_version=firmware_version,
+        model=f.shared(f.text(version.get("Type")) or _header_type(stats)),
+        firmware=f.shared(firmware),
+        firmware_version=f.shared(firmware_version),
         **f.summary_fields(replies.get("summary"), problems),
         boards=_boards(chains, problems),
         fans=_fans(chains, problems),

@@ -285,9 +285,19 @@ def test_a_malformed_pool_field_is_noted_on_every_poll_not_only_the_first() -> N
         assert problems == ["pools[0].Priority: not a number: 'high'"]
 
 
-def test_miners_reporting_the_same_pool_share_one_pool_object() -> None:
-    # Thousands of miners on a few pools: one object each, not one per miner per poll (memory, bench/).
+def test_miners_on_the_same_pool_share_one_copy_of_its_url_and_status() -> None:
+    # Thousands of miners on a few pools: one string each, not one per miner per poll (memory, bench/).
     first, second = f.pools(_pools_reply(0), []), f.pools(_pools_reply(0), [])
-    assert first == second and first[0] is second[0]
-    assert f.pools(_pools_reply(1), [])[0].priority == 1  # another value is another pool
-    assert f.pools(_pools_reply(True), [])[0].priority is None  # True is not 1 here: typed keys
+    assert first == second
+    assert first[0].url is second[0].url and first[0].status is second[0].status == "alive"
+    assert f.pools(_pools_reply(1), [])[0].priority == 1
+    assert f.pools(_pools_reply(True), [])[0].priority is None  # a bool is not a priority
+
+
+def test_readings_share_model_and_firmware_strings() -> None:
+    from agent.dialects import bmminer
+
+    case = golden_cases("bmminer")[-1]
+    one, two = bmminer.parse(load_case(case)), bmminer.parse(load_case(case))  # two decodes: fresh strings
+    assert one.model is not None and one.model is two.model
+    assert one.firmware_version is two.firmware_version
