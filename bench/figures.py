@@ -100,18 +100,24 @@ def _scrape_duration(miners: int, agent: dict[str, Any], run: dict[str, Any], wh
         return _figure(target, None, reason=why_not)
     if agent.get("scraper") != "prometheus":
         return _figure(target, None, verdict="SKIPPED", reason=run["skipped"].get("prometheus", "no Prometheus"))
-    durations = scrapes["duration_s"]
-    detail = {"first_s": durations[0] if durations else None, "steady_s": durations[1:], "failed": scrapes["failed"]}
-    if len(durations) < 2:
-        return _figure(target, None, reason=f"only {len(durations)} scrape(s) seen: no steady state", detail=detail)
-    # The first scrape also creates every series in Prometheus's head block (~210,000 at 10,000 miners): it
-    # is shown, not judged; every later one appends to series that exist, as a running Prometheus does.
-    reason = f"first scrape (creates every series): {durations[0]:.2f} s"
+    # The first full scrape also creates every series in Prometheus's head block (~210,000 at 10,000 miners):
+    # it is shown, not judged; every later one appends to series that exist, as a running Prometheus does.
+    # Scrapes before the agent's first cycle ended carry almost nothing and count as neither.
+    durations, samples = scrapes["duration_s"], scrapes.get("samples") or []
+    full = max(samples, default=0)
+    first = next((i for i, n in enumerate(samples) if n >= 0.9 * full), 0) if len(samples) == len(durations) else 0
+    steady = durations[first + 1:]
+    detail = {"before_first_cycle_s": durations[:first], "first_s": durations[first] if durations else None,
+              "steady_s": steady, "failed": scrapes["failed"], "samples": samples}
+    if not steady:
+        return _figure(target, None, reason=f"{len(durations)} scrape(s) seen, none after the first full one: no "
+                       "steady state (run more --agent-cycles)", detail=detail)
+    reason = f"first full scrape (creates every series): {durations[first]:.2f} s"
     verdict = None
     if scrapes["failed"]:
         reason += f"; {scrapes['failed']} failed scrape(s)"
         verdict = "FAIL"
-    return _figure(target, max(durations[1:]), reason=reason, verdict=verdict, detail=detail)
+    return _figure(target, max(steady), reason=reason, verdict=verdict, detail=detail)
 
 
 def _shards(run: dict[str, Any], why_not: str) -> dict[str, Any]:

@@ -363,7 +363,7 @@ class Prometheus:
         durations = series("scrape_duration_seconds")
         return {"scrapes": len(up), "failed": sum(1 for v in up if v != 1.0),
                 "duration_s": durations, "max_duration_s": max(durations, default=None),
-                "samples": series("scrape_samples_scraped")[-1:]}
+                "samples": series("scrape_samples_scraped")}  # per scrape, in the order of duration_s
 
     def stop(self) -> None:
         self.proc.stop()

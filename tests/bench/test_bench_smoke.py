@@ -104,3 +104,17 @@ def test_a_second_fleet_size_is_still_pinned_apart() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=True)
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_scrape_duration_judges_the_scrapes_after_the_first_full_one() -> None:
+    # At 30,000 miners Prometheus can scrape before the agent's first cycle ends (almost no series): the
+    # scrape that creates every series is the first full one, shown apart; only later ones are judged.
+    from bench.figures import _scrape_duration
+
+    agent = {"scraper": "prometheus", "scrapes": {"duration_s": [0.05, 8.6, 1.2, 0.9], "failed": 0,
+                                                  "samples": [26.0, 634526.0, 634526.0, 634526.0]}}
+    figure = _scrape_duration(10_000, agent, {"skipped": {}}, "")
+    assert figure["value"] == 1.2 and figure["verdict"] == "FAIL"
+    assert figure["detail"]["first_s"] == 8.6 and figure["detail"]["before_first_cycle_s"] == [0.05]
+    agent["scrapes"].update(duration_s=[0.05, 8.6], samples=[26.0, 634526.0])
+    assert _scrape_duration(10_000, agent, {"skipped": {}}, "x")["verdict"] == "ERROR"  # no steady state seen
