@@ -2,8 +2,8 @@
 
 Named tuples rather than frozen dataclasses: as immutable, and a poll builds about ten of them for every
 miner. A frozen dataclass sets each field through object.__setattr__ (a reading took 2.3 us to build, a
-board 0.7); a named tuple is one tuple, and once the cyclic GC has seen that it holds only numbers and
-strings it stops walking it - the fleet's readings are most of what the agent keeps alive (bench/).
+board 0.7); a named tuple is one tuple. Boards, fans and pools hold only numbers and strings, so once the
+cyclic GC has seen one it stops walking it (a reading itself stays tracked: PowerSource is an object).
 """
 
 from __future__ import annotations

@@ -381,18 +381,9 @@ def _pool(item: Mapping[str, Any], position: int, problems: list[str]) -> Pool |
 
 
 def _pool_status(status: str) -> str:
-    """"Alive" -> "alive", "Deed" -> "dead": one shared string per status the firmware prints."""
-    found = _POOL_STATUSES.get(status)
-    if found is None:
-        lowered = status.lower()
-        found = shared(_POOL_STATUS_ALIASES.get(lowered, lowered))
-        if len(_POOL_STATUSES) >= _SHARED_SIZE:
-            _POOL_STATUSES.clear()
-        _POOL_STATUSES[status] = found
-    return found
-
-
-_POOL_STATUSES: dict[str, str] = {}
+    """"Alive" -> "alive", "Deed" -> "dead": one shared string per status."""
+    lowered = status.lower()
+    return shared(_POOL_STATUS_ALIASES.get(lowered, lowered))  # type: ignore[return-value]
 
 
 def shared(value: str | None) -> str | None:

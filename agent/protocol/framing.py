@@ -4,9 +4,9 @@ Contract: `decode_reply` raises nothing but `EmptyReply` and `BadReply`; `check_
 raise/return `CommandRejected`. Strict JSON costs one `orjson.loads` (the fast path, ~3x quicker than the
 stdlib on a 5 KB stats reply - a fifth of a poll's CPU, measured); whatever orjson refuses goes to the
 tolerant path: the stdlib decoder (control characters in strings, trailing garbage, invalid UTF-8,
-integers past 64 bits) and, only when that fails too, the named repairs below, each on tokens outside JSON strings (a value such as the
-S9k's `"chain_xtime3":"{X6=1}"` is never touched), except `_repair_invalid_escapes`, whose target lives
-inside strings by nature. Bare `NaN`/`Infinity`, which Python's json would turn into floats, decode as
+integers past 64 bits) and, only when that fails too, the named repairs below, each on tokens outside
+JSON strings (a value such as the S9k's `"chain_xtime3":"{X6=1}"` is never touched), except
+`_repair_invalid_escapes`, whose target lives inside strings by nature. Bare `NaN`/`Infinity`, which Python's json would turn into floats, decode as
 None: unknown is never a number (CGMINER-API.md §4 #7).
 """
 
