@@ -20,14 +20,14 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from common.configfile import ConfigError
-from common.logs import LEVELS, configure_logging, get_logger
+from megawatch.common.configfile import ConfigError
+from megawatch.common.logs import LEVELS, configure_logging, get_logger
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
-    from agent.exposition import ReloadStatus
-    from agent.poller import Poller
-    from common.webconfig import WebConfig
+    from megawatch.agent.config import AgentConfig
+    from megawatch.agent.exposition import ReloadStatus
+    from megawatch.agent.poller import Poller
+    from megawatch.common.webconfig import WebConfig
 
 EXIT_CONFIG = 2
 
@@ -48,9 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.config import load_agent_config
-    from agent.runtime import tune_gc
-    from common.webconfig import load_web_config
+    from megawatch.agent.config import load_agent_config
+    from megawatch.agent.runtime import tune_gc
+    from megawatch.common.webconfig import load_web_config
 
     path = args.check_config or args.config
     try:
@@ -78,11 +78,11 @@ async def serve(config: AgentConfig, listen: str | None = None, port: int | None
     from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
 
-    from agent.exposition import FleetCollector, ReloadCollector, ReloadStatus
-    from agent.poller import Poller
-    from agent.state import FleetState
-    from agent.web import make_app
-    from common.webconfig import protect
+    from megawatch.agent.exposition import FleetCollector, ReloadCollector, ReloadStatus
+    from megawatch.agent.poller import Poller
+    from megawatch.agent.state import FleetState
+    from megawatch.agent.web import make_app
+    from megawatch.common.webconfig import protect
 
     log = get_logger(site=config.site)
     state = FleetState(config.site, len(config.miners))
@@ -139,7 +139,7 @@ async def serve(config: AgentConfig, listen: str | None = None, port: int | None
 
 async def _reload(current: AgentConfig, poller: Poller, status: ReloadStatus) -> AgentConfig:
     """Re-read the config file; hand a good one to the poller, keep the current one on any problem."""
-    from agent.config import load_agent_config
+    from megawatch.agent.config import load_agent_config
 
     log = get_logger(site=current.site)
     status.at_s = time.time()

@@ -11,11 +11,11 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.dialects import DIALECTS
-from agent.models import DEFAULT_MODELS_PATH, ModelTable, load_model_table
-from common.configfile import ConfigError, Section
-from common.logs import LEVELS
-from common.webconfig import WebConfig, load_web_config
+from megawatch.agent.dialects import DIALECTS
+from megawatch.agent.modeltable import DEFAULT_MODELS_PATH, ModelTable, load_model_table
+from megawatch.common.configfile import ConfigError, Section
+from megawatch.common.logs import LEVELS
+from megawatch.common.webconfig import WebConfig, load_web_config
 
 DEFAULT_PORT = 4028
 LOG_FORMATS = ("auto", "json", "console")

@@ -20,9 +20,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.config import ExpositionSettings
-from agent.model import MinerReading
-from agent.state import OUTCOMES, FleetSnapshot, FleetState, MinerState, MinerStatus
+from megawatch.agent.config import ExpositionSettings
+from megawatch.agent.model import MinerReading
+from megawatch.agent.state import OUTCOMES, FleetSnapshot, FleetState, MinerState, MinerStatus
 
 PREFIX = "megawatch_"
 Sample = tuple[tuple[str, ...], float]  # extra label values (after site, miner), value

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import Any, Protocol
 
-from agent import dialects as dialect_table
-from agent.config import AgentConfig, MinerTarget
-from agent.model import MinerReading
-from agent.models import estimate_power, replace_reading
-from agent.protocol.errors import CommandRejected, ErrorKind, MinerError
-from agent.state import (
+from megawatch.agent import dialects as dialect_table
+from megawatch.agent.config import AgentConfig, MinerTarget
+from megawatch.agent.model import MinerReading
+from megawatch.agent.modeltable import estimate_power, replace_reading
+from megawatch.agent.protocol.errors import CommandRejected, ErrorKind, MinerError
+from megawatch.agent.state import (
     OK,
     OUTCOMES,
     AgentCounters,
@@ -32,7 +32,7 @@ from agent.state import (
     classify,
     summarise,
 )
-from common.logs import get_logger
+from megawatch.common.logs import get_logger
 
 # Failures that mean "nobody answers": retrying them every cycle only burns deadlines.
 _BACKOFF_KINDS = frozenset({ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT})
@@ -96,7 +96,7 @@ class Poller:
         own_deadlines = deadlines is None
         if query is None or deadlines is None:
             # Imported here so the config and state modules load without the wire client.
-            from agent.protocol import client
+            from megawatch.agent.protocol import client
 
             query = query or client.query
             deadlines = deadlines or client.Deadlines(
@@ -207,7 +207,7 @@ class Poller:
             tracks.append(track)
         self._tracks, self._config, self._settings = tracks, config, config.poll
         if self._own_deadlines:
-            from agent.protocol import client
+            from megawatch.agent.protocol import client
 
             self._deadlines = client.Deadlines(connect_s=config.poll.connect_timeout_s,
                                                request_s=config.poll.request_timeout_s)

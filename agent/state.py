@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from agent.config import MinerTarget
-from agent.model import MinerReading, PowerSource
-from agent.protocol.errors import ErrorKind
+from megawatch.agent.config import MinerTarget
+from megawatch.agent.model import MinerReading, PowerSource
+from megawatch.agent.protocol.errors import ErrorKind
 
 OK = "ok"
 OUTCOMES: tuple[str, ...] = (OK, *(kind.value for kind in ErrorKind))

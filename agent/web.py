@@ -18,11 +18,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agent.config import AgentConfig
-from agent.exposition import MinerRenderer
-from agent.poller import Poller
-from agent.state import FleetSnapshot, FleetState, MinerState, MinerStatus
-from common.logs import get_logger
+from megawatch.agent.config import AgentConfig
+from megawatch.agent.exposition import MinerRenderer
+from megawatch.agent.poller import Poller
+from megawatch.agent.state import FleetSnapshot, FleetState, MinerState, MinerStatus
+from megawatch.common.logs import get_logger
 
 SUMMARY_VERSION = 1
 # What MinerRenderer writes; prometheus_client's CONTENT_TYPE_LATEST now names version 1.0.0 instead.

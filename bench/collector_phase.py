@@ -20,8 +20,8 @@ import aiohttp
 
 from bench.procs import BenchError, Cores, Proc, free_port, pin
 from bench.summaries import MINERS_PER_AGENT, agent_url, site_of
-from collector.config import load_collector_config
-from collector.service import CollectorService
+from megawatch.collector.config import load_collector_config
+from megawatch.collector.service import CollectorService
 
 AGENTS = 200
 SITES = 20

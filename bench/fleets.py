@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml  # type: ignore[import-untyped]
 
-from agent.simulator.config import load_fleet_config
+from megawatch.simulator.config import load_fleet_config
 
 REPO = Path(__file__).resolve().parent.parent
 MIX_FILE = REPO / "configs" / "sim" / "fleet-10k.yaml"

@@ -77,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _make_peer(args: argparse.Namespace, runner: asyncio.Runner) -> tuple[Any, dict[str, Any]]:
-    from agent.config import load_agent_config
-    from common.logs import configure_logging
+    from megawatch.agent.config import load_agent_config
+    from megawatch.common.logs import configure_logging
 
     # As the agent runs: JSON logs at info (nothing is logged per poll in a steady cycle), to stderr.
     configure_logging("json", "info")
     if args.kind == "megawatch":
-        from agent.runtime import tune_gc
+        from megawatch.agent.runtime import tune_gc
         from bench.poller_peer import MegawatchPoller
 
         tune_gc()  # as `megawatch agent` does at start; the other peers run as their users run them

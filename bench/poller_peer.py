@@ -15,11 +15,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, load_agent_config
-from agent.exposition import FleetCollector, MinerRenderer
-from agent.poller import Poller
-from agent.protocol import client
-from agent.state import FleetState
+from megawatch.agent.config import AgentConfig, load_agent_config
+from megawatch.agent.exposition import FleetCollector, MinerRenderer
+from megawatch.agent.poller import Poller
+from megawatch.agent.protocol import client
+from megawatch.agent.state import FleetState
 from bench.plan import CycleResult, MinerPlan, save_plan
 from bench.series import count_series
 

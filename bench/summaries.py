@@ -17,9 +17,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agent.config import load_agent_config
-from agent.state import AgentCounters, FleetSnapshot, SiteTotals
-from agent.web import make_summary
+from megawatch.agent.config import load_agent_config
+from megawatch.agent.state import AgentCounters, FleetSnapshot, SiteTotals
+from megawatch.agent.web import make_summary
 
 MINERS_PER_AGENT = 2_500
 WATTS_PER_MINER = 3_250.0

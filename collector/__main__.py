@@ -18,8 +18,8 @@ import argparse
 import asyncio
 import sys
 
-from common.configfile import ConfigError
-from common.logs import LEVELS, configure_logging, get_logger
+from megawatch.common.configfile import ConfigError
+from megawatch.common.logs import LEVELS, configure_logging, get_logger
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from collector.config import load_collector_config
-    from common.webconfig import load_web_config
+    from megawatch.collector.config import load_collector_config
+    from megawatch.common.webconfig import load_web_config
 
     path = args.check_config or args.config
     try:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         address, port = host, int(port_text)
     configure_logging(args.log_format, args.log_level)
-    from collector.service import serve
+    from megawatch.collector.service import serve
 
     try:
         asyncio.run(serve(config, address, port))

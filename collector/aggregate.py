@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from collector.config import CollectorConfig, Site, public_url
-from collector.model import (
+from megawatch.collector.config import CollectorConfig, Site, public_url
+from megawatch.collector.model import (
     AgentObservation,
     AgentSummary,
     AgentView,

@@ -25,10 +25,10 @@ from enum import StrEnum
 
 import aiohttp
 
-from collector.config import Alerting, public_url
-from collector.model import Alert, AlertPhase
-from collector.rules import Evaluation
-from common.logs import get_logger
+from megawatch.collector.config import Alerting, public_url
+from megawatch.collector.model import Alert, AlertPhase
+from megawatch.collector.rules import Evaluation
+from megawatch.common.logs import get_logger
 
 ENDS_AT_RESENDS = 4  # a firing alert stays valid for this many resend intervals (Prometheus uses 4)
 

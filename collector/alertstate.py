@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from collector.model import Alert, AlertPhase, Severity
-from common.logs import get_logger
+from megawatch.collector.model import Alert, AlertPhase, Severity
+from megawatch.common.logs import get_logger
 
 STATE_VERSION = 1
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from common.configfile import ConfigError, Section
-from common.webconfig import WebConfig, load_web_config
+from megawatch.common.configfile import ConfigError, Section
+from megawatch.common.webconfig import WebConfig, load_web_config
 
 MW = 1e6  # W per MW
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()

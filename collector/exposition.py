@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from collector.config import ALERT_NAMES
-from collector.model import AlertPhase, Draw, SiteStatus
-from collector.service import CollectorService
+from megawatch.collector.config import ALERT_NAMES
+from megawatch.collector.model import AlertPhase, Draw, SiteStatus
+from megawatch.collector.service import CollectorService
 
 AGENT_STATES = ("up", "down", "stale", "no_data")
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from collector.config import Thresholds
-from collector.model import Alert, AlertPhase, FleetTotals, Severity, SiteTotals
+from megawatch.collector.config import Thresholds
+from megawatch.collector.model import Alert, AlertPhase, FleetTotals, Severity, SiteTotals
 
 Labels = tuple[tuple[str, str], ...]
 RESOLVED_KEPT = 100  # resolved alerts remembered for /api/v1/alerts

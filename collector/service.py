@@ -13,14 +13,14 @@ from dataclasses import dataclass, field, replace
 import aiohttp
 from aiohttp import web
 
-from collector.aggregate import aggregate_fleet
-from collector.alertmanager import Notifier
-from collector.alertstate import load_alerts, save_alerts
-from collector.config import CollectorConfig, public_url
-from collector.model import AgentObservation, Alert, AlertPhase, FleetTotals
-from collector.rules import Evaluation, RuleEngine
-from collector.sources import AgentReader, observe
-from common.logs import get_logger
+from megawatch.collector.aggregate import aggregate_fleet
+from megawatch.collector.alertmanager import Notifier
+from megawatch.collector.alertstate import load_alerts, save_alerts
+from megawatch.collector.config import CollectorConfig, public_url
+from megawatch.collector.model import AgentObservation, Alert, AlertPhase, FleetTotals
+from megawatch.collector.rules import Evaluation, RuleEngine
+from megawatch.collector.sources import AgentReader, observe
+from megawatch.common.logs import get_logger
 
 _LOG_EVENTS = {
     "SiteOverAllocation": "site_over_allocation",
@@ -175,8 +175,8 @@ class CollectorService:
 
     def reload(self) -> bool:
         """Re-read the config file; on any problem keep the running config (atomic) and say why."""
-        from collector.config import load_collector_config
-        from common.configfile import ConfigError
+        from megawatch.collector.config import load_collector_config
+        from megawatch.common.configfile import ConfigError
 
         self.stats.reload_at = self.clock()
         try:
@@ -217,8 +217,8 @@ def generator_url(config: CollectorConfig, address: str, port: int) -> str:
 
 async def serve(config: CollectorConfig, address: str, port: int) -> None:
     """Run the collector until SIGINT/SIGTERM: HTTP, the poll loop and alert delivery."""
-    from collector.web import make_app
-    from common.webconfig import protect
+    from megawatch.collector.web import make_app
+    from megawatch.common.webconfig import protect
 
     log = get_logger()
     stop = asyncio.Event()

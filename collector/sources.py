@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from collector.model import AgentObservation, AgentSummary
+from megawatch.collector.model import AgentObservation, AgentSummary
 
 SUMMARY_PATH = "/api/v1/summary"
 SUMMARY_VERSION = 1

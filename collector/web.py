@@ -9,10 +9,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from collector.config import Site
-from collector.exposition import SiteCollector
-from collector.model import Alert, SiteTotals
-from collector.service import CollectorService
+from megawatch.collector.config import Site
+from megawatch.collector.exposition import SiteCollector
+from megawatch.collector.model import Alert, SiteTotals
+from megawatch.collector.service import CollectorService
 
 API_VERSION = 1
 SERVICE: web.AppKey[CollectorService] = web.AppKey("service", CollectorService)

@@ -31,7 +31,7 @@ import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from common.configfile import Section
+from megawatch.common.configfile import Section
 
 TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 # $2a$/$2b$/$2y$ (htpasswd -B writes 2y), cost, 53 characters of salt and hash.

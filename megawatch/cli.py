@@ -10,9 +10,9 @@ from types import ModuleType
 
 def _subcommands() -> dict[str, tuple[ModuleType, str]]:
     # Imported here so `megawatch --help` stays fast and a broken subcommand cannot break the others.
-    from agent import __main__ as agent_main
-    from agent.simulator import __main__ as simulate_main
-    from collector import __main__ as collector_main
+    from megawatch.agent import __main__ as agent_main
+    from megawatch.simulator import __main__ as simulate_main
+    from megawatch.collector import __main__ as collector_main
     from megawatch import demo
 
     return {

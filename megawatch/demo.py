@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from common.configfile import ConfigError, ConfigProblem
+from megawatch.common.configfile import ConfigError, ConfigProblem
 from megawatch.demoplan import (
     CONFIGS,
     PORTS,
@@ -75,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
 def check_configs(args: argparse.Namespace) -> None:
     """Validate the three files with their own loaders first: a bad one is reported as file:line, not a crash."""
-    from agent.config import load_agent_config
-    from agent.simulator.config import load_fleet_config
-    from collector.config import load_collector_config
+    from megawatch.agent.config import load_agent_config
+    from megawatch.simulator.config import load_fleet_config
+    from megawatch.collector.config import load_collector_config
 
     problems: list[ConfigProblem] = []
     for load, path in ((load_fleet_config, args.sim_config), (load_collector_config, args.sites_config),

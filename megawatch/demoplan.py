@@ -63,7 +63,7 @@ def _load_yaml(path: str | Path) -> Any:
 
 def _scaled_sim(raw: dict[str, Any], divisor: int) -> tuple[dict[str, Any], dict[str, float]]:
     """The fleet with every group divided by `divisor`, and each site's power kept (a ratio, by model)."""
-    from agent.models import load_model_table
+    from megawatch.agent.modeltable import load_model_table
 
     table = load_model_table()
     ratios: dict[str, float] = {}

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from agent.models import load_model_table
-from agent.simulator.config import ControlConfig, FaultConfig, FleetConfig, GroupConfig, SiteConfig
-from agent.simulator.control import LocalBackend, start_control
-from agent.simulator.faults import make_fault
-from agent.simulator.fleet import Fleet, initial_faults, plan_fleet
-from agent.simulator.miner import Miner
+from megawatch.agent.modeltable import load_model_table
+from megawatch.simulator.config import ControlConfig, FaultConfig, FleetConfig, GroupConfig, SiteConfig
+from megawatch.simulator.control import LocalBackend, start_control
+from megawatch.simulator.faults import make_fault
+from megawatch.simulator.fleet import Fleet, initial_faults, plan_fleet
+from megawatch.simulator.miner import Miner
 
 # One miner per reply profile: bmminer has two (S9-class compact, S19-class spaced).
 DEFAULT_GROUPS: tuple[tuple[str, str], ...] = (

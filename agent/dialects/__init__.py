@@ -7,7 +7,7 @@ Contract of every dialect module:
   answered successfully to its decoded reply object (the one holding STATUS and the data section).
   A missing field gives None; a malformed one gives None plus a note in `reading.problems`. `parse`
   never raises on miner content and never does I/O. Power is set only when the firmware reports it
-  (`PowerSource.FIRMWARE`); estimates are added later from the model table (agent/models.py).
+  (`PowerSource.FIRMWARE`); estimates are added later from the model table (agent/modeltable.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from agent.dialects import avalon, bfgminer, bmminer, bosminer, btminer, cgminer, luxos
-from agent.dialects._fields import description
+from megawatch.agent.dialects import avalon, bfgminer, bmminer, bosminer, btminer, cgminer, luxos
+from megawatch.agent.dialects._fields import description
 
 DIALECTS: dict[str, ModuleType] = {
     "cgminer": cgminer,

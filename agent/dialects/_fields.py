@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agent.model import Pool
+from megawatch.agent.model import Pool
 
 # Firmware reports hashrate under keys prefixed by its unit: "MHS 5s", "GHS av", rate_unit "GH".
 _HASH_UNITS: dict[str, float] = {

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.dialects import _fields as f
-from agent.model import Board, Fan, MinerReading, PowerSource
+from megawatch.agent.dialects import _fields as f
+from megawatch.agent.model import Board, Fan, MinerReading, PowerSource
 
 NAME = "avalon"
 COMMANDS: tuple[str, ...] = ("version", "summary", "pools", "estats")

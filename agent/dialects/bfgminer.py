@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.dialects import _fields as f
-from agent.dialects.cgminer import firmware_from_version, stock_reading
-from agent.model import MinerReading
+from megawatch.agent.dialects import _fields as f
+from megawatch.agent.dialects.cgminer import firmware_from_version, stock_reading
+from megawatch.agent.model import MinerReading
 
 NAME = "bfgminer"
 COMMANDS: tuple[str, ...] = ("version", "summary", "pools", "devs", "devdetails")

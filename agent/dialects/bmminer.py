@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.dialects import _fields as f
-from agent.dialects.cgminer import firmware_from_version
-from agent.model import Board, Fan, MinerReading, PowerSource
+from megawatch.agent.dialects import _fields as f
+from megawatch.agent.dialects.cgminer import firmware_from_version
+from megawatch.agent.model import Board, Fan, MinerReading, PowerSource
 
 NAME = "bmminer"
 COMMANDS: tuple[str, ...] = ("version", "summary", "stats", "pools")

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.dialects import _fields as f
-from agent.model import Board, Fan, MinerReading, PowerSource
+from megawatch.agent.dialects import _fields as f
+from megawatch.agent.model import Board, Fan, MinerReading, PowerSource
 
 NAME = "bosminer"
 COMMANDS: tuple[str, ...] = ("version", "summary", "pools", "fans", "temps", "tunerstatus", "devdetails")

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.dialects import _fields as f
-from agent.dialects.cgminer import devdetails_model
-from agent.model import Board, Fan, MinerReading, PowerSource
+from megawatch.agent.dialects import _fields as f
+from megawatch.agent.dialects.cgminer import devdetails_model
+from megawatch.agent.model import Board, Fan, MinerReading, PowerSource
 
 NAME = "btminer"
 COMMANDS: tuple[str, ...] = ("summary", "pools", "devs", "devdetails")

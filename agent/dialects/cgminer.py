@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agent.dialects import _fields as f
-from agent.model import Board, MinerReading
+from megawatch.agent.dialects import _fields as f
+from megawatch.agent.model import Board, MinerReading
 
 NAME = "cgminer"
 COMMANDS: tuple[str, ...] = ("version", "summary", "pools", "devs", "devdetails")

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.protocol.errors import (
+from megawatch.agent.protocol.errors import (
     BadReply,
     CommandRejected,
     ConnectFailed,
@@ -39,7 +39,7 @@ from agent.protocol.errors import (
     PrivilegedCommandRefused,
     ReplyTooLarge,
 )
-from agent.protocol.framing import check_status, decode_reply, split_joined
+from megawatch.agent.protocol.framing import check_status, decode_reply, split_joined
 
 DEFAULT_PORT = 4028
 # Whatsminer M3 `stats` is 67 KB and Avalon `estats` ~8 KB per module (CGMINER-API.md §4 #24): 1 MiB leaves room.

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from agent.protocol.errors import BadReply, CommandRejected, EmptyReply
+from megawatch.agent.protocol.errors import BadReply, CommandRejected, EmptyReply
 
 # strict=False: cgminer escapes only `"` and `\`, so raw newlines/control characters reach us inside
 # strings (CGMINER-API.md §1.5, §4 #5). One decoder built once: json.loads(..., strict=False) would

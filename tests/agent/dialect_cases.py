@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 _CHARS = st.characters(codec="utf-8", categories=("L", "N", "P", "S", "Zs"))
 
-from agent.protocol.framing import decode_reply, split_joined
+from megawatch.agent.protocol.framing import decode_reply, split_joined
 
 GOLDEN_REPLIES = Path(__file__).resolve().parent.parent / "golden" / "replies"
 

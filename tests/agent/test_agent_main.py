@@ -111,8 +111,8 @@ async def test_port_in_use_is_one_log_line_and_exit_1(tmp_path: Path) -> None:
 
     from structlog.testing import capture_logs
 
-    from agent.__main__ import serve
-    from agent.config import load_agent_config
+    from megawatch.agent.__main__ import serve
+    from megawatch.agent.config import load_agent_config
 
     path = tmp_path / "agent.yaml"
     path.write_text("site: t1\nminers:\n  - address: 127.77.0.1\n")

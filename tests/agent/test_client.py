@@ -23,7 +23,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.protocol.client import (
+from megawatch.agent.protocol.client import (
     PRIVILEGED_COMMANDS,
     READ_COMMANDS,
     Deadlines,
@@ -31,7 +31,7 @@ from agent.protocol.client import (
     query,
     request_raw,
 )
-from agent.protocol.errors import (
+from megawatch.agent.protocol.errors import (
     BadReply,
     CommandRejected,
     ConnectFailed,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, MinerTarget, load_agent_config
-from agent.models import DEFAULT_MODELS_PATH
-from common.configfile import ConfigError
+from megawatch.agent.config import AgentConfig, MinerTarget, load_agent_config
+from megawatch.agent.modeltable import DEFAULT_MODELS_PATH
+from megawatch.common.configfile import ConfigError
 
 CASES = Path(__file__).resolve().parent.parent / "config_cases"
 REPO = Path(__file__).resolve().parents[2]

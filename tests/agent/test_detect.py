@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from dialect_cases import GOLDEN_REPLIES, load_case
 
-from agent.dialects import DETECT_COMMANDS, DIALECTS, detect
-from agent.protocol.framing import decode_reply
+from megawatch.agent.dialects import DETECT_COMMANDS, DIALECTS, detect
+from megawatch.agent.protocol.framing import decode_reply
 
 
 def _golden(path: str) -> dict[str, Any]:

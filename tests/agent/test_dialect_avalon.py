@@ -9,8 +9,8 @@ from dialect_cases import golden_cases, load_case, replies_like
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.dialects import avalon
-from agent.model import Board, Fan, MinerReading, Pool, PowerSource
+from megawatch.agent.dialects import avalon
+from megawatch.agent.model import Board, Fan, MinerReading, Pool, PowerSource
 
 MH = 1e6  # summary "MHS 30s"
 GH = 1e9  # MM ID0 MGHS / GHSspd / GHSavg

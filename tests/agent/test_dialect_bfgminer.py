@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from dialect_cases import golden_cases, load_case
 
-from agent.dialects import bfgminer
-from agent.model import Board, MinerReading, Pool
+from megawatch.agent.dialects import bfgminer
+from megawatch.agent.model import Board, MinerReading, Pool
 
 MH = 1e6  # rates written as `x * MH` are computed exactly as the parser does
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from dialect_cases import golden_cases, load_case
 
-from agent.dialects import bmminer
-from agent.model import Board, Fan, MinerReading, Pool, PowerSource
+from megawatch.agent.dialects import bmminer
+from megawatch.agent.model import Board, Fan, MinerReading, Pool, PowerSource
 
 GH = 1e9  # the parser multiplies GH/s by this; writing rates as `x * GH` keeps the comparison exact
 

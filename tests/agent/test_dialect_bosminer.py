@@ -8,8 +8,8 @@ import pytest
 from dialect_cases import golden_cases, load_case, replies_like
 from hypothesis import given, settings
 
-from agent.dialects import bosminer
-from agent.model import Board, Fan, MinerReading, Pool, PowerSource
+from megawatch.agent.dialects import bosminer
+from megawatch.agent.model import Board, Fan, MinerReading, Pool, PowerSource
 
 MH = 1e6  # BOSminer reports MH/s
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from dialect_cases import golden_cases, load_case
 
-from agent.dialects import btminer
-from agent.model import Board, Fan, MinerReading, Pool, PowerSource
+from megawatch.agent.dialects import btminer
+from megawatch.agent.model import Board, Fan, MinerReading, Pool, PowerSource
 
 MH = 1e6  # rates written as `x * MH` are computed exactly as the parser does
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from dialect_cases import golden_cases, load_case
 
-from agent.dialects import cgminer
-from agent.model import Board, MinerReading, Pool
-from agent.protocol.framing import decode_reply, split_joined
+from megawatch.agent.dialects import cgminer
+from megawatch.agent.model import Board, MinerReading, Pool
+from megawatch.agent.protocol.framing import decode_reply, split_joined
 
 MH = 1e6  # rates written as `x * MH` are computed exactly as the parser does
 

@@ -8,8 +8,8 @@ import pytest
 from dialect_cases import golden_cases, load_case, replies_like
 from hypothesis import given, settings
 
-from agent.dialects import luxos
-from agent.model import Board, Fan, MinerReading, Pool, PowerSource
+from megawatch.agent.dialects import luxos
+from megawatch.agent.model import Board, Fan, MinerReading, Pool, PowerSource
 
 GH = 1e9  # LuxOS reports GH/s (summary "GHS 5s", stats rate_unit "GH")
 

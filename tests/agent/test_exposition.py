@@ -14,17 +14,17 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.config import ExpositionSettings, MinerTarget
-from agent.exposition import (
+from megawatch.agent.config import ExpositionSettings, MinerTarget
+from megawatch.agent.exposition import (
     MINER_FAMILIES,
     FleetCollector,
     MinerCollector,
     MinerRenderer,
     render_miners,
 )
-from agent.model import Board, Fan, MinerReading, Pool, PowerSource
-from agent.protocol.errors import ErrorKind
-from agent.state import (
+from megawatch.agent.model import Board, Fan, MinerReading, Pool, PowerSource
+from megawatch.agent.protocol.errors import ErrorKind
+from megawatch.agent.state import (
     OUTCOMES,
     AgentCounters,
     FleetSnapshot,

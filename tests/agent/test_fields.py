@@ -10,9 +10,9 @@ from dialect_cases import golden_cases, load_case, replies_like
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.dialects import DIALECTS
-from agent.dialects import _fields as f
-from agent.model import MinerReading, Pool
+from megawatch.agent.dialects import DIALECTS
+from megawatch.agent.dialects import _fields as f
+from megawatch.agent.model import MinerReading, Pool
 
 
 @pytest.mark.parametrize(
@@ -295,7 +295,7 @@ def test_miners_on_the_same_pool_share_one_copy_of_its_url_and_status() -> None:
 
 
 def test_readings_share_model_and_firmware_strings() -> None:
-    from agent.dialects import bmminer
+    from megawatch.agent.dialects import bmminer
 
     case = golden_cases("bmminer")[-1]
     one, two = bmminer.parse(load_case(case)), bmminer.parse(load_case(case))  # two decodes: fresh strings

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.protocol import framing
-from agent.protocol.errors import BadReply, CommandRejected, EmptyReply
-from agent.protocol.framing import check_status, decode_reply, split_joined
+from megawatch.agent.protocol import framing
+from megawatch.agent.protocol.errors import BadReply, CommandRejected, EmptyReply
+from megawatch.agent.protocol.framing import check_status, decode_reply, split_joined
 
 # shared/ lies beside the work tree (and beside CI's fresh clone); see its captures/SOURCES.md.
 # Copies of ../shared/captures kept in the repo, so a fresh clone tests against them too.

@@ -1,4 +1,4 @@
-"""The model table (configs/models.yaml) and estimate_power: lookup by what miners really report."""
+"""The model table (agent/models.yaml) and estimate_power: lookup by what miners really report."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.model import MinerReading, PowerSource
-from agent.models import ModelTable, estimate_power, load_model_table
-from common.configfile import ConfigError
+from megawatch.agent.model import MinerReading, PowerSource
+from megawatch.agent.modeltable import ModelTable, estimate_power, load_model_table
+from megawatch.common.configfile import ConfigError
 
 TH = 1e12
 

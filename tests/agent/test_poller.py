@@ -18,17 +18,17 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent.config import AgentConfig, load_agent_config
-from agent.model import MinerReading, PowerSource
-from agent.poller import Poller
-from agent.protocol.errors import (
+from megawatch.agent.config import AgentConfig, load_agent_config
+from megawatch.agent.model import MinerReading, PowerSource
+from megawatch.agent.poller import Poller
+from megawatch.agent.protocol.errors import (
     BadReply,
     CommandRejected,
     ConnectFailed,
     ErrorKind,
     ReplyTooLarge,
 )
-from agent.state import FleetState, MinerStatus
+from megawatch.agent.state import FleetState, MinerStatus
 
 
 class FakeClock:
@@ -347,7 +347,7 @@ def _free_port() -> int:
 
 
 async def test_real_sockets_faults_typed_and_isolated(tmp_path: Path) -> None:
-    pytest.importorskip("agent.protocol.client")
+    pytest.importorskip("megawatch.agent.protocol.client")
     hows = ["ok"] * 20 + ["hang", "hang", "empty", "garbage", "huge", "no_join"]
     servers, ports = [], []
     for how in hows:
@@ -435,9 +435,9 @@ async def test_agent_matches_simulator_truth_with_5_percent_faults(tmp_path: Pat
 async def test_bmminer_read_in_full_whether_or_not_it_joins(tmp_path: Path, make_sim_fleet: Any, joins: bool) -> None:
     """bmminer asks for a join; a stock S19 that refuses it is still read in full, one command per
     connection, and the refusal is remembered: one refused join per miner, not one per cycle."""
-    from agent.dialects import bmminer
-    from agent.models import estimate_power
-    from agent.protocol import client
+    from megawatch.agent.dialects import bmminer
+    from megawatch.agent.modeltable import estimate_power
+    from megawatch.agent.protocol import client
 
     sim = await make_sim_fleet(sites=1, per_group=2, groups=(("bmminer", "Antminer S19 Pro"),), joins=joins)
     config = _sim_agent_config(tmp_path, sim)

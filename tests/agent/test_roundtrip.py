@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from agent.dialects import DIALECTS
-from agent.protocol.client import Deadlines, query
-from agent.protocol.errors import (
+from megawatch.agent.dialects import DIALECTS
+from megawatch.agent.protocol.client import Deadlines, query
+from megawatch.agent.protocol.errors import (
     BadReply,
     CommandRejected,
     ConnectFailed,

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent import runtime
+from megawatch.agent import runtime
 
 
 @pytest.fixture

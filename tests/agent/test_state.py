@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from agent.config import MinerTarget
-from agent.model import MinerReading, PowerSource
-from agent.protocol.errors import ErrorKind
-from agent.state import (
+from megawatch.agent.config import MinerTarget
+from megawatch.agent.model import MinerReading, PowerSource
+from megawatch.agent.protocol.errors import ErrorKind
+from megawatch.agent.state import (
     FleetSnapshot,
     FleetState,
     MinerState,

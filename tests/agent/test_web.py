@@ -14,11 +14,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.config import AgentConfig, load_agent_config
-from agent.exposition import FleetCollector
-from agent.poller import Poller
-from agent.state import FleetState
-from agent.web import POLLER_TASK, make_app
+from megawatch.agent.config import AgentConfig, load_agent_config
+from megawatch.agent.exposition import FleetCollector
+from megawatch.agent.poller import Poller
+from megawatch.agent.state import FleetState
+from megawatch.agent.web import POLLER_TASK, make_app
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_exposition import T0, fixed_snapshot
@@ -74,7 +74,7 @@ async def test_metrics_is_compressed_family_by_family_never_rendered_whole(
 ) -> None:
     # At 10,000 miners the whole text is ~20 MB and its encoded copy as much again: building them to then
     # compress cost ~70 MB of peak RSS (bench/). The served text must still be exactly the whole render.
-    from agent.exposition import MinerRenderer
+    from megawatch.agent.exposition import MinerRenderer
 
     whole = MinerRenderer(config.exposition).render(fixed_snapshot())
     monkeypatch.setattr(MinerRenderer, "render", lambda self, snapshot: pytest.fail("rendered whole"))
@@ -87,8 +87,8 @@ async def test_metrics_is_compressed_family_by_family_never_rendered_whole(
 
 def test_plain_text_is_decompressed_a_piece_at_a_time(config: AgentConfig) -> None:
     # A scraper that does not ask for gzip gets the text streamed from the compressed copy, never held whole.
-    from agent.exposition import MinerRenderer
-    from agent.web import MetricsCache
+    from megawatch.agent.exposition import MinerRenderer
+    from megawatch.agent.web import MetricsCache
 
     cache = MetricsCache(MinerRenderer(config.exposition))
     rendered = cache._render(fixed_snapshot())
@@ -99,7 +99,7 @@ def test_plain_text_is_decompressed_a_piece_at_a_time(config: AgentConfig) -> No
 
 
 async def test_summary_matches_the_collector_contract(client: TestClient) -> None:
-    from collector.sources import (
+    from megawatch.collector.sources import (
         parse_summary,  # the reader on the other end of the wire
     )
 

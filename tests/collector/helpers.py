@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from collector.config import Alerting, CollectorConfig, Site, Thresholds
-from collector.model import AgentObservation, AgentSummary
+from megawatch.collector.config import Alerting, CollectorConfig, Site, Thresholds
+from megawatch.collector.model import AgentObservation, AgentSummary
 
 MW = 1e6
 

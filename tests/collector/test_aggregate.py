@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.aggregate import aggregate_fleet, aggregate_site
-from collector.model import AgentObservation, SiteStatus
+from megawatch.collector.aggregate import aggregate_fleet, aggregate_site
+from megawatch.collector.model import AgentObservation, SiteStatus
 from tests.collector.helpers import MW, make_config, make_site, make_summary, observed
 
 STALE_AFTER = 60.0

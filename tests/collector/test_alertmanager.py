@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 from structlog.testing import capture_logs
 
-from collector.alertmanager import Notifier
-from collector.config import Alerting
-from collector.model import Alert, AlertPhase, Severity
-from collector.rules import Evaluation
+from megawatch.collector.alertmanager import Notifier
+from megawatch.collector.config import Alerting
+from megawatch.collector.model import Alert, AlertPhase, Severity
+from megawatch.collector.rules import Evaluation
 from tests.collector.fakes import FakeAlertmanager, fake_alertmanager
 
 NOW = 1_795_820_400.0

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from collector.alertstate import load_alerts, save_alerts
-from collector.model import Alert, AlertPhase, Severity
-from collector.rules import RuleEngine
+from megawatch.collector.alertstate import load_alerts, save_alerts
+from megawatch.collector.model import Alert, AlertPhase, Severity
+from megawatch.collector.rules import RuleEngine
 from tests.collector.test_rules import config, firing, fleet_at
 
 T0 = 1_700_000_000.0

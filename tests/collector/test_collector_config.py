@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.config import MW, load_collector_config, public_url
-from common.configfile import ConfigError
+from megawatch.collector.config import MW, load_collector_config, public_url
+from megawatch.common.configfile import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = Path(__file__).parent / "config_cases"

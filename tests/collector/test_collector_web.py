@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from collector.config import Alerting, CollectorConfig, Site, Thresholds
-from collector.service import CollectorService
-from collector.web import make_app
+from megawatch.collector.config import Alerting, CollectorConfig, Site, Thresholds
+from megawatch.collector.service import CollectorService
+from megawatch.collector.web import make_app
 from tests.collector.fakes import FakeAgent, FakeAlertmanager, fake_agent, fake_alertmanager
 
 MW = 1e6

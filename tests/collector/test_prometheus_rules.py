@@ -69,7 +69,7 @@ def _seconds(duration: str) -> float:
 def test_rules_and_the_shipped_sites_yaml_use_the_same_thresholds() -> None:
     import yaml
 
-    from collector.config import load_collector_config
+    from megawatch.collector.config import load_collector_config
 
     t = load_collector_config(PROM.parent / "sites.yaml").thresholds
     rules = {r["alert"]: r for g in yaml.safe_load((PROM / "rules" / "megawatch.rules.yml").read_text())["groups"]

@@ -8,10 +8,10 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.aggregate import aggregate_fleet
-from collector.config import CollectorConfig
-from collector.model import AgentObservation, AgentSummary, AlertPhase, FleetTotals, Severity
-from collector.rules import Evaluation, RuleEngine
+from megawatch.collector.aggregate import aggregate_fleet
+from megawatch.collector.config import CollectorConfig
+from megawatch.collector.model import AgentObservation, AgentSummary, AlertPhase, FleetTotals, Severity
+from megawatch.collector.rules import Evaluation, RuleEngine
 from tests.collector.helpers import MW, make_config, make_site, make_summary, observed
 
 HOLD = 30.0

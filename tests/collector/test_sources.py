@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack
 import aiohttp
 import pytest
 
-from collector.sources import AgentReader, SummaryError, SummaryNotReady, observe, parse_summary
+from megawatch.collector.sources import AgentReader, SummaryError, SummaryNotReady, observe, parse_summary
 from tests.collector.fakes import FakeAgent, fake_agent
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from common.configfile import ConfigError, Section, parse_yaml
+from megawatch.common.configfile import ConfigError, Section, parse_yaml
 
 
 def _section(tmp_path: Path, text: str) -> Section:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from common.logs import configure_logging, get_logger
+from megawatch.common.logs import configure_logging, get_logger
 
 
 @pytest.fixture(autouse=True)

@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.simulator.config import FaultConfig
-from agent.simulator.faults import make_fault
+from megawatch.simulator.config import FaultConfig
+from megawatch.simulator.faults import make_fault
 from tests.conftest import DEFAULT_GROUPS, SimMiner, make_config
 from tests.e2e import processes
 from tests.e2e.processes import (

@@ -48,9 +48,9 @@ def _parse(text: str, described: dict[str, tuple[str, ...]], source: str) -> lis
 
 
 def agent_families() -> list[Family]:
-    from agent.config import ExpositionSettings
-    from agent.exposition import MINER_FAMILIES, FleetCollector, render_miners
-    from agent.state import FleetState
+    from megawatch.agent.config import ExpositionSettings
+    from megawatch.agent.exposition import MINER_FAMILIES, FleetCollector, render_miners
+    from megawatch.agent.state import FleetState
 
     state = FleetState("site-a", 0)
     registry = CollectorRegistry()
@@ -63,9 +63,9 @@ def agent_families() -> list[Family]:
 
 
 def collector_families() -> list[Family]:
-    from collector.config import load_collector_config
-    from collector.exposition import SiteCollector
-    from collector.service import CollectorService
+    from megawatch.collector.config import load_collector_config
+    from megawatch.collector.exposition import SiteCollector
+    from megawatch.collector.service import CollectorService
 
     service = CollectorService(load_collector_config(SITES), None, "http://127.0.0.1:0")  # type: ignore[arg-type]
     registry = CollectorRegistry()

@@ -14,7 +14,7 @@ from tests.grafana.catalogue import (
 )
 
 CONFIG_LOADERS = {"**Agent**": "agent/config.py", "**Sites and allocations**": "collector/config.py",
-                  "**Simulator**": "agent/simulator/config.py"}
+                  "**Simulator**": "simulator/config.py"}
 
 
 def _section(text: str, title: str) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from agent.config import load_agent_config
-from agent.simulator.config import load_fleet_config
-from agent.simulator.fleet import plan_fleet
+from megawatch.agent.config import load_agent_config
+from megawatch.simulator.config import load_fleet_config
+from megawatch.simulator.fleet import plan_fleet
 from tests.collector.test_prometheus_rules import PROM, run, tool
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

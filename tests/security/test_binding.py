@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from agent.config import load_agent_config
-from agent.simulator.config import load_fleet_config
-from agent.simulator.control import start_control
-from collector.config import load_collector_config
-from common.configfile import ConfigError
+from megawatch.agent.config import load_agent_config
+from megawatch.simulator.config import load_fleet_config
+from megawatch.simulator.control import start_control
+from megawatch.collector.config import load_collector_config
+from megawatch.common.configfile import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*") if p.suffix in (".yaml", ".yml"))

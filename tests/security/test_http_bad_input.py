@@ -19,13 +19,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from agent.config import load_agent_config
-from agent.exposition import FleetCollector
-from agent.simulator.control import make_app as make_control_app
-from agent.state import FleetState
-from agent.web import make_app as make_agent_app
-from collector.service import CollectorService
-from collector.web import make_app as make_collector_app
+from megawatch.agent.config import load_agent_config
+from megawatch.agent.exposition import FleetCollector
+from megawatch.simulator.control import make_app as make_control_app
+from megawatch.agent.state import FleetState
+from megawatch.agent.web import make_app as make_agent_app
+from megawatch.collector.service import CollectorService
+from megawatch.collector.web import make_app as make_collector_app
 from tests.collector.helpers import make_config
 
 AGENT_PATHS = ("/metrics", "/healthz", "/api/v1/summary", "/api/v1/miners")

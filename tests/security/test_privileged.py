@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from agent.config import load_agent_config
-from agent.poller import Poller
-from agent.protocol.client import query
-from agent.protocol.errors import PrivilegedCommandRefused
-from agent.state import FleetState
+from megawatch.agent.config import load_agent_config
+from megawatch.agent.poller import Poller
+from megawatch.agent.protocol.client import query
+from megawatch.agent.protocol.errors import PrivilegedCommandRefused
+from megawatch.agent.state import FleetState
 
 REDETECT_AFTER = 2
 

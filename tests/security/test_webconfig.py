@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from common import webconfig
-from common.configfile import ConfigError
-from common.webconfig import load_web_config, protect
+from megawatch.common import webconfig
+from megawatch.common.configfile import ConfigError
+from megawatch.common.webconfig import load_web_config, protect
 from tests.security.tls import bcrypt_hash, make_cert, write_web_config
 
 GOOD_HASH = bcrypt_hash("s3cret")

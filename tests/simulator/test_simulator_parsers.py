@@ -1,6 +1,6 @@
 """Every dialect's parser reads the simulator's replies back to the simulator's own values.
 
-This is what keeps the simulator's templates (agent/simulator/replies) and the parsers
+This is what keeps the simulator's templates (simulator/replies) and the parsers
 (agent/dialects) from drifting apart: both claim to follow the real captures, and here they must agree
 on every miner: model, hashrate, power where the firmware measures it, temperatures, fans, counters.
 """
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from agent.dialects import DETECT_COMMANDS, DIALECTS, detect
-from agent.model import PowerSource
-from agent.models import load_model_table
-from agent.protocol.client import query
-from agent.protocol.errors import CommandRejected
+from megawatch.agent.dialects import DETECT_COMMANDS, DIALECTS, detect
+from megawatch.agent.model import PowerSource
+from megawatch.agent.modeltable import load_model_table
+from megawatch.agent.protocol.client import query
+from megawatch.agent.protocol.errors import CommandRejected
 from tests.conftest import DEFAULT_GROUPS
 
 PROFILES = [pytest.param(dialect, model, id=f"{dialect}-{model.split()[-1]}") for dialect, model in DEFAULT_GROUPS]

@@ -20,10 +20,10 @@ from typing import Any
 
 import aiohttp
 
-from agent.simulator.config import FleetConfig
-from agent.simulator.control import LocalBackend, start_control
-from agent.simulator.faults import Fault
-from agent.simulator.fleet import (
+from megawatch.simulator.config import FleetConfig
+from megawatch.simulator.control import LocalBackend, start_control
+from megawatch.simulator.faults import Fault
+from megawatch.simulator.fleet import (
     Clock,
     Fleet,
     FleetStartError,
@@ -34,7 +34,7 @@ from agent.simulator.fleet import (
     plan_fleet,
     worker_slices,
 )
-from common.logs import configure_logging, get_logger
+from megawatch.common.logs import configure_logging, get_logger
 
 WORKER_START_TIMEOUT_S = 120.0
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)

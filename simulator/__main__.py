@@ -13,9 +13,9 @@ import asyncio
 import signal
 import sys
 
-from agent.simulator.config import FleetConfig, load_fleet_config
-from common.configfile import ConfigError
-from common.logs import LEVELS, configure_logging, get_logger
+from megawatch.simulator.config import FleetConfig, load_fleet_config
+from megawatch.common.configfile import ConfigError
+from megawatch.common.logs import LEVELS, configure_logging, get_logger
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,9 +45,9 @@ def _use_uvloop() -> None:
 
 
 async def serve(config: FleetConfig) -> int:
-    from agent.simulator.control import start_control
-    from agent.simulator.fleet import FleetStartError
-    from agent.simulator.workers import start_backend
+    from megawatch.simulator.control import start_control
+    from megawatch.simulator.fleet import FleetStartError
+    from megawatch.simulator.workers import start_backend
 
     log = get_logger()
     stop = asyncio.Event()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.dialects import DETECT_COMMANDS, DIALECTS
+from megawatch.agent.dialects import DETECT_COMMANDS, DIALECTS
 
 
 def body_of(raw: bytes) -> dict:
@@ -142,7 +142,7 @@ async def test_only_the_first_4095_request_bytes_count(sim_fleet, raw_request):
 async def test_a_silent_client_is_let_go(sim_fleet, monkeypatch):
     import asyncio
 
-    from agent.simulator import miner as miner_module
+    from megawatch.simulator import miner as miner_module
 
     monkeypatch.setattr(miner_module, "IDLE_CLOSE_S", 0.2)
     m = sim_fleet.of_dialect("cgminer")[0]
@@ -153,7 +153,7 @@ async def test_a_silent_client_is_let_go(sim_fleet, monkeypatch):
 
 
 def test_reply_cache_refreshes_when_and_nothing_else():
-    from agent.simulator.cache import ReplyCache
+    from megawatch.simulator.cache import ReplyCache
 
     cache = ReplyCache(limit=2)
     key = (1, b'{"command":"summary"}', 0, 0)
@@ -191,7 +191,7 @@ async def test_port_base_puts_a_site_on_consecutive_ports(make_sim_fleet, raw_re
 async def test_a_fleet_that_cannot_bind_says_how_far_it_got(make_sim_fleet):
     import dataclasses
 
-    from agent.simulator.fleet import Fleet, FleetStartError, plan_fleet
+    from megawatch.simulator.fleet import Fleet, FleetStartError, plan_fleet
 
     fleet = await make_sim_fleet(groups=(("cgminer", "Antminer S19"),), sites=1, per_group=2)
     taken = fleet.fleet.config
@@ -205,11 +205,11 @@ async def test_a_fleet_that_cannot_bind_says_how_far_it_got(make_sim_fleet):
 def test_text_renderers_give_the_same_bytes_as_the_reply_trees():
     # replies/fast.py renders the hottest sections straight to text; every byte must match the tree
     # renderer, over fresh boots (no shares yet), idle (load 0), faults, long uptimes and clock values.
-    from agent.models import load_model_table
-    from agent.simulator import replies
-    from agent.simulator.behaviour import make_identity, snapshot
-    from agent.simulator.faults import make_fault
-    from agent.simulator.requests import NOT_JOINABLE
+    from megawatch.agent.modeltable import load_model_table
+    from megawatch.simulator import replies
+    from megawatch.simulator.behaviour import make_identity, snapshot
+    from megawatch.simulator.faults import make_fault
+    from megawatch.simulator.requests import NOT_JOINABLE
 
     table = load_model_table()
     from tests.conftest import DEFAULT_GROUPS

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
-from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
-from agent.simulator.replies.common import GH, MH, POOL_HOST, TWO32_PER_MIN, Firmware
+from megawatch.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
+from megawatch.simulator.replies.common import GH, MH, POOL_HOST, TWO32_PER_MIN, Firmware
 
 _json_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 # (identity, tick values, now, When, firmware) -> the section object's JSON text.
@@ -203,7 +203,7 @@ def static(handler: Callable[[Identity, Snapshot, int], Any]) -> FastSection:
 
 
 def _when_slot(fw: Firmware, section: Any) -> str:
-    from agent.simulator.replies import (  # the package imports this module
+    from megawatch.simulator.replies import (  # the package imports this module
         as_object,
         encode_json,
     )
@@ -295,7 +295,7 @@ _CHIP = (3, 1, 0, 2)
 
 def s19_stats(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
     """bmminer._stats_s19(): the version header, then one record of chains, fans and temperatures."""
-    from agent.simulator.replies import bmminer  # bmminer imports this module
+    from megawatch.simulator.replies import bmminer  # bmminer imports this module
 
     key = ("stats", fw.description, ident.model.name, str(ident.fans), ident.serial)
     fmt = _S19_FORMATS.get(key)
@@ -347,7 +347,7 @@ _BT_FORMATS: dict[tuple[str, ...], str] = {}
 
 def bt_summary(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
     """btminer.summary(): cg_summary with temperature, fans and power in the middle and vendor fields after."""
-    from agent.simulator.replies import btminer  # btminer imports this module
+    from megawatch.simulator.replies import btminer  # btminer imports this module
 
     key = ("summary", fw.description, ident.mac, f"{ident.ambient_c!r}", ident.model.name)
     fmt = _BT_FORMATS.get(key)
@@ -575,7 +575,7 @@ _LUX_STATS_NAMES = {family: tuple(f"{family}{b}" for b in _CHAINS) for family in
 
 
 def _lux_stats_format(fw: Firmware, ident: Identity) -> tuple[tuple[str, bool], Callable[[dict[str, Any]], Any]]:
-    from agent.simulator.replies import bmminer, luxos  # both import this module
+    from megawatch.simulator.replies import bmminer, luxos  # both import this module
 
     chips = bmminer._chips(ident)
     idle = BOARDS + 1
@@ -653,7 +653,7 @@ _AV_FORMATS: dict[str, str] = {}
 
 def av_stats(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
     """avalon.stats() (estats too): the AVA100 record around mm_id(), and avalon's two POOL records."""
-    from agent.simulator.replies import avalon  # avalon imports this module
+    from megawatch.simulator.replies import avalon  # avalon imports this module
 
     fmt = _AV_FORMATS.get(fw.description)
     if fmt is None:
@@ -744,7 +744,7 @@ def bos_fans(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) ->
 def bos_temps(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
     """bosminer.temps(): board and chip temperature per hash chain, sorted records."""
     # Imported here: bosminer imports this module.
-    from agent.simulator.replies.bosminer import FIRST_CHAIN
+    from megawatch.simulator.replies.bosminer import FIRST_CHAIN
 
     key = ("temps", fw.description)
     fmt = _BOS_FORMATS.get(key)
@@ -760,7 +760,7 @@ def bos_temps(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -
 def bos_tunerstatus(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
     """bosminer.tunerstatus(): the miner's power figures and one sorted record per chain."""
     # Imported here: bosminer imports this module.
-    from agent.simulator.replies.bosminer import FIRST_CHAIN
+    from megawatch.simulator.replies.bosminer import FIRST_CHAIN
 
     key = ("tunerstatus", fw.description)
     fmt = _BOS_FORMATS.get(key)
@@ -784,7 +784,7 @@ def bos_tunerstatus(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmw
 def bos_devdetails(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str:
     """bosminer.devdetails(): per chain, sorted; the frequency follows the site's load."""
     # Imported here: bosminer imports this module.
-    from agent.simulator.replies.bosminer import FIRST_CHAIN
+    from megawatch.simulator.replies.bosminer import FIRST_CHAIN
 
     key = ("devdetails", fw.description, ident.model.name)
     fmt = _BOS_FORMATS.get(key)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.models import ModelSpec
-from agent.simulator.faults import Fault
+from megawatch.agent.modeltable import ModelSpec
+from megawatch.simulator.faults import Fault
 
 BOARDS = 3
 # Share difficulty the simulated pools hand out; sets how fast Accepted grows (~300-600 per hour).

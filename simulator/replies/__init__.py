@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.simulator.behaviour import Identity
-from agent.simulator.replies import (
+from megawatch.simulator.behaviour import Identity
+from megawatch.simulator.replies import (
     avalon,
     bfgminer,
     bmminer,
@@ -19,8 +19,8 @@ from agent.simulator.replies import (
     cgminer,
     luxos,
 )
-from agent.simulator.replies.common import Bare, Firmware, Section
-from agent.simulator.replies.encode import (
+from megawatch.simulator.replies.common import Bare, Firmware, Section
+from megawatch.simulator.replies.encode import (
     COMPACT,
     COMPACT_FLOATS,
     SORTED_FLOATS,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.simulator.behaviour import BOARDS, Identity, Snapshot
-from agent.simulator.replies import fast
-from agent.simulator.replies.common import (
+from megawatch.simulator.behaviour import BOARDS, Identity, Snapshot
+from megawatch.simulator.replies import fast
+from megawatch.simulator.replies.common import (
     Firmware,
     Section,
     cg_config,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agent.simulator.behaviour import MAX_FAN_RPM
+from megawatch.simulator.behaviour import MAX_FAN_RPM
 
 SUMMARY = b'{"command":"summary"}'
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
-from agent.simulator.replies.encode import Fixed
+from megawatch.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
+from megawatch.simulator.replies.encode import Fixed
 
 MH = 1e6
 GH = 1e9

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.simulator.config import load_fleet_config
-from common.configfile import ConfigError
+from megawatch.simulator.config import load_fleet_config
+from megawatch.common.configfile import ConfigError
 
 CLI = [sys.executable, "-m", "megawatch.cli", "simulate"]
 

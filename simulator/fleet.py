@@ -17,12 +17,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.simulator.behaviour import make_identity
-from agent.simulator.cache import ReplyCache
-from agent.simulator.config import FleetConfig, GroupConfig, SiteConfig
-from agent.simulator.faults import Fault, select_fraction
-from agent.simulator.miner import Miner, bind_listener
-from common.logs import get_logger
+from megawatch.simulator.behaviour import make_identity
+from megawatch.simulator.cache import ReplyCache
+from megawatch.simulator.config import FleetConfig, GroupConfig, SiteConfig
+from megawatch.simulator.faults import Fault, select_fraction
+from megawatch.simulator.miner import Miner, bind_listener
+from megawatch.common.logs import get_logger
 
 FD_RESERVE = 512  # descriptors kept free for accepted connections, logs and the control endpoint
 SUM_KEYS = (

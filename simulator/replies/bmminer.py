@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
-from agent.simulator.replies import fast
-from agent.simulator.replies.common import (
+from megawatch.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
+from megawatch.simulator.replies import fast
+from megawatch.simulator.replies.common import (
     GH,
     Firmware,
     Number,
@@ -31,7 +31,7 @@ from agent.simulator.replies.common import (
     pools_section,
     stats_timing,
 )
-from agent.simulator.replies.encode import Fixed
+from megawatch.simulator.replies.encode import Fixed
 
 ALLOWED = frozenset({"stats", "pools", "devs", "summary", "version"})
 _SUMMARY_DROPPED = ("MHS av", "MHS 5s", "MHS 1m", "MHS 5m", "MHS 15m")

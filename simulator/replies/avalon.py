@@ -13,9 +13,9 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from agent.simulator.behaviour import BOARDS, Identity, Snapshot, unit
-from agent.simulator.replies import fast
-from agent.simulator.replies.common import (
+from megawatch.simulator.behaviour import BOARDS, Identity, Snapshot, unit
+from megawatch.simulator.replies import fast
+from megawatch.simulator.replies.common import (
     GH,
     Firmware,
     Section,
@@ -26,7 +26,7 @@ from agent.simulator.replies.common import (
     short_model,
     stats_timing,
 )
-from agent.simulator.replies.encode import Fixed
+from megawatch.simulator.replies.encode import Fixed
 
 VERSION = "4.11.1"
 FIRMWARE_VERSION = "24102401_25462b2_9ddf522"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.simulator.behaviour import BOARDS, Identity, Snapshot
-from agent.simulator.replies import fast
-from agent.simulator.replies.common import (
+from megawatch.simulator.behaviour import BOARDS, Identity, Snapshot
+from megawatch.simulator.replies import fast
+from megawatch.simulator.replies.common import (
     Firmware,
     Section,
     cg_config,
@@ -21,7 +21,7 @@ from agent.simulator.replies.common import (
     short_model,
     stats_timing,
 )
-from agent.simulator.replies.encode import fixed_value, is_fixed
+from megawatch.simulator.replies.encode import fixed_value, is_fixed
 
 VERSION = "5.5.0"
 _DROPPED = ("MHS 1m", "MHS 5m", "MHS 15m")

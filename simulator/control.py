@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from agent.simulator.config import is_loopback
-from agent.simulator.faults import PARAMETERS, Fault, make_fault
-from agent.simulator.fleet import (
+from megawatch.simulator.config import is_loopback
+from megawatch.simulator.faults import PARAMETERS, Fault, make_fault
+from megawatch.simulator.fleet import (
     Fleet,
     Planned,
     finish_truth,

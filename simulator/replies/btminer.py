@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.simulator.behaviour import BOARDS, Identity, Snapshot
-from agent.simulator.replies import fast
-from agent.simulator.replies.common import (
+from megawatch.simulator.behaviour import BOARDS, Identity, Snapshot
+from megawatch.simulator.replies import fast
+from megawatch.simulator.replies.common import (
     MH,
     Firmware,
     Section,
@@ -22,7 +22,7 @@ from agent.simulator.replies.common import (
     pools_section,
     short_model,
 )
-from agent.simulator.replies.encode import Fixed
+from megawatch.simulator.replies.encode import Fixed
 
 FIRMWARE_VERSION = "'20200512.13.REL'"
 

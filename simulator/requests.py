@@ -13,12 +13,12 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.simulator import replies
-from agent.simulator.replies.common import Bare, Section
-from agent.simulator.replies.encode import Style
+from megawatch.simulator import replies
+from megawatch.simulator.replies.common import Bare, Section
+from megawatch.simulator.replies.encode import Style
 
 if TYPE_CHECKING:
-    from agent.simulator.miner import Miner
+    from megawatch.simulator.miner import Miner
 
 # cgminer api.c cmds[] with iswritemode set.
 PRIVILEGED = frozenset({

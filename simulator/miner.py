@@ -14,14 +14,14 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
-from agent.simulator import faults
-from agent.simulator.behaviour import Identity, Snapshot, snapshot
-from agent.simulator.faults import Fault
-from agent.simulator.replies import firmware_for
-from agent.simulator.requests import reply_to
+from megawatch.simulator import faults
+from megawatch.simulator.behaviour import Identity, Snapshot, snapshot
+from megawatch.simulator.faults import Fault
+from megawatch.simulator.replies import firmware_for
+from megawatch.simulator.requests import reply_to
 
 if TYPE_CHECKING:
-    from agent.simulator.fleet import Fleet, SiteState
+    from megawatch.simulator.fleet import Fleet, SiteState
 
 LISTEN_BACKLOG = 100  # cgminer's QUEUE
 MAX_REQUEST_BYTES = 4095  # cgminer's single recv() of TMPBUFSIZ/2-1 bytes

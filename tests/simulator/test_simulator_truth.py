@@ -9,9 +9,9 @@ import re
 import aiohttp
 import pytest
 
-from agent.simulator.control import start_control
-from agent.simulator.faults import make_fault
-from agent.simulator.workers import WorkerPool, start_backend
+from megawatch.simulator.control import start_control
+from megawatch.simulator.faults import make_fault
+from megawatch.simulator.workers import WorkerPool, start_backend
 
 # Where each dialect puts its short-window hashrate and, if it measures it, its power (CGMINER-API.md §3).
 HASHRATE_KEYS = {

@@ -1,4 +1,4 @@
-"""The miner model table (configs/models.yaml) and power estimates from it."""
+"""The miner model table (agent/models.yaml) and power estimates from it."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.model import MinerReading, PowerSource
-from common.configfile import Section
+from megawatch.agent.model import MinerReading, PowerSource
+from megawatch.common.configfile import Section
 
-DEFAULT_MODELS_PATH = Path(__file__).resolve().parent.parent / "configs" / "models.yaml"
+# Shipped inside the package so an installed agent finds it from any folder.
+DEFAULT_MODELS_PATH = Path(__file__).resolve().parent / "models.yaml"
 TH = 1e12  # H/s per TH/s; J/TH to J/H is the same factor
 
 _VENDOR_PREFIXES = ("antminer", "whatsminer", "avalonminer", "avalon", "bitmain", "microbt", "canaan")
