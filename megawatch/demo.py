@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drift-after", type=float, default=60.0, metavar="S",
                         help="seconds after start-up before the drift begins (default: %(default)s)")
     parser.add_argument("--drift-ramp", type=float, default=20.0, metavar="S",
-                        help=f"seconds the drift takes to reach {OVER_BY:.0%} of the allocation "
+                        # argparse %-formats help strings: the percent sign must be doubled.
+                        help=f"seconds the drift takes to reach {OVER_BY * 100:.0f}%% of the allocation "
                              "(default: %(default)s)")
     parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus or Alertmanager")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, data) at exit")
