@@ -1,6 +1,6 @@
 """BFGMiner (luke-jr/bfgminer 5.x, API 3.1) on TCP 4028.
 
-Covers BFGMiner 5.5.0 as observed on loopback (CGMINER-API.md §10) and its source (luke-jr/bfgminer api.c
+Covers BFGMiner 5.5.0 as observed on loopback and its source (luke-jr/bfgminer api.c
 @ c6e7c912: `apiversion`, `summary`, `poolstatus`, `devstatus_an`, `devdetail_an`); golden replies in
 tests/golden/replies/bfgminer (composed from that source, see SOURCES.md). API doc: README.RPC.
 Commands: version, summary, pools, devs, devdetails (joinable like cgminer).
@@ -21,7 +21,7 @@ from megawatch.agent.model import MinerReading
 
 NAME = "bfgminer"
 COMMANDS: tuple[str, ...] = ("version", "summary", "pools", "devs", "devdetails")
-# BFGMiner kept cgminer's `a+b` joins (CGMINER-API.md §10: joined requests answered, repeats collapsed).
+# BFGMiner kept cgminer's `a+b` joins (5.5.0 answers joined requests, repeats collapsed).
 JOINABLE = True
 
 

@@ -1,7 +1,8 @@
 """Stock cgminer (ckolivas/cgminer 4.x, API 3.x) on TCP 4028 - and the section parsers its forks reuse.
 
-Covers cgminer 4.9-4.11 as documented in CGMINER-API.md §2 (cg:api.c `apiversion`, `summary`, `poolstatus`,
-`ascstatus`, `devdetails`); golden replies in tests/golden/replies/cgminer (composed from api.c, see SOURCES.md).
+Covers cgminer 4.9-4.11 as its source defines the replies (ckolivas/cgminer api.c `apiversion`, `summary`,
+`poolstatus`, `ascstatus`, `devdetails`); golden replies in tests/golden/replies/cgminer (composed from api.c,
+see SOURCES.md).
 Commands: version, summary, pools, devs, devdetails (all joinable, API >= 3.1).
 Quirks: `MHS %ds` follows `--log` (5 s by default, 30 s on Avalon builds); a device without a sensor reports
 `Temperature` 0 or -273; `devs`/`devdetails` answer E/10 "No ASCs" when nothing is attached (the poller then
@@ -18,7 +19,7 @@ from megawatch.agent.model import Board, MinerReading
 
 NAME = "cgminer"
 COMMANDS: tuple[str, ...] = ("version", "summary", "pools", "devs", "devdetails")
-# cgminer joins report commands since API 3.1 (cg:api.c `cmds[]` joinable column).
+# cgminer joins report commands since API 3.1 (api.c `cmds[]`, joinable column).
 JOINABLE = True
 
 # The device-kind key that numbers each `devs` entry: ASC on modern builds, PGA/GPU on older ones and BFGMiner.
@@ -50,7 +51,7 @@ def stock_reading(
 def firmware_from_version(
     replies: Mapping[str, Mapping[str, Any]], keys: Sequence[str], *more: Mapping[str, Any]
 ) -> tuple[str | None, str | None]:
-    """(family, version) from the first of `keys` found in VERSION[0] or `more` ("CGMiner": "4.11.1" -> ("cgminer", "4.11.1")).
+    """(family, version) from the first of `keys` in VERSION[0] or `more`: "CGMiner": "4.11.1" is ("cgminer", "4.11.1").
 
     Keys are tried in order across all items, so a preferred key wins wherever it appears (the S9k's
     `version` says "CGMiner" where its `stats` header says "BMMiner"). Falls back to a STATUS Description
@@ -77,10 +78,13 @@ def devdetails_model(reply: Mapping[str, Any] | None) -> str | None:
 
 
 def devs_boards(reply: Mapping[str, Any] | None, problems: list[str]) -> tuple[Board, ...]:
-    """One Board per `devs` entry: its short-window rate and its single `Temperature` sensor.
+    """One Board per `devs` entry: its short-window rate and its one `Temperature`, as the chip temperature.
 
-    cgminer drivers report one temperature per device without saying where it sits; it is kept as the
-    board temperature. 0 and -273 mean "no sensor" (temperature_c makes them None).
+    That one figure is the device's hottest reading - a die sensor on most ASIC drivers, the hottest
+    processor on BFGMiner (api.c devstatus_an) - and the one both programs compare with --temp-cutoff.
+    Exported as the chip sensor it is a temperature series by default, where stock firmware has no other;
+    as a board sensor it was hidden unless board temperatures were switched on.
+    0 and -273 mean "no sensor" (temperature_c makes them None); BFGMiner leaves the key out instead.
     """
     boards: list[Board] = []
     for position, item in enumerate(f.section(reply, "DEVS")):
@@ -89,8 +93,8 @@ def devs_boards(reply: Mapping[str, Any] | None, problems: list[str]) -> tuple[B
         boards.append(
             Board(
                 index=index if index is not None else position,
-                # S19 Pro bmminer spells it "Tenperature" (asic-rs v2020 devs.json, CGMINER-API.md §3.1).
-                board_temp_c=f.read(item, _temperature_key(item), f.temperature_c, problems, where),
+                # S19 Pro bmminer spells it "Tenperature" (asic-rs v2020 devs.json).
+                chip_temp_c=f.read(item, _temperature_key(item), f.temperature_c, problems, where),
                 hashrate_hs=f.short_rate(item, problems, where),
             )
         )

@@ -1,6 +1,6 @@
 """BFGMiner 5.5.0 (API 3.1): `MHS 20s`, devices listed as PGA, devdetails items under DEVS, no power.
 
-From bfg: README.RPC and what BFGMiner 5.5.0 answered on loopback (CGMINER-API.md §10): no edevs, estats
+From bfg: README.RPC and what BFGMiner 5.5.0 answered on loopback: no edevs, estats
 or lcd; zero difficulties print as integer 0, others as floats.
 """
 
@@ -28,7 +28,7 @@ _DROPPED = ("MHS 1m", "MHS 5m", "MHS 15m")
 
 
 def _zero_as_int(record: dict[str, Any]) -> dict[str, Any]:
-    # BFGMiner prints a zero difficulty as 0, not 0.00000000 (§10).
+    # BFGMiner prints a zero difficulty as 0, not 0.00000000 (seen on 5.5.0).
     for key in ("Difficulty Rejected", "Difficulty Stale", "Difficulty Accepted", "Last Share Difficulty"):
         value = record.get(key)
         if isinstance(value, str) and is_fixed(value) and fixed_value(value) == 0:
@@ -68,7 +68,7 @@ def devdetails(ident: Identity, s: Snapshot, now: int) -> Section:
          "Model": short_model(ident), "Device Path": f"/dev/ttyUSB{b}"}
         for b in range(BOARDS)
     ]
-    # BFGMiner really puts devdetails items under "DEVS" (observed, §10).
+    # BFGMiner really puts devdetails items under "DEVS" (seen on 5.5.0).
     return Section(69, "Device Details", "DEVS", items)
 
 

@@ -1,6 +1,6 @@
 """Stock cgminer 4.11.1 (API 3.7) with ASC hash boards: compact JSON, %.2f rates in MH/s, no power.
 
-From cg:api.c (CGMINER-API.md §1-§2, §6, §10): `MHS 5s` from the default 5 s log interval; Code 14
+From cg:api.c and cgminer 4.11.1 on loopback: `MHS 5s` from the default 5 s log interval; Code 14
 replies carry no Description; devdetails names each board's model.
 """
 

@@ -1,7 +1,7 @@
 """BFGMiner: golden replies through framing and the parser, compared field by field.
 
 Golden files: tests/golden/replies/bfgminer/<version>/ - composed from luke-jr/bfgminer api.c and the
-BFGMiner 5.5.0 behaviour recorded in CGMINER-API.md §10 (see SOURCES.md).
+BFGMiner 5.5.0 behaviour seen on loopback (see SOURCES.md).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from dialect_cases import golden_cases, load_case
+from test_dialect_cgminer import exported_temperatures
 
 from megawatch.agent.dialects import bfgminer
 from megawatch.agent.model import Board, MinerReading, Pool
@@ -40,6 +41,27 @@ EXPECTED: dict[str, MinerReading] = {
 def test_golden_reply_parses_to_the_expected_reading(case: Path) -> None:
     assert case.name in EXPECTED, f"new golden directory {case.name}: add its expected reading here"
     assert bfgminer.parse(load_case(case)) == EXPECTED[case.name]
+
+
+def test_device_temperature_is_the_chip_temperature_and_exported_by_default() -> None:
+    # An ASIC device as devstatus_an writes it: `Temperature` (the hottest of its processors) right after Status.
+    devs = {"DEVS": [
+        {"PGA": 0, "Name": "BSC", "ID": 0, "Enabled": "Y", "Status": "Alive", "Temperature": 71.25,
+         "Device Elapsed": 600, "MHS av": 13500000.0, "MHS 20s": 13620000.0, "MHS rolling": 13620000.0},
+        {"PGA": 1, "Name": "BSC", "ID": 1, "Enabled": "Y", "Status": "Alive", "Temperature": 69.0,
+         "Device Elapsed": 600, "MHS av": 13400000.0, "MHS 20s": 13380000.0, "MHS rolling": 13380000.0},
+    ]}
+    reading = bfgminer.parse({"devs": devs})
+    assert reading.boards == (
+        Board(index=0, chip_temp_c=71.25, hashrate_hs=13620000.0 * MH),
+        Board(index=1, chip_temp_c=69.0, hashrate_hs=13380000.0 * MH),
+    )
+    assert [line.rsplit(" ", 1)[1] for line in exported_temperatures(reading)] == ["71.25", "69.0"]
+
+
+def test_a_device_without_a_sensor_exports_no_temperature() -> None:
+    # BFGMiner leaves `Temperature` out when it has none (the golden CPU device): unknown, not 0 degrees.
+    assert exported_temperatures(bfgminer.parse(load_case(golden_cases("bfgminer")[0]))) == []
 
 
 def test_mhs_20s_is_the_short_window() -> None:

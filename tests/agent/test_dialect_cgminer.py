@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 from dialect_cases import golden_cases, load_case
 
+from megawatch.agent.config import ExpositionSettings, MinerTarget
 from megawatch.agent.dialects import cgminer
+from megawatch.agent.exposition import render_miners
 from megawatch.agent.model import Board, MinerReading, Pool
 from megawatch.agent.protocol.framing import decode_reply, split_joined
+from megawatch.agent.state import AgentCounters, FleetSnapshot, MinerState, MinerStatus, summarise
 
 MH = 1e6  # rates written as `x * MH` are computed exactly as the parser does
 
@@ -30,7 +33,7 @@ EXPECTED: dict[str, MinerReading] = {
         shares_stale=1,
         hardware_errors=17,
         uptime_s=3600.0,
-        boards=(Board(index=0, board_temp_c=41.5, hashrate_hs=298765.43 * MH),),
+        boards=(Board(index=0, chip_temp_c=41.5, hashrate_hs=298765.43 * MH),),
         pools=(
             Pool(
                 index=0,
@@ -100,7 +103,23 @@ def test_device_without_sensor_has_unknown_temperature(temperature: float) -> No
 def test_tenperature_typo_is_read() -> None:
     # S19 Pro bmminer devs (asic-rs antminer/src/test/json/v2020/devs.json).
     devs = {"DEVS": [{"ASC": 0, "Name": "BTM_SOC", "Tenperature": 65.0, "MHS 5s": 2.0}]}
-    assert cgminer.parse({"devs": devs}).boards == (Board(index=0, board_temp_c=65.0, hashrate_hs=2.0 * MH),)
+    assert cgminer.parse({"devs": devs}).boards == (Board(index=0, chip_temp_c=65.0, hashrate_hs=2.0 * MH),)
+
+
+def exported_temperatures(reading: MinerReading) -> list[str]:
+    """The temperature lines the agent exports for this one reading with the shipped exposition settings."""
+    miner = MinerState(MinerTarget("127.0.0.1"), MinerStatus.UP, reading, last_success_s=1.0, last_poll_s=1.0)
+    snapshot = FleetSnapshot("s", 1, 0.0, 1.0, 1.0, (miner,), summarise((miner,), 1), AgentCounters())
+    text = render_miners(snapshot, ExpositionSettings())
+    return [line for line in text.splitlines() if line.startswith("megawatch_miner_temperature_celsius{")]
+
+
+@pytest.mark.parametrize("case", golden_cases("cgminer"), ids=lambda path: path.name)
+def test_stock_device_temperature_is_exported_by_default(case: Path) -> None:
+    # Stock cgminer has one temperature per device and nothing else: it must show without any opt-in.
+    assert exported_temperatures(cgminer.parse(load_case(case))) == [
+        'megawatch_miner_temperature_celsius{site="s",miner="127.0.0.1:4028",board="0",sensor="chip"} 41.5'
+    ]
 
 
 def test_nan_rate_from_the_wire_is_unknown() -> None:

@@ -24,7 +24,7 @@ def table() -> ModelTable:
         ("M30S++V40", "Whatsminer M30S++"),  # btminer appends the board revision
         ("M30S+", "Whatsminer M30S+"),  # "+" is part of the identity, not punctuation
         ("M30S", "Whatsminer M30S"),
-        ("Antminer S19 XP (Vnish 1.2.0-rc1)", "Antminer S19 XP"),  # Vnish's stats Type (CGMINER-API.md §3.6)
+        ("Antminer S19 XP (Vnish 1.2.0-rc1)", "Antminer S19 XP"),  # Vnish's stats Type
         ("Antminer S19", "Antminer S19"),  # stock bmminer Type
         ("Antminer S9k", "Antminer S9k"),
         ("AvalonMiner 1366", "Avalon A1366"),
