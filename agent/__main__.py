@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     tune_gc()
     try:
         import uvloop
-    except ImportError:  # optional at runtime: the default loop works, ~1.6x slower (PERF-NOTES)
+    except ImportError:  # optional at runtime: the default loop works, measured ~1.6x slower
         return asyncio.run(serve(config, args.listen, args.port, web_config))
     return uvloop.run(serve(config, args.listen, args.port, web_config))
 

@@ -1,4 +1,4 @@
-"""`python -m bench` (`make bench`): issue 3's figures side by side with a raw loop and pyasic, as JSON too.
+"""`python -m bench` (`make bench`): the figures of bench/README.md beside a raw loop and pyasic, as JSON too.
 
   python -m bench                              10,000 miners, median of 3 cycles, Prometheus, pyasic
   python -m bench --miners 50 --no-pyasic --no-prometheus --interval 1 --agent-cycles 2   (the smoke test)
@@ -79,7 +79,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shards", action="store_true", help="leave out one agent vs two shard agents")
     p.add_argument("--base-address", default="127.60.0.1", help="first simulated miner (default 127.60.0.1)")
     p.add_argument("--collector-agents", type=int, default=collector_phase.AGENTS, metavar="N",
-                   help="the collector's round over N agent summaries (issue 7); 0 leaves it out (default 200)")
+                   help="the collector's round over N agent summaries; 0 leaves it out (default 200)")
     p.add_argument("--time-budget", type=float, default=590.0, help="stop after this many seconds (default 590)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     return p

@@ -1,4 +1,4 @@
-"""Issue 7: the collector polling 200 agent summaries, one round at a time, beside a minimal aiohttp loop.
+"""The collector polling 200 agent summaries, one round at a time, beside a minimal aiohttp loop.
 
 bench/summaries.py serves the agents (fleet core); this process (client core) runs the collector's own
 round - `CollectorService.poll_once`: fetch every summary, add each site's shards up, evaluate the alert

@@ -1,7 +1,7 @@
-"""The figures of issue 3's "Shown by" table, judged against their targets, and the printed report.
+"""The bench's figures (the table in bench/README.md), judged against their targets, and the printed report.
 
 Each figure is one row: value, target, verdict (PASS, FAIL, SKIPPED with a reason, or ERROR when the
-phase that measures it did not finish). To add a figure (issue 7: CPU per 1,000 polls, /metrics size,
+phase that measures it did not finish). To add a figure (CPU per 1,000 polls, /metrics size,
 scrape duration, ...), add a Target and a function that reads it from the run's results.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 CAVEAT = ("This machine drifts by up to +-25% between runs minutes apart: compare figures only within one run "
           "(the peers below ran interleaved, in the same run, on the same fleet).")
-MINERS_PER_S = 2_500  # issue 3: 10,000 miners in <= 4 s; issue 7: 30,000 in <= 12 s
-REFERENCE_MINERS = 10_000  # the size issues 3 and 7 set render, RSS and scrape targets at
+MINERS_PER_S = 2_500  # targets: 10,000 miners in <= 4 s, 30,000 in <= 12 s
+REFERENCE_MINERS = 10_000  # the fleet size the render, RSS and scrape targets are set at
 RENDER_S_PER_MINER = 0.25 / REFERENCE_MINERS
 BUSY_SHARE = 0.8
 
@@ -44,7 +44,7 @@ def _figure(target: Target, value: float | None, *, reason: str = "", verdict: s
 
 
 def judge(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every figure of one run (one fleet size), in issue 3's order."""
+    """Every figure of one run (one fleet size), in the order of bench/README.md's table."""
     miners = run["miners"]
     peers = run["peers"]
     why_not = run.get("error", "the phase did not run")
@@ -56,7 +56,7 @@ def judge(run: dict[str, Any]) -> list[dict[str, Any]]:
                           peers, "pyasic-default", ("pyasic-uvloop",), run, why_not))
     render = run.get("render")
     figures.append(_figure(
-        # Issue 3's 250 ms is at 10,000 miners; other sizes get the same time per miner.
+        # The 250 ms target is at 10,000 miners; other sizes get the same time per miner.
         Target("metrics_render_s", f"/metrics render at {miners:,} miners (per-miner text + registry, median of 3)",
                "<=", round(RENDER_S_PER_MINER * max(miners, REFERENCE_MINERS), 3), "s"),
         None if render is None else render["render_median_s"], reason="" if render else why_not,
@@ -79,7 +79,7 @@ def judge(run: dict[str, Any]) -> list[dict[str, Any]]:
         detail={} if not series else {k: series[k] for k in ("mean", "miners_seen", "by_family")},
     ))
     figures.append(_at_reference_size(miners, _scrape_duration(miners, agent, run, why_not),
-                                      "a larger site is split into shards (README, Scaling out)"))
+                                      "a larger site is split into shards (docs/scaling.md)"))
     figures.append(_shards(run, why_not))
     return figures
 
@@ -247,7 +247,7 @@ def _fmt(value: float | None, unit: str = "") -> str:
 
 
 def _also_measured(run: dict[str, Any]) -> list[str]:
-    """Issue 7's figures that are measured already, without a verdict here."""
+    """Figures measured already and printed, without a verdict here."""
     out = []
     render = run.get("render")
     if render:

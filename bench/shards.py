@@ -1,4 +1,4 @@
-"""Issue 7: a site read by two agent shards adds up to what one agent reading all of it says.
+"""A site read by two agent shards adds up to what one agent reading all of it says.
 
 On the bench's own fleet, with the simulator's clock frozen (every miner answers the same figures on every
 poll, so agents polling at different moments must agree to the last digit): one agent over every miner and

@@ -22,7 +22,7 @@ SUMMARY_PATH = "/api/v1/summary"
 SUMMARY_VERSION = 1
 MAX_SUMMARY_BYTES = 1 << 20  # a site summary is a few hundred bytes; anything near this is not one
 # Agents read at once. aiohttp's connector queues past its own limit (100); a deadline that started in that
-# queue would expire there (pyasic's unbounded gather, PERF-NOTES.md), so we queue on our semaphore first.
+# queue would expire there (measured with pyasic's unbounded gather), so we queue on our semaphore first.
 CONCURRENCY = 64
 
 # AgentSummary field -> path in the agent's JSON. Figures are base units (W, H/s, s); null means unknown.

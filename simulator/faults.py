@@ -115,7 +115,7 @@ def malform(body: bytes) -> bytes:
 
 
 def quirk(body: bytes) -> bytes:
-    """Invalid JSON the way real firmware writes it, which a tolerant client must repair (CGMINER-API.md §4).
+    """Invalid JSON the way real firmware writes it, which a tolerant client must repair (docs/protocol.md).
 
     `}{` between records (bmminer minerstats(), D3/L3+ captures), a comma before the closing brace
     (Whatsminer, bmminer) and `\'` inside strings (Whatsminer M20S `Firmware Version`). The values are

@@ -224,7 +224,7 @@ class Fleet:
             raise
         listening = sum(1 for m in self.miners if m.listening)
         if listening != len(self._plan):
-            # create_server can come back without serving when descriptors run out (PERF-NOTES).
+            # create_server can come back without serving, and without raising, when descriptors run out.
             await self.stop()
             raise FleetStartError(f"only {listening} of {len(self._plan)} listeners are serving")
         for index, fault in self._initial_faults.items():

@@ -1,4 +1,4 @@
-"""Turn one request's bytes into one reply's bytes, the way cgminer's api() does (CGMINER-API.md §1, §7).
+"""Turn one request's bytes into one reply's bytes, the way cgminer's api() does (docs/protocol.md).
 
 JSON if the first byte is `{` (`command` required and a string; `parameter` optional), else legacy text
 `cmd|param`, untrimmed, answered in text. `a+b` joins answer each section on its own (Code 14 unknown,
@@ -171,7 +171,7 @@ def _joined(miner: Miner, name: str, now: int, when: int) -> Section | Bare | di
     if name in PRIVILEGED:
         miner.count_privileged(name)
     if name in NOT_JOINABLE:
-        # Even from a privileged client: restart, quit, check, privileged are refused in a join (§10).
+        # Even from a privileged client: restart, quit, check, privileged are refused in a join (seen on 4.11.1).
         return _denied(miner, name, when)
     return _one(miner, name, "", now, when, counted=True)
 

@@ -1,6 +1,6 @@
 """Run the fleet in this process, or spread it over worker processes when it is too big for one.
 
-One process holds at most ~19,900 listeners (open-file limit 20,000, PERF-NOTES) and needs descriptors
+One process holds at most ~19,900 listeners (with an open-file limit of 20,000) and needs descriptors
 for accepted connections too, so each process serves at most `miners_per_worker` miners (10,000 by
 default). Each worker serves its slice and a private control endpoint on 127.0.0.1:<free port>; the
 parent's endpoint fans out to them. Fault fractions are resolved in the parent over the whole site, so

@@ -217,7 +217,7 @@ def text(value: Any) -> str | None:
 # ---- Shared by the cgminer-compatible dialects: summary and pools have the same keys in every fork. ----
 
 _SHORT_WINDOWS = ("5s", "20s", "30s", "1m")
-# Misspelt pool states seen on real firmware (S19/S21 bmminer says "Deed"; CGMINER-API.md §4 #20).
+# Misspelt pool states seen on real firmware (stock S19/S21 bmminer says "Deed"; see docs/protocol.md).
 _POOL_STATUS_ALIASES = {"deed": "dead"}
 
 

@@ -3,7 +3,7 @@
 Covers the AvalonMiner 10xx (build 20051101_85dc6f0_0332654) and A1566 "15-194" (build
 24102401_25462b2_9ddf522) replies in tests/golden/replies/avalon, and the three-module Avalon 841
 `stats` quoted in tests/agent/test_dialect_avalon.py. No vendor API document; the reference
-is cgminer's driver-avalon8.c/driver-avalon10.c `get_api_stats` and CGMINER-API.md §3.5.
+is cgminer's driver-avalon8.c/driver-avalon10.c `get_api_stats` (summed up in docs/protocol.md).
 Commands: version (PROD, MODEL, VERSION), summary (`MHS 30s`: Avalon logs every 30 s), pools, estats
 (`stats` is accepted too: same shape). Each controller module sends one packed `"MM ID<n>"` string of
 `Key[value]` tokens whose values hold spaces, commas, `%`, `:` and `--options`; per hash board `MGHS`
@@ -26,7 +26,7 @@ from megawatch.agent.model import Board, Fan, MinerReading, PowerSource
 
 NAME = "avalon"
 COMMANDS: tuple[str, ...] = ("version", "summary", "pools", "estats")
-# A real 10xx answered `pools+summary+stats` in one reply (captures/avalon10xx-cgminer4.11.1_pools+summary+stats.txt).
+# A real 10xx answered `pools+summary+stats` in one reply (tests/golden/replies/avalon/20051101_85dc6f0_0332654).
 JOINABLE = True
 
 # One `Key[value]` token; a value never holds `]` in any capture, so it ends at the first one.

@@ -2,7 +2,7 @@
 
 Covers the real replies in tests/golden/replies/bmminer: D3 on Blissz (cgminer 4.10.0), S9k (BMMiner 4.9.0),
 S19 (BMMiner 1.0.0, Dec 2020) and S21 (BMMiner 1.0.0, uart_trans.1.3); sources in SOURCES.md. Reference:
-CGMINER-API.md §3.1 (bm: bitmaintech/bmminer-mix api.c, driver-btm-c5.c `get_api_stats`).
+bitmaintech/bmminer-mix api.c and driver-btm-c5.c `get_api_stats` (summed up in docs/protocol.md).
 Commands: version, summary, stats, pools.
 Quirks: STATS[0] is a header (`BMMiner`/`CGMiner`, `Type`) and STATS[1] the hash-board device; chains are
 slot-numbered keys (`chain_rateN` in `rate_unit`, GH by default, "" for an empty slot; S9k pads 16 slots);
@@ -24,7 +24,7 @@ from megawatch.agent.model import Board, Fan, MinerReading, PowerSource
 NAME = "bmminer"
 COMMANDS: tuple[str, ...] = ("version", "summary", "stats", "pools")
 # Joins work on S9-era builds but some stock S19 builds refuse them (pyasic rpc/base.py
-# `multicommand`, CGMINER-API.md §3.1). One join costs one connection instead of four; the poller falls back to
+# `multicommand` notes it). One join costs one connection instead of four; the poller falls back to
 # one command per connection when a miner refuses and remembers that per miner until it re-detects.
 JOINABLE = True
 

@@ -2,7 +2,7 @@
 
 Covers the real replies in tests/golden/replies/btminer: M20S (fw 20200917.22), M30S (20200512.13) and
 M31S (20201202.22, `Description` "btminer"); sources in SOURCES.md. API doc: Whatsminer API V2.0.5;
-fields in CGMINER-API.md §3.2. Commands: summary, pools, devs, devdetails (cgminer shapes, joinable).
+fields summed up in docs/protocol.md. Commands: summary, pools, devs, devdetails (cgminer shapes, joinable).
 Quirks: `summary` carries the whole-miner extras - `Power` (W, -1 = unknown), `Power Limit` (W),
 `Fan Speed In`/`Fan Speed Out` (RPM, 0 = no such fan) and `Firmware Version` wrapped in single quotes
 ("'20200512.13.REL'"); `Description` names the cgminer library ("cgminer 4.9.2"), not the firmware.
@@ -22,7 +22,7 @@ from megawatch.agent.model import Board, Fan, MinerReading, PowerSource
 NAME = "btminer"
 COMMANDS: tuple[str, ...] = ("summary", "pools", "devs", "devdetails")
 # cgminer-shaped read commands join on btminer; only the native `get_*`/`status` ones cannot
-# (pyasic rpc/btminer.py `multicommand`, CGMINER-API.md §3.2).
+# (pyasic rpc/btminer.py `multicommand`).
 JOINABLE = True
 
 # Both in summary and in each devs entry, in this order: intake then exhaust.

@@ -3,7 +3,7 @@
 Covers LUXminer 2025.4.8 (tests/golden/replies/luxos). API reference: https://docs.luxor.tech/firmware/api
 Commands: version, summary, pools (cgminer-compatible), stats (Antminer-style: STATS[0] is a header with
 `Type`, STATS[1] holds fanN, chain_rateN, chain_acnN, tempN, temp2_N, temp_pcbN, temp_chipN; see
-CGMINER-API.md §3.1, §3.4) and the LuxOS-only `power`. Reads never need a session.
+docs/protocol.md) and the LuxOS-only `power`. Reads never need a session.
 Quirks: keys sorted; pools carry `Last Share Time` as an "HH:MM:SS" age; empty chain slots send
 `chain_acnN: 0` and `"0-0-0-0"` temperatures. Boards and fans keep the slot number of their keys
 (chain_rate1 -> Board 1, fan1 -> Fan 1). Power: `power` POWER[0].Watts (W).

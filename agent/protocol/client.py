@@ -15,7 +15,8 @@ A reply ends at the first NUL (cgminer's send_result) or at EOF, whichever comes
 Sockets: the miner closes first. After a complete reply the call returns at the NUL and the connection
 closes passively when the miner's FIN arrives (or is reset at the request deadline if it never does); on
 every other path - timeout, byte cap, error, cancellation - it is reset at once (SO_LINGER 0, abort). So
-TIME_WAIT never piles up on the poller (shared/PERF-NOTES.md).
+TIME_WAIT never piles up on the poller (a poller that closed first would run out of local ports to
+one miner within seconds on a real network).
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ from megawatch.agent.protocol.errors import (
 from megawatch.agent.protocol.framing import check_status, decode_reply, split_joined
 
 DEFAULT_PORT = 4028
-# Whatsminer M3 `stats` is 67 KB and Avalon `estats` ~8 KB per module (CGMINER-API.md §4 #24): 1 MiB leaves room.
+# Whatsminer M3 `stats` is 67 KB and Avalon `estats` ~8 KB per module (real replies): 1 MiB leaves room.
 DEFAULT_MAX_REPLY_BYTES = 1 << 20
-# cgminer reads the request with one recv() of at most 4095 bytes (CGMINER-API.md §1.1).
+# cgminer reads the request with one recv() of at most 4095 bytes (api.c api(); see docs/protocol.md).
 MAX_REQUEST_BYTES = 4095
 
 
@@ -72,7 +73,7 @@ class QueryResult:
 # too (default deny), so this list documents intent and is what the refusal message names.
 PRIVILEGED_COMMANDS: frozenset[str] = frozenset(
     {
-        # cgminer iswritemode commands (cg:api.c cmds[]; CGMINER-API.md §1.7)
+        # cgminer iswritemode commands (api.c cmds[])
         "pgaenable", "pgadisable", "pgaidentify", "switchpool", "addpool", "poolpriority", "poolquota",
         "enablepool", "disablepool", "removepool", "save", "quit", "privileged", "restart", "failover-only",
         "debug", "setconfig", "pgaset", "zero", "hotplug", "ascenable", "ascdisable", "ascidentify", "ascset",
@@ -101,7 +102,7 @@ PRIVILEGED_COMMANDS: frozenset[str] = frozenset(
 # Commands known to only read. The poller and detection need nothing else.
 READ_COMMANDS: frozenset[str] = frozenset(
     {
-        # cgminer / bmminer / BFGMiner reports (CGMINER-API.md §2)
+        # cgminer / bmminer / BFGMiner reports (see docs/protocol.md)
         "version", "config", "summary", "pools", "devs", "edevs", "devdetails", "stats", "estats",
         "dbgstats", "coin", "lcd", "notify", "usbstats", "asccount", "pgacount", "gpucount", "asc", "pga",
         "gpu", "check", "procs", "proc", "proccount",

@@ -7,7 +7,7 @@ tolerant path: the stdlib decoder (control characters in strings, trailing garba
 integers past 64 bits) and, only when that fails too, the named repairs below, each on tokens outside
 JSON strings (a value such as the S9k's `"chain_xtime3":"{X6=1}"` is never touched), except
 `_repair_invalid_escapes`, whose target lives inside strings by nature. Bare `NaN`/`Infinity`, which Python's json would turn into floats, decode as
-None: unknown is never a number (CGMINER-API.md §4 #7).
+None: unknown is never a number (see docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import orjson
 from megawatch.agent.protocol.errors import BadReply, CommandRejected, EmptyReply
 
 # strict=False: cgminer escapes only `"` and `\`, so raw newlines/control characters reach us inside
-# strings (CGMINER-API.md §1.5, §4 #5). One decoder built once: json.loads(..., strict=False) would
+# strings (Whatsminer `version`, bmminer `pools`). One decoder built once: json.loads(..., strict=False) would
 # build a new JSONDecoder (and scanner) on every call.
 _DECODER = json.JSONDecoder(strict=False, parse_constant=lambda _name: None)
 
@@ -137,7 +137,7 @@ def _in_skeleton(masked: Masked, pattern: re.Pattern[str], replacement: str) -> 
 def repair_objects_without_comma(masked: Masked) -> Masked:
     """`}{` -> `},{`: bmminer's minerstats() prints STATS[0] then STATS[1] with no comma.
 
-    Seen raw: Antminer D3 Blissz (captures/antminer-d3-blissz-cgminer4.10_stats.txt), L3+ (CGMINER-API.md §3.1).
+    Seen raw: Antminer D3 Blissz (tests/golden/replies/bmminer/antminer-d3-blissz-2.06-cgminer-4.10.0), L3+.
     """
     return _in_skeleton(masked, _OBJECTS_WITHOUT_COMMA, "},")
 
@@ -155,7 +155,8 @@ def repair_trailing_comma(masked: Masked) -> Masked:
 def repair_invalid_escapes(masked: Masked) -> Masked:
     """`\\'` (and any other escape JSON lacks) -> the bare character; the one repair inside strings.
 
-    Seen: Whatsminer M20S `"Firmware Version":"\\'20200917.22.REL\\'"` (captures/whatsminer-m20s_summary.txt).
+    Seen: Whatsminer M20S `"Firmware Version":"\\'20200917.22.REL\\'"`
+    (tests/golden/replies/btminer/whatsminer-m20s-20200917.22).
     """
     if not any("\\" in string for string in masked.strings):
         return masked
@@ -166,7 +167,7 @@ def repair_invalid_escapes(masked: Masked) -> Masked:
 def repair_adjacent_strings(masked: Masked) -> Masked:
     """`"value""temp0"` -> `"value","temp0"`: a comma missing between two strings.
 
-    btminer 2023-01-06 drops the comma before `"temp0"` (pyasic's note; CGMINER-API.md §4 #11). Two string
+    btminer 2023-01-06 drops the comma before `"temp0"` (noted in pyasic's reply loader). Two string
     tokens with only whitespace between them are never valid JSON, so a comma is the only reading.
     """
     return _in_skeleton(masked, _ADJACENT_STRINGS, _MARK + ",")
@@ -175,7 +176,8 @@ def repair_adjacent_strings(masked: Masked) -> Masked:
 def repair_bare_non_numbers(masked: Masked) -> Masked:
     """Bare `nan`, `-nan`, `inf`, `-inf` (printf of a float: cgminer summary/lcd, Avalon) -> `null`.
 
-    Only whole tokens outside strings: a pool named "binance" keeps its letters (pyasic issue #212).
+    Only whole tokens outside strings: a pool named "binance" keeps its letters (a global replace
+    of `nan` once made it "bi0ce" in another client).
     """
     # The case-insensitive regex costs ~300 ms per MiB of skeleton; a substring test ~1 ms.
     lowered = masked.skeleton.lower()
@@ -240,7 +242,7 @@ def split_joined(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, CommandRejected]]:
     """Split a multicommand reply `{"a":[{...}],"b":[{...}],"id":1}` into one reply object per command.
 
-    Each section is a one-element list in real replies (cg:api.c head_join) and is unwrapped; a bare
+    Each section is a one-element list in real replies (cgminer api.c head_join) and is unwrapped; a bare
     object is accepted too. A section with STATUS E/F, a missing section, or one that is not an object
     goes to the rejected dict (missing/malformed ones with code None), so a caller can retry it alone.
     A top-level E/F (firmware that cannot join: Code 14/23/45) raises CommandRejected.

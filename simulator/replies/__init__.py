@@ -1,7 +1,7 @@
 """Reply templates per firmware dialect, rendered from the simulator's own tick values.
 
 The simulator never imports the parsers in agent/dialects: these templates are derived from the real
-captures in shared/captures, and tests parse every one of them with its dialect so the two cannot drift
+replies in tests/golden/replies, and tests parse every one of them with its dialect so the two cannot drift
 apart silently.
 """
 

@@ -1,8 +1,8 @@
-"""Canaan AvalonMiner on its cgminer 4.11.1 fork (CGMINER-API.md §3.5).
+"""Canaan AvalonMiner on its cgminer 4.11.1 fork.
 
 Rates use `MHS 30s` (log interval 30); `When` counts seconds since boot (no RTC); `devs` Temperature is
 the -273 sentinel. Temperatures, fans and the wall power live in `stats`/`estats` as one packed
-`"MM ID0"` string of `KEY[value]` tokens (captures/avalon10xx-...txt; pyasic A1566 test):
+`"MM ID0"` string of `KEY[value]` tokens (real replies in tests/golden/replies/avalon):
 Temp (inlet), TMax, TAvg, Fan1/Fan2, FanR, PS[...] (element 6 = wall watts), WALLPOWER, MGHS per board,
 MTmax/MTavg per board, MPO (power limit).
 """

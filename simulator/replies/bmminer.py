@@ -1,11 +1,11 @@
-"""Bitmain bmminer on stock Antminer firmware, in two generations (CGMINER-API.md §3.1):
+"""Bitmain bmminer on stock Antminer firmware, in two generations:
 
 - S9/S9k/S17 class ("BMMiner 4.9.0"): compact JSON, `GHS 5s` as a string, `total_rate`, 16 slots per
   family (`temp1..16`, `chain_rate1..16` with "" for absent chains), `temp_pcbN`/`temp_chipN` "lo-hi";
-  from captures/antminer-s9k-bmminer4.9_stats.txt.
+  from the real S9k reply in tests/golden/replies/bmminer.
 - S19/S21 class ("BMMiner 1.0.0"): Python-style `": "` spacing, plain floats, `total rate` (space),
   `rate_unit`, 4-value dash strings, pools with `"Pool Stale%%"` and a dead pool spelt "Deed"; from
-  captures/antminer-s19-bmminer1.0-sleeping_stats.txt and _pools.txt.
+  the real S19 stats and pools replies in tests/golden/replies/bmminer.
 
 Both answer only stats, pools, devs, summary and version to remote clients: stock configs ship
 `api-groups A:stats:pools:devs:summary:version` (fm AntminerChangePoolsITest), so devdetails gets E/45.

@@ -1,6 +1,6 @@
-"""Braiins OS+ bosminer (CGMINER-API.md §3.3): keys sorted, full-precision floats, extra commands.
+"""Braiins OS+ bosminer: keys sorted, full-precision floats, extra commands.
 
-Shapes follow captures/braiins-osplus-s9_summary.txt (sorted SUMMARY with `MHS 24h`) and the BOSminer
+Shapes follow a real bOS+ S9 summary (sorted SUMMARY with `MHS 24h`) and the BOSminer
 API page: `fans` (Code 202), `temps` (201), `tempctrl` (200), `tunerstatus` (203) whose
 `ApproximateMinerPowerConsumption` is the firmware's power figure; hash chains are numbered 6, 7, 8 as on
 an S9, and devdetails names the model "Bitmain Antminer ...".

@@ -1,7 +1,7 @@
-"""MicroBT Whatsminer btminer, API v1/v2 on 4028 (CGMINER-API.md §3.2), cgminer 4.9.2 lineage.
+"""MicroBT Whatsminer btminer, API v1/v2 on 4028, cgminer 4.9.2 lineage.
 
 `summary` carries the firmware's own power measurement (`Power`, `Power_RT`, `Power Limit`), the fans
-(`Fan Speed In/Out`) and chip temperatures, in the key order of captures/whatsminer-m30s_summary.txt,
+(`Fan Speed In/Out`) and chip temperatures, in the key order of the real M30S summary in tests/golden/replies,
 including `Firmware Version` wrapped in single quotes. `devs` adds `Slot` and chip temperatures per
 board; `devdetails` names the driver "bitmicro" and the model with its board revision ("M30S++V40").
 """

@@ -1,7 +1,7 @@
 """Pieces every cgminer-family firmware shares: the section type and stock cgminer 4.x records.
 
-Field names, order and printf formats follow cgminer api.c (CGMINER-API.md §2) and the captures in
-shared/captures; each dialect module copies a record and renames, drops or adds keys as its firmware does.
+Field names, order and printf formats follow cgminer api.c and the real replies in
+tests/golden/replies; each dialect module copies a record and renames, drops or adds keys as its firmware does.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def cg_dev(ident: Identity, s: Snapshot, b: int, now: int, *, kind: str = "ASC",
 
 
 def cg_config(ident: Identity, s: Snapshot, *, device_code: str = "ICA ") -> dict[str, Any]:
-    """Stock `config` (api.c minerconfig()); cgminer's Device Code really ends with a space (§10)."""
+    """Stock `config` (api.c minerconfig()); cgminer's Device Code really ends with a space (seen on 4.11.1)."""
     return {
         "ASC Count": BOARDS,
         "PGA Count": 0,

@@ -1,4 +1,4 @@
-"""LuxOS LUXminer on Antminer hardware (CGMINER-API.md §3.4): every object's keys sorted, envelope too.
+"""LuxOS LUXminer on Antminer hardware: every object's keys sorted, envelope too.
 
 Antminer-style `stats` (header object, then chain keys) and `summary` in GH/s; power from `power` ->
 POWER[0].Watts (Code 311 "Power usage", asic-rs luxminer/v1/power.json).
