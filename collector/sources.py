@@ -13,12 +13,17 @@ import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from megawatch.collector.config import public_url
 from megawatch.collector.model import AgentObservation, AgentSummary
+from megawatch.common.logs import get_logger
 
 SUMMARY_PATH = "/api/v1/summary"
+# Pages an agent serves: an agent URL ending in one of them was copied from a browser or a Prometheus target.
+AGENT_PAGES = ("/metrics", SUMMARY_PATH, "/api/v1/miners", "/healthz")
 SUMMARY_VERSION = 1
 MAX_SUMMARY_BYTES = 1 << 20  # a site summary is a few hundred bytes; anything near this is not one
 # Agents read at once. aiohttp's connector queues past its own limit (100); a deadline that started in that
@@ -98,8 +103,24 @@ class FetchResult:
     duration_s: float
 
 
+def page_hint(url: str) -> str:
+    """What to write instead when an agent URL names one of the agent's pages rather than the agent; else ''."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    page = next((p for p in AGENT_PAGES if path.endswith(p)), None)
+    if page is None:
+        return ""
+    base = urlunsplit((parts.scheme, parts.netloc, path.removesuffix(page), "", ""))
+    return (f"the agent URL ends in {page}: list the agent's base URL ({public_url(base)}); "
+            f"the collector asks for {SUMMARY_PATH} itself")
+
+
 class AgentReader:
-    """Fetches agents' summaries through one shared ClientSession."""
+    """Fetches agents' summaries through one shared ClientSession.
+
+    Logs `agent_fetch_failed` when an agent's fetches start failing and `agent_fetch_recovered` when one
+    succeeds again: one event per change, however many polls fail in between.
+    """
 
     def __init__(self, session: aiohttp.ClientSession, timeout_s: float,
                  clock: Callable[[], float], max_bytes: int = MAX_SUMMARY_BYTES,
@@ -113,6 +134,8 @@ class AgentReader:
         self.clock = clock
         self.max_bytes = max_bytes
         self._slots = asyncio.Semaphore(concurrency)
+        self._failing_since: dict[str, float] = {}  # agent URL -> clock time its fetches started failing
+        self._log = get_logger()
 
     async def fetch_summary(self, url: str) -> AgentSummary:
         """One agent's summary within the deadline; raises SummaryError or SummaryNotReady."""
@@ -149,10 +172,25 @@ class AgentReader:
             summary, error = None, None
         except SummaryError as exc:
             summary, error = None, str(exc)
+            hint = page_hint(url)
+            if hint:
+                error = f"{error} ({hint})"
+        self._note_state(url, error, started)
         return FetchResult(url, summary, error, max(0.0, self.clock() - started))
+
+    def _note_state(self, url: str, error: str | None, at: float) -> None:
+        since = self._failing_since.get(url)
+        if error is not None and since is None:
+            self._failing_since[url] = at
+            self._log.warning("agent_fetch_failed", url=public_url(url), error=error)
+        elif error is None and since is not None:
+            del self._failing_since[url]
+            self._log.info("agent_fetch_recovered", url=public_url(url), failing_for_s=round(at - since, 3))
 
     async def fetch_all(self, urls: Sequence[str]) -> list[FetchResult]:
         """Every agent at once; each has its own deadline, so one slow agent costs only its own time."""
+        for gone in self._failing_since.keys() - set(urls):  # dropped by a reload: forget, do not log
+            del self._failing_since[gone]
         return list(await asyncio.gather(*(self._fetch_one(u) for u in urls)))
 
 

@@ -7,8 +7,16 @@ from contextlib import AsyncExitStack
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
-from megawatch.collector.sources import AgentReader, SummaryError, SummaryNotReady, observe, parse_summary
+from megawatch.collector.sources import (
+    AgentReader,
+    SummaryError,
+    SummaryNotReady,
+    observe,
+    page_hint,
+    parse_summary,
+)
 from tests.collector.fakes import FakeAgent, fake_agent
 
 
@@ -78,3 +86,71 @@ async def test_deadline_starts_when_an_agents_turn_comes_not_in_the_queue() -> N
         results = await reader.fetch_all([a.url for a in agents])
     # Three waves of 0.2 s: the last starts at 0.4 s; with the deadline counted from the queue it would miss.
     assert [r.error for r in results] == [None] * 6
+
+
+def fetch_events(logs: list[dict[str, object]]) -> list[dict[str, object]]:
+    return [e for e in logs if str(e["event"]).startswith("agent_fetch_")]
+
+
+async def test_one_event_when_fetches_start_failing_and_one_when_they_recover() -> None:
+    now = [1000.0]
+    async with fake_agent(FakeAgent("a", mode="error")) as agent, aiohttp.ClientSession() as session:
+        url = agent.url.replace("http://", "http://ops:hunter2@")
+        reader = AgentReader(session, timeout_s=1, clock=lambda: now[0])
+        with capture_logs() as logs:
+            for _ in range(4):  # four failing polls, one event
+                (result,) = await reader.fetch_all([url])
+                assert result.error == "HTTP 500 from /api/v1/summary"
+                now[0] += 15
+            failed = fetch_events(logs)
+            agent.mode = "ok"
+            for _ in range(3):  # three good polls, one event
+                (result,) = await reader.fetch_all([url])
+                assert result.error is None
+                now[0] += 15
+    assert failed == [{"event": "agent_fetch_failed", "log_level": "warning", "url": agent.url,
+                       "error": "HTTP 500 from /api/v1/summary"}]
+    assert fetch_events(logs)[1:] == [{"event": "agent_fetch_recovered", "log_level": "info", "url": agent.url,
+                                       "failing_for_s": 60.0}]
+    assert "hunter2" not in repr(logs)
+
+
+async def test_an_agent_failing_from_the_first_poll_is_logged() -> None:
+    # The wrong port in sites.yaml: the agent was never up, so there is no "went down" to notice.
+    async with aiohttp.ClientSession() as session:
+        reader = AgentReader(session, timeout_s=1, clock=time.monotonic)
+        with capture_logs() as logs:
+            await reader.fetch_all(["http://127.0.0.1:9"])
+            await reader.fetch_all(["http://127.0.0.1:9"])
+    (event,) = fetch_events(logs)
+    assert event["event"] == "agent_fetch_failed" and "ClientConnectorError" in str(event["error"])
+
+
+async def test_an_answer_before_the_first_cycle_is_a_recovery_not_a_failure() -> None:
+    async with fake_agent(FakeAgent("a", mode="error")) as agent, aiohttp.ClientSession() as session:
+        reader = AgentReader(session, timeout_s=1, clock=time.monotonic)
+        with capture_logs() as logs:
+            await reader.fetch_all([agent.url])
+            agent.mode = "not_ready"
+            await reader.fetch_all([agent.url])
+            await reader.fetch_all([agent.url])
+    assert [e["event"] for e in fetch_events(logs)] == ["agent_fetch_failed", "agent_fetch_recovered"]
+
+
+async def test_a_url_that_names_the_metrics_page_gets_a_hint() -> None:
+    async with fake_agent(FakeAgent("a")) as agent, aiohttp.ClientSession() as session:
+        reader = AgentReader(session, timeout_s=1, clock=time.monotonic)
+        with capture_logs() as logs:
+            (result,) = await reader.fetch_all([agent.url + "/metrics"])
+    assert result.error == (f"HTTP 404 from /api/v1/summary (the agent URL ends in /metrics: list the agent's "
+                            f"base URL ({agent.url}); the collector asks for /api/v1/summary itself)")
+    assert fetch_events(logs)[0]["error"] == result.error
+
+
+def test_page_hint_only_for_the_agents_own_pages() -> None:
+    assert page_hint("http://u:p@10.0.0.1:9540/api/v1/summary/") == (
+        "the agent URL ends in /api/v1/summary: list the agent's base URL (http://10.0.0.1:9540); "
+        "the collector asks for /api/v1/summary itself")
+    assert page_hint("https://proxy.example/site-a/metrics").startswith(
+        "the agent URL ends in /metrics: list the agent's base URL (https://proxy.example/site-a)")
+    assert page_hint("http://127.0.0.1:9540") == page_hint("https://proxy.example/site-a") == ""
