@@ -24,6 +24,7 @@ class ModelSpec:
     name: str
     nominal_hashrate_hs: float
     joules_per_hash: float
+    source: str = ""  # the maker's spec behind the two figures, and where it was read
 
     @property
     def nominal_power_w(self) -> float:
@@ -69,10 +70,13 @@ def load_model_table(path: str | Path = DEFAULT_MODELS_PATH) -> ModelTable:
         aliases = item.strings("aliases", ())
         hashrate_ths = item.number("nominal_hashrate_ths", exclusive_minimum=0)
         j_per_th = item.number("efficiency_j_per_th", exclusive_minimum=0)
+        # A figure nobody can trace is a guess about a site's power: every entry says where its figures come from.
+        source = item.string("source")
         item.done()
-        if name is None or hashrate_ths is None or j_per_th is None:
+        if name is None or hashrate_ths is None or j_per_th is None or source is None:
             continue
-        spec = ModelSpec(name=name, nominal_hashrate_hs=hashrate_ths * TH, joules_per_hash=j_per_th / TH)
+        spec = ModelSpec(name=name, nominal_hashrate_hs=hashrate_ths * TH, joules_per_hash=j_per_th / TH,
+                         source=" ".join(source.split()))
         specs.append(spec)
         for alias in (name, *aliases):
             key = normalise_model(alias)

@@ -31,6 +31,23 @@ def table() -> ModelTable:
         ("AvalonMiner 15-194", "Avalon A1566"),
         ("M30S+_VE40", "Whatsminer M30S+"),
         ("antminer   s21   pro", "Antminer S21 Pro"),
+        # Whatsminer devdetails Model with an underscore before the board revision.
+        ("M30S++_VH70", "Whatsminer M30S++"),
+        ("WhatsMiner M60S_VK30", "Whatsminer M60S"),
+        ("M56S++VK30", "Whatsminer M56S++"),
+        # Antminer `Type` strings, the hydro models with Bitmain's "Hyd." spelling.
+        ("Antminer T21", "Antminer T21"),
+        ("Antminer S21+", "Antminer S21+"),
+        ("Antminer S21+ Hyd.", "Antminer S21+ Hyd"),
+        ("Antminer S21 Hyd.", "Antminer S21 Hyd"),
+        ("Antminer S21 XP", "Antminer S21 XP"),
+        ("Antminer S21 XP Hyd.", "Antminer S21 XP Hyd"),
+        ("Antminer S19j Pro+", "Antminer S19j Pro+"),
+        ("Antminer S19k Pro", "Antminer S19k Pro"),
+        # Avalon version PROD strings (MODEL alone is "1566" / "15-194").
+        ("AvalonMiner 1566", "Avalon A1566"),
+        ("AvalonMiner 1466", "Avalon A1466"),
+        ("15-194", "Avalon A1566"),
     ],
 )
 def test_models_are_found_as_miners_report_them(table: ModelTable, reported: str, name: str) -> None:
@@ -44,18 +61,43 @@ def test_braiins_devdetails_model_is_found(table: ModelTable) -> None:
     assert spec is not None and spec.name == "Antminer S9"
 
 
-@pytest.mark.parametrize("reported", [None, "", "Antminer Z15", "M30S++V40 Turbo"])
+@pytest.mark.parametrize(
+    "reported",
+    # A bigger or hydro sibling of a listed model is not that model: its J/TH would be wrong.
+    [None, "", "Antminer Z15", "M30S++V40 Turbo", "M60S++_VL30", "M63S_VL10", "Antminer S21e XP Hyd."],
+)
 def test_unknown_models_are_not_guessed(table: ModelTable, reported: str | None) -> None:
     assert table.lookup(reported) is None
 
 
+# Families whose names differ only by "+", "Pro", "XP" or "Hyd.": each string must find its own entry.
+SIBLINGS = [
+    ("M30S", "M30S+", "M30S++", "M30S++_VH70"),
+    ("Antminer S21", "Antminer S21+", "Antminer S21 Pro", "Antminer S21 XP", "Antminer S21 Hyd.",
+     "Antminer S21+ Hyd.", "Antminer S21 XP Hyd."),
+    ("Antminer S19j Pro", "Antminer S19j Pro+", "Antminer S19 Pro", "Antminer S19k Pro"),
+    ("Avalon A16", "Avalon A16 XP"),
+]
+
+
+@pytest.mark.parametrize("family", SIBLINGS, ids=lambda family: family[0])
+def test_sibling_models_do_not_collide(table: ModelTable, family: tuple[str, ...]) -> None:
+    names = [getattr(table.lookup(reported), "name", None) for reported in family]
+    assert None not in names, dict(zip(family, names, strict=True))
+    # The last M30S++ string is a revision of the one before it; every other string is its own model.
+    distinct = set(names)
+    assert len(distinct) == len(family) - (1 if family[-1].endswith("_VH70") else 0), names
+
+
 def test_the_shipped_table_loads_with_sane_figures(table: ModelTable) -> None:
-    # The models issue 2 names must be there; every figure must be plausible for a SHA-256 ASIC.
-    for model in ("S19", "S19 XP", "S21", "M30S++", "M50", "M60", "A1366"):
+    # Current models must be there; every figure must be plausible for a SHA-256 ASIC and say where it is from.
+    for model in ("S19", "S19 XP", "S21", "M30S++", "M50", "M60", "A1366", "T21", "S21+", "S21 XP", "S19j Pro+",
+                  "S19k Pro", "M60S", "A1466", "A1566"):
         assert table.lookup(model) is not None, model
     for spec in table.specs:
         assert 10 * TH <= spec.nominal_hashrate_hs <= 500 * TH, spec
         assert 10 <= spec.joules_per_hash * TH <= 120, spec
+        assert len(spec.source) >= 20 and "\n" not in spec.source, spec
     s19xp = table.lookup("S19 XP")
     assert s19xp is not None
     assert s19xp.nominal_power_w == pytest.approx(140 * 21.5)
@@ -118,25 +160,41 @@ def _load_error(tmp_path: Path, text: str) -> str:
 def test_bad_values_and_unknown_keys_are_all_reported_with_file_line_and_key(tmp_path: Path) -> None:
     text = (
         "models:\n"
-        "  - {name: Antminer S9, aliases: [S9], nominal_hashrate_ths: 0, efficiency_j_per_th: 98}\n"
+        "  - {name: Antminer S9, aliases: [S9], nominal_hashrate_ths: 0, efficiency_j_per_th: 98, source: sheet}\n"
         "  - name: Antminer S19\n"
         "    nominal_hashrate_ths: 95\n"
         "    efficiency_j_per_th: abc\n"
+        "    source: Bitmain S19 spec sheet\n"
         "    colour: red\n"
     )
     assert _load_error(tmp_path, text).splitlines() == [
         "models.yaml:2: models[0].nominal_hashrate_ths: expected a number > 0, got 0",
         "models.yaml:5: models[1].efficiency_j_per_th: expected a number > 0, got 'abc'",
-        "models.yaml:6: models[1].colour: unknown key; known keys: "
-        "aliases, efficiency_j_per_th, name, nominal_hashrate_ths",
+        "models.yaml:7: models[1].colour: unknown key; known keys: "
+        "aliases, efficiency_j_per_th, name, nominal_hashrate_ths, source",
+    ]
+
+
+def test_every_entry_must_say_where_its_figures_come_from(tmp_path: Path) -> None:
+    text = (
+        "models:\n"
+        "  - {name: Antminer T21, nominal_hashrate_ths: 190, efficiency_j_per_th: 19}\n"
+        "  - name: Antminer S21+\n"
+        "    nominal_hashrate_ths: 216\n"
+        "    efficiency_j_per_th: 16.5\n"
+        "    source: '  '\n"
+    )
+    assert _load_error(tmp_path, text).splitlines() == [
+        "models.yaml:2: models[0].source: required key is missing",
+        "models.yaml:6: models[1].source: expected a non-empty string, got '  '",
     ]
 
 
 def test_an_alias_naming_two_models_is_an_error(tmp_path: Path) -> None:
     text = (
         "models:\n"
-        "  - {name: Antminer S9, nominal_hashrate_ths: 13.5, efficiency_j_per_th: 98}\n"
-        "  - {name: Antminer S9 again, aliases: [s-9], nominal_hashrate_ths: 14, efficiency_j_per_th: 90}\n"
+        "  - {name: Antminer S9, nominal_hashrate_ths: 13.5, efficiency_j_per_th: 98, source: a}\n"
+        "  - {name: Antminer S9 again, aliases: [s-9], nominal_hashrate_ths: 14, efficiency_j_per_th: 90, source: b}\n"
     )
     assert _load_error(tmp_path, text) == "models.yaml:3: models[1].aliases: 's-9' already names 'Antminer S9'"
 
