@@ -54,7 +54,7 @@ ACCESS_DENIED = (
     b'{"STATUS":[{"STATUS":"E","When":1700000000,"Code":45,"Msg":"Access denied to \'estats\' command",'
     b'"Description":"cgminer 4.9.0"}],"id":1}'
 )
-# shared/ lies beside the work tree (and beside CI's fresh clone).
+# A real capture kept in the repo (provenance in tests/golden/captures/SOURCES.md).
 D3_BLISSZ = Path(__file__).resolve().parents[1] / "golden" / "captures" / "antminer-d3-blissz-cgminer4.10_stats.txt"
 SHORT = Deadlines(connect_s=0.3, request_s=0.5)
 # Scheduling slack on a shared 2-core machine; a deadline miss is a bug of whole seconds, not of this margin.
@@ -342,7 +342,7 @@ def time_wait_towards(port: int) -> int:
 
 
 async def many_polls_leave_no_time_wait_on_the_poller() -> None:
-    # Real miners close after replying; TIME_WAIT must land there, never on the poller (PERF-NOTES). This
+    # Real miners close after replying; TIME_WAIT must land there, never on the poller. This
     # miner closes 50 ms after its NUL, so a client that closed politely at the NUL would close first.
     async def reply_then_close_late(srv: Server, request: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(SUMMARY + b"\x00")

@@ -82,7 +82,7 @@ def test_firmware_falls_back_to_the_status_description_when_version_failed() -> 
 
 
 def test_padded_string_counts_are_counts() -> None:
-    # Blissz D3 sends "Accepted":"  5.0000" (getminera/minera issue #194).
+    # Blissz D3 sends "Accepted":"  5.0000" (a raw reply quoted in getminera/minera's tracker).
     summary = {"SUMMARY": [{"Accepted": "  5.0000", "Rejected": "0", "Hardware Errors": 2}]}
     reading = cgminer.parse({"summary": summary})
     assert (reading.shares_accepted, reading.shares_rejected, reading.hardware_errors) == (5, 0, 2)

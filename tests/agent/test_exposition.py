@@ -210,6 +210,6 @@ def test_render_10k_miners_quickly() -> None:
     text = render_miners(snapshot, DEFAULTS)
     elapsed = time.perf_counter() - t0
     assert text.count("\n") > 120_000
-    # Issue 3 target is 250 ms on an idle core; this box is shared (load 4+ on 2 cores seen), so the bound
+    # The bench's target is 250 ms on an idle core; this box is shared (load 4+ on 2 cores seen), so the bound
     # only catches a fall back to prometheus_client's speed (~7 s for these samples here).
     assert elapsed < 2.5, elapsed

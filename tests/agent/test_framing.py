@@ -1,4 +1,4 @@
-"""framing: real captured replies (shared captures, see their SOURCES.md) through decode, repair and split."""
+"""framing: real captured replies (tests/golden/captures, see its SOURCES.md) through decode, repair and split."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from megawatch.agent.protocol import framing
 from megawatch.agent.protocol.errors import BadReply, CommandRejected, EmptyReply
 from megawatch.agent.protocol.framing import check_status, decode_reply, split_joined
 
-# shared/ lies beside the work tree (and beside CI's fresh clone); see its captures/SOURCES.md.
-# Copies of ../shared/captures kept in the repo, so a fresh clone tests against them too.
+# Real captures kept in the repo (provenance in tests/golden/captures/SOURCES.md).
 CAPTURES = Path(__file__).resolve().parents[1] / "golden" / "captures"
 
 D3_BLISSZ = "antminer-d3-blissz-cgminer4.10_stats.txt"  # `}{` between STATS[0] and STATS[1]
@@ -59,12 +58,12 @@ def test_trailing_newline_after_nul_and_leading_whitespace_are_ignored() -> None
 
 
 def test_trailing_garbage_after_the_first_value_is_ignored() -> None:
-    # Shape of the S9k `version` fixture: a complete object, then a stray `"}` (CGMINER-API.md §4 #13).
+    # Shape of the S9k `version` fixture: a complete object, then a stray `"}`.
     assert decode_reply(b'{"VERSION":[{"API":"3.1"}],"id":1}"}\x00') == {"VERSION": [{"API": "3.1"}], "id": 1}
 
 
 def test_control_characters_inside_strings_pass() -> None:
-    # cgminer never escapes control characters (CGMINER-API.md §1.5); Whatsminer puts raw newlines in `version`.
+    # cgminer never escapes control characters; Whatsminer puts raw newlines in `version`.
     obj = decode_reply(b'{"Msg":"line1\nline2\ttab\x01","POOLS":[{"POOL":0},\n{"POOL":1}]}\x00')
     assert obj["Msg"] == "line1\nline2\ttab\x01"
     assert [p["POOL"] for p in obj["POOLS"]] == [0, 1]
@@ -92,7 +91,7 @@ def test_nothing_but_nul_or_whitespace_is_an_empty_reply(raw: bytes) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        b"Socket connect failed: Connection refused\n",  # port proxy with the daemon down (§4 #25)
+        b"Socket connect failed: Connection refused\n",  # port proxy with the daemon down
         b"STATUS=S,When=1700000000,Code=11,Msg=Summary,Description=cgminer 4.11.1|SUMMARY,Elapsed=3600|\x00",
         b"STATUS=E,When=1700000000,Code=14,Msg=Invalid command|\x00",  # bfgminer #333 text reply
         b'["STATUS"]\x00',
@@ -195,7 +194,7 @@ def test_repair_bare_non_numbers_keeps_words_and_strings() -> None:
 
 
 def test_avalon_capture_with_bare_nan_gives_none() -> None:
-    # AvalonStatsITest.java L1594 holds this very reply with `"MHS av":nan` (CGMINER-API.md §3.5).
+    # AvalonStatsITest.java L1594 holds this very reply with `"MHS av":nan`.
     raw = capture(AVALON_JOINED)
     broken = raw.replace(b'"MHS av":25536751.74', b'"MHS av":nan')
     assert broken != raw
@@ -267,7 +266,7 @@ def test_split_joined_avalon_capture() -> None:
 
 
 def test_split_joined_separates_rejected_and_missing_sections() -> None:
-    # The §6 `summary+foo` exchange plus a Code 45 section and one the firmware left out.
+    # cgminer's answer to `summary+foo` plus a Code 45 section and one the firmware left out.
     raw = (
         b'{"summary":[{"STATUS":[{"STATUS":"S","Code":11,"Msg":"Summary"}],"SUMMARY":[{"Elapsed":5}],"id":1}],'
         b'"foo":[{"STATUS":[{"STATUS":"E","When":1,"Code":14,"Msg":"Invalid command"}],"id":1}],'

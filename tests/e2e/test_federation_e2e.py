@@ -1,4 +1,4 @@
-"""The central tier on Prometheus federation (issue 7 §3): configs/prometheus/federation.yml against real servers.
+"""The central tier on Prometheus federation: configs/prometheus/federation.yml against real servers.
 
 Two simulated sites (frozen clock), an agent each, one collector (allocations). Two real site Prometheus
 servers, each scraping its own site's agent and the collector with the repo's rules/megawatch.rules.yml and

@@ -1,4 +1,4 @@
-"""A site split across two agent shards gives the same totals as one agent polling the whole site (issue 7 §3).
+"""A site split across two agent shards gives the same totals as one agent polling the whole site.
 
 One simulated site of 400 miners (every dialect profile, a few offline, some with a dropped hashrate), its tick
 clock frozen so every miner answers the same figures on every poll. Three real agent processes read it at
@@ -8,7 +8,7 @@ settled (each miner polled, none stale), the two collectors' site totals must be
 power and hashrate up to float summation order (1e-9 relative). They are also checked against the
 simulator's own truth, so both sides cannot be wrong the same way.
 
-The same real scrape gives the cardinality budget: series per miner at default settings <= 25 (issue 7).
+The same real scrape gives the cardinality budget: series per miner at default settings <= 25 (docs/scaling.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The scale-out configs check out: shard configs split one site exactly, the central tier's Prometheus config
-and rules are valid and unit-tested, and federation asks for site-level series only (issue 7 §3)."""
+and rules are valid and unit-tested, and federation asks for site-level series only."""
 
 from __future__ import annotations
 

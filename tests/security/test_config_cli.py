@@ -28,9 +28,9 @@ sites:
     allocation_mw: 10
     agents: [http://127.0.0.1:9101]
 """
-# New cases, (program, file text, the error lines expected with {path} for the file): the kinds issue 6 names
-# (wrong types, unknown keys, missing keys, duplicate miners, overlapping ranges, negative MW) where the
-# existing cases do not cover them, and the settings issue 6 adds (web config, state file, agent client).
+# New cases, (program, file text, the error lines expected with {path} for the file): the kinds of mistake
+# users make (wrong types, unknown keys, missing keys, duplicate miners, overlapping ranges, negative MW) where the
+# existing cases do not cover them, and the newer settings (web config, state file, agent client).
 NEW: dict[str, tuple[str, str, list[str]]] = {
     "collector_negative_site_mw": ("collector", SITES.replace("allocation_mw: 10", "allocation_mw: -10"),
                                    ["{path}:4: sites[0].allocation_mw: expected a number > 0, got -10"]),

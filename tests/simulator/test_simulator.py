@@ -1,4 +1,4 @@
-"""Simulator wire protocol: what a client sees on the socket, per cgminer's api() (CGMINER-API.md §1, §7)."""
+"""Simulator wire protocol: what a client sees on the socket, per cgminer's api() (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ async def test_legacy_text_form_and_untrimmed_newline(sim_fleet, raw_request):
     status, summary = text.split("|")[:2]
     assert status.startswith("STATUS=S,When=") and "Code=11,Msg=Summary,Description=cgminer 4.11.1" in status
     assert summary.startswith("SUMMARY,Elapsed=") and ",MHS 5s=" in summary
-    # `echo summary | nc` sends the newline too: cgminer does not trim it (bfgminer issue #333).
+    # `echo summary | nc` sends the newline too: cgminer does not trim it (a hexdump in BFGMiner's tracker shows it).
     bad = (await raw_request(m.host, m.port, b"summary\n"))[:-1].decode()
     assert bad.startswith("STATUS=E,") and "Code=14,Msg=Invalid command" in bad
 

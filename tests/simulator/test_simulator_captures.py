@@ -1,6 +1,6 @@
 """The simulator's replies have the keys, order, spacing and value types of REAL firmware replies.
 
-Each case names a capture in /work/shared/captures (provenance in its SOURCES.md) and the simulated
+Each case names a real capture in tests/golden/captures (provenance in its SOURCES.md) and the simulated
 miner that should look like it. Values differ (they are simulated); the shape must not.
 """
 

@@ -13,7 +13,7 @@ from megawatch.simulator.control import start_control
 from megawatch.simulator.faults import make_fault
 from megawatch.simulator.workers import WorkerPool, start_backend
 
-# Where each dialect puts its short-window hashrate and, if it measures it, its power (CGMINER-API.md §3).
+# Where each dialect puts its short-window hashrate and, if it measures it, its power (docs/protocol.md).
 HASHRATE_KEYS = {
     "cgminer": ("MHS 5s", 1e6), "bfgminer": ("MHS 20s", 1e6), "bmminer": ("GHS 5s", 1e9),
     "btminer": ("MHS 5s", 1e6), "bosminer": ("MHS 5s", 1e6), "luxos": ("GHS 5s", 1e9), "avalon": ("MHS 30s", 1e6),
