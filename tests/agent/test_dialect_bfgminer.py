@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from dialect_cases import golden_cases, load_case
-from test_dialect_cgminer import exported_temperatures
+from test_dialect_cgminer import exported_temperatures, simulated_chip_temperatures
 
 from megawatch.agent.dialects import bfgminer
 from megawatch.agent.model import Board, MinerReading, Pool
@@ -62,6 +62,12 @@ def test_device_temperature_is_the_chip_temperature_and_exported_by_default() ->
 def test_a_device_without_a_sensor_exports_no_temperature() -> None:
     # BFGMiner leaves `Temperature` out when it has none (the golden CPU device): unknown, not 0 degrees.
     assert exported_temperatures(bfgminer.parse(load_case(golden_cases("bfgminer")[0]))) == []
+
+
+async def test_a_simulated_bfgminer_exports_every_board_chip_temperature(make_sim_fleet) -> None:
+    truth, lines = await simulated_chip_temperatures(make_sim_fleet, "bfgminer", "Antminer S9k")
+    assert [line.split('sensor="')[1].split('"')[0] for line in lines] == ["chip"] * len(truth)
+    assert [float(line.rsplit(" ", 1)[1]) for line in lines] == pytest.approx(truth, abs=0.005)
 
 
 def test_mhs_20s_is_the_short_window() -> None:

@@ -12,9 +12,10 @@ import pytest
 from dialect_cases import golden_cases, load_case
 
 from megawatch.agent.config import ExpositionSettings, MinerTarget
-from megawatch.agent.dialects import cgminer
+from megawatch.agent.dialects import DIALECTS, cgminer
 from megawatch.agent.exposition import render_miners
 from megawatch.agent.model import Board, MinerReading, Pool
+from megawatch.agent.protocol.client import query
 from megawatch.agent.protocol.framing import decode_reply, split_joined
 from megawatch.agent.state import AgentCounters, FleetSnapshot, MinerState, MinerStatus, summarise
 
@@ -112,6 +113,23 @@ def exported_temperatures(reading: MinerReading) -> list[str]:
     snapshot = FleetSnapshot("s", 1, 0.0, 1.0, 1.0, (miner,), summarise((miner,), 1), AgentCounters())
     text = render_miners(snapshot, ExpositionSettings())
     return [line for line in text.splitlines() if line.startswith("megawatch_miner_temperature_celsius{")]
+
+
+async def simulated_chip_temperatures(make_sim_fleet, dialect: str, model: str) -> tuple[list[float], list[str]]:
+    """(the simulator's true chip temperatures, the temperature lines the agent exports) for one stock miner."""
+    fleet = await make_sim_fleet(groups=((dialect, model),), sites=1)
+    m = fleet.miners[0]
+    truth = list(fleet.miner(m.index).snapshot().chip_temp_c)
+    module = DIALECTS[dialect]
+    result = await query(m.host, module.COMMANDS, port=m.port)
+    return truth, exported_temperatures(module.parse(result.replies))
+
+
+async def test_a_simulated_stock_cgminer_exports_every_board_chip_temperature(make_sim_fleet) -> None:
+    truth, lines = await simulated_chip_temperatures(make_sim_fleet, "cgminer", "Antminer S19")
+    assert [line.split('sensor="')[1].split('"')[0] for line in lines] == ["chip"] * len(truth)
+    # cgminer prints temperatures with %.2f.
+    assert [float(line.rsplit(" ", 1)[1]) for line in lines] == pytest.approx(truth, abs=0.005)
 
 
 @pytest.mark.parametrize("case", golden_cases("cgminer"), ids=lambda path: path.name)
