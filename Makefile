@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LINT_STAMP := $(VENV)/.installed-lint
+# mypy resolves modules by folder, so it gets the installed layout as links: agent/ -> megawatch/agent, ...
+LINT_TREE := $(VENV)/lint-tree
 
-.PHONY: test demo bench venv clean
+.PHONY: test lint demo bench venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +19,22 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+$(LINT_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,lint]'
+	touch $(LINT_STAMP)
+
+# ruff, then mypy (both run, either fails the target), pinned in the `lint` extra. mypy's paths are mapped
+# back from the link tree to the repo's.
+lint: $(LINT_STAMP)
+	rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)/megawatch
+	ln -s $(CURDIR)/megawatch/* $(LINT_TREE)/megawatch/
+	for d in agent collector common simulator; do ln -s $(CURDIR)/$$d $(LINT_TREE)/megawatch/$$d; done
+	ln -s $(CURDIR)/bench $(LINT_TREE)/bench
+	status=0; $(BIN)/ruff check --no-cache || status=1; \
+	cd $(LINT_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
+		--cache-dir $(CURDIR)/$(VENV)/mypy-cache -p megawatch -p bench > mypy.out || status=1; \
+	sed -e 's#^megawatch/\(agent\|collector\|common\|simulator\)/#\1/#' mypy.out; exit $$status
 
 demo: $(STAMP)
 	$(BIN)/megawatch demo

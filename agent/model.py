@@ -22,7 +22,8 @@ class PowerSource(StrEnum):
 class Board(NamedTuple):
     """One hash board (chain). Temperatures in °C, hashrate in H/s."""
 
-    index: int
+    # Shadows tuple.index(), which nothing calls on a reading; the slot number keeps the name every dialect uses.
+    index: int  # type: ignore[assignment]
     chip_temp_c: float | None = None
     board_temp_c: float | None = None
     hashrate_hs: float | None = None
@@ -30,12 +31,12 @@ class Board(NamedTuple):
 
 
 class Fan(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # as Board.index
     rpm: float | None = None
 
 
 class Pool(NamedTuple):
-    index: int
+    index: int  # type: ignore[assignment]  # as Board.index
     url: str
     user: str | None = None
     status: str | None = None  # as the firmware says it, normalised: "alive", "dead", "disabled", ...

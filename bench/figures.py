@@ -176,11 +176,13 @@ def _poll_cycle(miners: int, peers: dict[str, Any], why_not: str) -> dict[str, A
                        f"peers): no client can meet {limit:g} s on this fleet core")
     if ours["client_cpu_share"] < BUSY_SHARE:
         reasons.append(f"the poller used {ours['median_cpu_s']:.1f} s of CPU per cycle but got only "
-                       f"{ours['client_cpu_share']:.0%} of its core (a busy machine, or a fleet slower than the client)")
+                       f"{ours['client_cpu_share']:.0%} of its core "
+                       "(a busy machine, or a fleet slower than the client)")
     reason = "; ".join(reasons)
     return _figure(target, value, reason=reason, verdict=verdict, side_by_side=_side_by_side(peers),
                    detail={"cycles_s": [c["duration_s"] for c in ours["cycles"]],
-                           "miners_per_s": ours["miners_per_s"], "requests_per_cycle": ours["setup"]["requests_per_cycle"]})
+                           "miners_per_s": ours["miners_per_s"],
+                           "requests_per_cycle": ours["setup"]["requests_per_cycle"]})
 
 
 def _ratio(target: Target, peers: dict[str, Any], versus: str, also: tuple[str, ...], run: dict[str, Any],
@@ -289,14 +291,16 @@ def report(run: dict[str, Any], figures: list[dict[str, Any]]) -> str:
     if run["peers"]:
         any_peer = next(iter(run["peers"].values()))
         lines.append(f"Side by side: same {any_peer['setup']['requests_per_cycle']:,} requests per cycle, "
-                     f"{any_peer['setup']['concurrency']} in flight, median (and best) of {len(any_peer['cycles'])} cycles")
-        lines.append(f"  {'peer':58} {'loop':8} {'cycle':>8} {'best':>7} {'miners/s':>9} {'req/s':>8} {'CPU ms/1k req':>13} "
-                     f"{'miners ok':>9} {'client CPU':>10} {'sim CPU':>7}")
+                     f"{any_peer['setup']['concurrency']} in flight, "
+                     f"median (and best) of {len(any_peer['cycles'])} cycles")
+        lines.append(f"  {'peer':58} {'loop':8} {'cycle':>8} {'best':>7} {'miners/s':>9} {'req/s':>8} "
+                     f"{'CPU ms/1k req':>13} {'miners ok':>9} {'client CPU':>10} {'sim CPU':>7}")
         for peer in run["peers"].values():
             if "median_cycle_s" not in peer:
                 continue
             cpu = peer["cpu_ms_per_1000_requests"]
-            lines.append(f"  {peer['label']:58} {peer['loop']:8} {peer['median_cycle_s']:7.2f}s {peer['best_cycle_s']:6.2f}s "
+            lines.append(f"  {peer['label']:58} {peer['loop']:8} "
+                         f"{peer['median_cycle_s']:7.2f}s {peer['best_cycle_s']:6.2f}s "
                          f"{peer['miners_per_s']:9,.0f} {peer['requests_per_s']:8,.0f} "
                          f"{'-' if cpu is None else f'{cpu:,.0f}':>13} {peer['min_miners_ok']:9,} "
                          f"{peer['client_cpu_share']:10.0%} {peer['simulator_cpu_share']:7.0%}")

@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from megawatch.simulator.config import load_fleet_config
 
@@ -49,7 +49,7 @@ def mix(miners: int) -> list[tuple[int, str, str]]:
     # Largest remainder, so the groups add up to exactly `miners`.
     for i in sorted(range(len(groups)), key=lambda i: exact[i] - counts[i], reverse=True)[: miners - sum(counts)]:
         counts[i] += 1
-    return [(c, g.model.name, g.dialect) for c, g in zip(counts, groups) if c > 0]
+    return [(c, g.model.name, g.dialect) for c, g in zip(counts, groups, strict=True) if c > 0]
 
 
 def write_sim_config(spec: FleetSpec, path: Path) -> Path:

@@ -83,8 +83,8 @@ def _make_peer(args: argparse.Namespace, runner: asyncio.Runner) -> tuple[Any, d
     # As the agent runs: JSON logs at info (nothing is logged per poll in a steady cycle), to stderr.
     configure_logging("json", "info")
     if args.kind == "megawatch":
-        from megawatch.agent.runtime import tune_gc
         from bench.poller_peer import MegawatchPoller
+        from megawatch.agent.runtime import tune_gc
 
         tune_gc()  # as `megawatch agent` does at start; the other peers run as their users run them
         peer = MegawatchPoller(args.agent_config)

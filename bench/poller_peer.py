@@ -15,13 +15,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.plan import CycleResult, MinerPlan, save_plan
+from bench.series import count_series
 from megawatch.agent.config import AgentConfig, load_agent_config
 from megawatch.agent.exposition import FleetCollector, MinerRenderer
 from megawatch.agent.poller import Poller
 from megawatch.agent.protocol import client
 from megawatch.agent.state import FleetState
-from bench.plan import CycleResult, MinerPlan, save_plan
-from bench.series import count_series
 
 RENDER_REPEATS = 3
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,10 @@ def shard_phase(fleet: FleetSpec, agent: AgentSpec, control_url: str, cores: Cor
                         logs / f"agent-{name}.log", cores.client)
             started.append(proc)
             agents[name] = f"http://127.0.0.1:{port}"
-            wait_for(f"agent-{name} /healthz", lambda b=agents[name]: True if http_get(b + "/healthz", 2)[0] == 200
-                     else None, budget.cap(60), proc)
+            wait_for(f"agent-{name} /healthz", partial(_healthy, agents[name]), budget.cap(60), proc)
         summaries: dict[str, dict[str, Any]] = {}
         for name, base in agents.items():
-            summaries[name] = wait_for(f"agent-{name} cycle 2", lambda b=base: _after_cycle(b, 2),
+            summaries[name] = wait_for(f"agent-{name} cycle 2", partial(_after_cycle, base, 2),
                                        budget.cap(agent.interval_s * 3 + 60), None, every_s=0.5)
         truth = http_json(control_url + "/api/v1/truth", 10)
     finally:
@@ -100,6 +100,10 @@ def shard_phase(fleet: FleetSpec, agent: AgentSpec, control_url: str, cores: Cor
 
 def _relative(ours: float | None, truth: float) -> float | None:
     return None if ours is None else abs(ours - truth) / max(abs(truth), 1e-300)
+
+
+def _healthy(base: str) -> bool | None:
+    return True if http_get(base + "/healthz", 2)[0] == 200 else None
 
 
 def _after_cycle(base: str, cycle: int) -> dict[str, Any] | None:

@@ -66,7 +66,7 @@ def _located(loader: _UniqueKeyLoader, node: yaml.Node) -> Any:
     return loader.construct_object(node, deep=True)
 
 
-class _Map(dict):  # type: ignore[type-arg]
+class _Map(dict[Any, Any]):
     """A YAML mapping that remembers where each value stood."""
 
     def __init__(self, line: int) -> None:
@@ -75,7 +75,7 @@ class _Map(dict):  # type: ignore[type-arg]
         self.lines: dict[Any, int] = {}
 
 
-class _Seq(list):  # type: ignore[type-arg]
+class _Seq(list[Any]):
     line: int = 0
     lines: list[int]
 
@@ -192,7 +192,11 @@ class Section:
         expected: str,
         check: Callable[[T], bool] | None = None,
     ) -> T:
-        """Read `name`, convert with `kind` (raising ValueError/TypeError on bad input), then `check`."""
+        """Read `name`, convert with `kind` (raising ValueError/TypeError on bad input), then `check`.
+
+        Typed by what a valid config yields: a missing or bad value comes back as `default` (None when the
+        key is required) only together with a recorded problem, and the loaders check for None before use.
+        """
         value = self.raw(name, default)
         if name not in self.data:
             return value  # type: ignore[no-any-return]
@@ -203,7 +207,7 @@ class Section:
             ok, converted = False, None
         if not ok:
             self.error(name, f"expected {expected}, got {_describe(value)}")
-            return default if default is not _MISSING else None  # type: ignore[no-any-return]
+            return default if default is not _MISSING else None  # type: ignore[return-value]
         return converted  # type: ignore[return-value]
 
     def string(self, name: str, default: Any = _MISSING, *, check: Callable[[str], bool] | None = None,

@@ -226,7 +226,9 @@ def fleet() -> Json:
         series("Draw vs allocation per site", [
             target("max by (site) (megawatch_site_facility_power_watts)", "{{site}} draw"),
             target("max by (site) (megawatch_site_allocation_watts)", "{{site}} allocation"),
-        ], "watt", links=site_link(by_site), overrides=[regex_override(".* allocation", custom_lineStyle={"fill": "dash", "dash": [10, 10]}, custom_lineWidth=2)]),
+        ], "watt", links=site_link(by_site), overrides=[
+            regex_override(".* allocation", custom_lineStyle={"fill": "dash", "dash": [10, 10]}, custom_lineWidth=2),
+        ]),
         series("Utilisation over time", [
             target("max by (site) (megawatch_site_utilisation_ratio)", "{{site}}"),
             target("max(megawatch_fleet_utilisation_ratio)", "fleet"),
@@ -433,7 +435,8 @@ def miner() -> Json:
             target(f"max(megawatch_miner_power_limit_watts{{{m}}})", "limit"),
         ], "watt", overrides=[override("limit", **DASHED)]),
         series("Temperatures", [
-            target(f"max by (board, sensor) (megawatch_miner_temperature_celsius{{{m}}})", "board {{board}} {{sensor}}"),
+            target(f"max by (board, sensor) (megawatch_miner_temperature_celsius{{{m}}})",
+                   "board {{board}} {{sensor}}"),
         ], "celsius", steps=thresholds((HOT_C, "red")), custom={"thresholdsStyle": {"mode": "line"}}),
         series("Fans", [target(f"max by (fan) (megawatch_miner_fan_rpm{{{m}}})", "fan {{fan}}")], "rotrpm"),
         series("Shares", [

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megawatch.agent.modeltable import ModelSpec, ModelTable, load_model_table
+from megawatch.common.configfile import ConfigError, Section
 from megawatch.simulator.faults import FAULT_KINDS, LIMITS, PARAMETERS, Fault, make_fault
 from megawatch.simulator.replies import DIALECTS, VENDORS
-from megawatch.common.configfile import ConfigError, Section
 
 DEFAULT_PORT = 4028
 DEFAULT_MINERS_PER_WORKER = 10_000

@@ -12,6 +12,7 @@ import json
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from megawatch.simulator.config import is_loopback
 from megawatch.simulator.faults import PARAMETERS, Fault, make_fault
@@ -85,7 +86,7 @@ class BadRequest(Exception):
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except BadRequest as exc:
@@ -210,9 +211,9 @@ async def post_clock(request: web.Request) -> web.Response:
         clock = backend.fleet.clock
         if at is not None:
             clock.freeze(at=at)
-        else:
+        elif offset is not None:
             clock.frozen = None
-            clock.offset = offset  # type: ignore[assignment]
+            clock.offset = offset
     return web.json_response(await backend.clock(freeze, advance))
 
 

@@ -87,6 +87,7 @@ def make_fault(kind: str, params: dict[str, float]) -> Fault:
         values[name] = value
     if "size_bytes" in values:
         values["size_bytes"] = int(values["size_bytes"])
+    # Each key was checked against the kind's PARAMETERS and size_bytes made an int, which mypy cannot follow.
     return Fault(kind=kind, **values)  # type: ignore[arg-type]
 
 

@@ -201,7 +201,7 @@ class Fleet:
                     raise FleetStartError(
                         f"bound {len(socks)} of {len(self._plan)} listeners; {planned.name}: {exc.strerror or exc}"
                     ) from None
-            for slot, (planned, sock) in enumerate(zip(self._plan, socks)):
+            for slot, (planned, sock) in enumerate(zip(self._plan, socks, strict=True)):
                 port = sock.getsockname()[1]  # the real one when the config asked for port 0
                 if port != planned.port:
                     # Shared with the control endpoint: it must name and find miners by their real port.
@@ -214,7 +214,7 @@ class Fleet:
                 miner = Miner(ident, self, self.sites[planned.site])
                 self.miners.append(miner)
                 self.by_index[planned.index] = miner
-            for miner, sock in zip(self.miners, socks):
+            for miner, sock in zip(self.miners, socks, strict=False):
                 await miner.listen(sock)
         except BaseException:
             for miner in self.miners:
@@ -257,7 +257,7 @@ class Fleet:
             miner.rebooting = False
             miner.close_listener()
             return
-        if previous is not None and previous.kind in ("offline", "reboot") or miner.rebooting:
+        if (previous is not None and previous.kind in ("offline", "reboot")) or miner.rebooting:
             self._come_back(miner)
 
     def clear_faults(self) -> int:
@@ -342,7 +342,8 @@ class Fleet:
                 "index": ident.index, "address": ident.address, "host": ident.host, "port": ident.port,
                 "site": ident.site, "dialect": ident.dialect, "model": ident.model.name, "fault": fault,
                 "listening": miner.listening, "serving": miner.serving,
-                "reports_power": miner.firmware.reports_power, "allow_control": ident.allow_control, "joins": ident.joins,
+                "reports_power": miner.firmware.reports_power, "allow_control": ident.allow_control,
+                "joins": ident.joins,
                 "privileged_commands": miner.privileged,
             })
         return rows

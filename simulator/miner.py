@@ -12,7 +12,8 @@ import asyncio
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from megawatch.simulator import faults
 from megawatch.simulator.behaviour import Identity, Snapshot, snapshot
@@ -142,9 +143,9 @@ class Miner:
             self._reopen.cancel()
             self._reopen = None
 
-    def schedule_reopen(self, delay_s: float, callback: object) -> None:
+    def schedule_reopen(self, delay_s: float, callback: Callable[[], object]) -> None:
         self.cancel_reopen()
-        self._reopen = asyncio.get_running_loop().call_later(delay_s, callback)  # type: ignore[arg-type]
+        self._reopen = asyncio.get_running_loop().call_later(delay_s, callback)
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -175,7 +176,7 @@ class MinerConnection(asyncio.Protocol):
         self.sent = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a TCP server's transports are always Transports
         fault = self.miner.fault
         # A hung miner never answers but still lets go of the socket after max_s.
         wait = fault.max_s if fault is not None and fault.kind == "hang" else IDLE_CLOSE_S
@@ -208,7 +209,8 @@ class MinerConnection(asyncio.Protocol):
             transport.write(reply)
             transport.close()
         elif kind == "slow":
-            self.timer = asyncio.get_running_loop().call_later(fault.delay_s, self._send_all, reply)  # type: ignore[union-attr]
+            assert fault is not None  # kind comes from it
+            self.timer = asyncio.get_running_loop().call_later(fault.delay_s, self._send_all, reply)
         elif kind == "drip":
             self.pending = reply
             self._drip()
@@ -225,7 +227,8 @@ class MinerConnection(asyncio.Protocol):
             transport.write(faults.truncate(reply))
             self._reset()
         elif kind == "oversize":
-            transport.write(faults.oversize(reply[:-1], fault.size_bytes) + b"\0")  # type: ignore[union-attr]
+            assert fault is not None  # kind comes from it
+            transport.write(faults.oversize(reply[:-1], fault.size_bytes) + b"\0")
             transport.close()
         else:  # offline/reboot while a connection was already accepted: answer it
             transport.write(reply)

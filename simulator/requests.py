@@ -34,7 +34,7 @@ KNOWN = frozenset({
     "version", "config", "devs", "edevs", "pools", "summary", "stats", "estats", "devdetails", "coin",
     "lcd", "check", "notify", "usbstats", "dbgstats", "asccount", "pgacount", "asc", "pga",
 }) | PRIVILEGED
-_json_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
 # What agents send (`{"command":"a+b"}`, compact, printable ASCII without escapes): it decodes to exactly
 # the command between the quotes, so json.loads can be skipped; anything else takes the full parse.
 _PLAIN_REQUEST = re.compile(rb'\{"command":"([\x20\x21\x23-\x5b\x5d-\x7e]*)"\}')

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from megawatch.common.logs import configure_logging, get_logger
 from megawatch.simulator.config import FleetConfig
 from megawatch.simulator.control import LocalBackend, start_control
 from megawatch.simulator.faults import Fault
@@ -34,7 +35,6 @@ from megawatch.simulator.fleet import (
     plan_fleet,
     worker_slices,
 )
-from megawatch.common.logs import configure_logging, get_logger
 
 WORKER_START_TIMEOUT_S = 120.0
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)
@@ -92,7 +92,7 @@ class WorkerPool:
             pipes.append(parent_end)
         loop = asyncio.get_running_loop()
         problems = []
-        for span, pipe in zip(self.slices, pipes):
+        for span, pipe in zip(self.slices, pipes, strict=True):
             ready = await loop.run_in_executor(None, pipe.poll, WORKER_START_TIMEOUT_S)
             message: Any = pipe.recv() if ready else ("error", f"no answer within {WORKER_START_TIMEOUT_S:g} s")
             if message[0] == "ready":
@@ -133,10 +133,11 @@ class WorkerPool:
 
     async def _each(self, method: str, path: str, body: dict[str, Any] | None = None,
                     urls: list[str] | None = None) -> list[Any]:
-        assert self._session is not None
+        session = self._session
+        assert session is not None
 
         async def one(url: str) -> Any:
-            async with self._session.request(method, url + path, json=body) as response:  # type: ignore[union-attr]
+            async with session.request(method, url + path, json=body) as response:
                 payload = await response.json()
                 if response.status >= 400:
                     raise RuntimeError(f"worker {url}{path}: {response.status} {payload}")
@@ -160,7 +161,7 @@ class WorkerPool:
     async def set_fault(self, indices: list[int], fault: Fault | None) -> int:
         assert fault is not None
         applied = 0
-        for span, url in zip(self.slices, self._urls):
+        for span, url in zip(self.slices, self._urls, strict=False):
             mine = [i for i in indices if i in span]
             if mine:
                 body = {**fault.describe(), "indices": mine}
@@ -178,7 +179,8 @@ class WorkerPool:
         clock.apply(freeze, advance)
         body: dict[str, Any] = {"at": clock.tick()} if clock.frozen is not None else {"offset": clock.offset}
         parts = await self._each("POST", "/api/v1/clock", body)
-        return parts[0]
+        first: dict[str, Any] = parts[0]  # every worker now reads the same clock
+        return first
 
 
 def describe_sites(config: FleetConfig, plan: list[Planned], startup_s: float, workers: int) -> list[str]:

@@ -14,7 +14,7 @@ Power: only some builds report it, in `stats`: Hiveon `total_power` (W) or `chai
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from megawatch.agent.dialects import _fields as f
@@ -72,7 +72,7 @@ def _device(stats: list[Mapping[str, Any]]) -> Mapping[str, Any]:
 def _rates(summary: Mapping[str, Any] | None, device: Mapping[str, Any], problems: list[str]) -> dict[str, Any]:
     """Summary counters; when `summary` is missing, the rates and uptime that `stats` repeats."""
     fields = f.summary_fields(summary, problems)
-    fallback = {
+    fallback: dict[str, Callable[[], float | None]] = {
         "hashrate_hs": lambda: _stats_rate(device, problems),
         "hashrate_avg_hs": lambda: f.average_rate(device, problems, "stats"),
         "uptime_s": lambda: f.read(device, "Elapsed", f.seconds, problems, "stats"),

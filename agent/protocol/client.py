@@ -130,8 +130,8 @@ class _Exchange(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_loop", "_task", "_payload", "_limit", "_deadline", "_request_s", "done", "_chunks", "_size",
-        "_transport", "timer", "eof", "connect_expired",
+        "_chunks", "_deadline", "_limit", "_loop", "_payload", "_request_s", "_size", "_task", "_transport",
+        "connect_expired", "done", "eof", "timer",
     )  # fmt: skip
 
     def __init__(self, payload: bytes, limit: int, deadlines: Deadlines) -> None:
@@ -338,7 +338,8 @@ def _refuse_unless_read_only(names: tuple[str, ...]) -> None:
     refused = [name for name in names if name not in READ_COMMANDS]
     if refused:
         why = "a write command" if any(name in PRIVILEGED_COMMANDS for name in refused) else "not known to be read-only"
-        raise PrivilegedCommandRefused(f"refusing to send {', '.join(map(repr, refused))}: {why}, control is not enabled")
+        sending = ", ".join(map(repr, refused))
+        raise PrivilegedCommandRefused(f"refusing to send {sending}: {why}, control is not enabled")
 
 
 def _encode_request(names: tuple[str, ...], parameter: str | int | float | None) -> bytes:

@@ -32,7 +32,8 @@ from megawatch.simulator.replies.encode import (
 
 DIALECTS: tuple[str, ...] = ("cgminer", "bfgminer", "bmminer", "btminer", "bosminer", "luxos", "avalon")
 STYLES: dict[str, Style] = {
-    "compact": COMPACT, "spaced_floats": SPACED_FLOATS, "sorted_floats": SORTED_FLOATS, "compact_floats": COMPACT_FLOATS,
+    "compact": COMPACT, "spaced_floats": SPACED_FLOATS, "sorted_floats": SORTED_FLOATS,
+    "compact_floats": COMPACT_FLOATS,
 }
 _FIXED: dict[str, Firmware] = {
     "cgminer": cgminer.FIRMWARE,

@@ -120,5 +120,6 @@ FIRMWARE = Firmware(
     handlers={"summary": summary, "pools": pools, "devs": devs, "edevs": devs, "devdetails": devdetails,
               "version": version},
     reports_power=True,
-    fast={"summary": fast.bt_summary, "pools": fast.pools, "devs": fast.bt_devs, "version": fast.static(version), "devdetails": fast.static(devdetails)},
+    fast={"summary": fast.bt_summary, "pools": fast.pools, "devs": fast.bt_devs, "version": fast.static(version),
+          "devdetails": fast.static(devdetails)},
 )

@@ -73,6 +73,7 @@ def text_value(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
+    text: str
     if is_fixed(value):
         text = value[1:-1]
     elif isinstance(value, (dict, list, tuple)):

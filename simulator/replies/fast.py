@@ -18,7 +18,7 @@ from typing import Any
 from megawatch.simulator.behaviour import BOARDS, SHARE_DIFFICULTY, Identity, Snapshot
 from megawatch.simulator.replies.common import GH, MH, POOL_HOST, TWO32_PER_MIN, Firmware
 
-_json_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_json_str: Callable[[str], str] = json.encoder.encode_basestring
 # (identity, tick values, now, When, firmware) -> the section object's JSON text.
 FastSection = Callable[[Identity, Snapshot, int, int, Firmware], str]
 
@@ -171,7 +171,8 @@ def devs(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -> str
     """Stock cgminer `devs`: cg_dev(ident, s, b, now) for each hash board."""
     fmt = _DEVS_FORMATS.get(fw.description)
     if fmt is None:
-        record = '{"ASC":%d,"Name":"BTM","ID":%d,"Enabled":"Y","Status":"Alive","Temperature":%.2f,' + _DEV_COUNTERS + "}"
+        record = ('{"ASC":%d,"Name":"BTM","ID":%d,"Enabled":"Y","Status":"Alive","Temperature":%.2f,'
+                  + _DEV_COUNTERS + "}")
         fmt = _DEVS_FORMATS[fw.description] = (_status(fw, 9, f"{BOARDS} ASC(s)") + '"DEVS":['
                                                + ",".join([record] * BOARDS) + '],"id":1}')
     values: list[object] = [when]
@@ -277,7 +278,8 @@ def s19_pools(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -
             _s19_idle_pool(1, f"stratum+tcp://{POOL_HOST}:3334", "Alive", 1, user),
             _s19_idle_pool(2, "stratum+tcp://backup.megawatch.example:443", "Deed", 0, user),
         ]).replace("%", "%%")
-        fmt = _S19_FORMATS[key] = _spaced_status(fw, 7, "3 Pool(s)") + '"POOLS": [' + primary + ", " + idle + '], "id": 1}'
+        fmt = _S19_FORMATS[key] = (_spaced_status(fw, 7, "3 Pool(s)")
+                                   + '"POOLS": [' + primary + ", " + idle + '], "id": 1}')
     accepted = s.accepted
     rejected = s.rejected
     shares = accepted + rejected
@@ -305,7 +307,8 @@ def s19_stats(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -
         header = ", ".join(f"{_json_str(k)}: {_json_str(v)}" for k, v in bmminer._header(ident).items())
         fans = "".join(f'"fan{f + 1}": %d, ' for f in range(ident.fans))
         temps = "".join(f'"temp{b + 1}": %d, "temp2_{b + 1}": %d, ' for b in range(BOARDS))
-        dashes = "".join(f'"temp_{family}{b + 1}": "%s", ' for family in ("pcb", "chip", "pic") for b in range(BOARDS + 1))
+        dashes = "".join(f'"temp_{family}{b + 1}": "%s", '
+                         for family in ("pcb", "chip", "pic") for b in range(BOARDS + 1))
         acn = "".join(f'"chain_acn{b + 1}": {chips if b < BOARDS else 0}, ' for b in range(BOARDS + 1))
         acs = "".join(f'"chain_acs{b + 1}": "{" oo" * chips if b < BOARDS else ""}", ' for b in range(BOARDS + 1))
         hw = "".join(f'"chain_hw{b + 1}": %d, ' for b in range(BOARDS + 1))
@@ -412,8 +415,10 @@ def _sorted_record(fields: dict[str, str]) -> tuple[str, Callable[[dict[str, Any
     """One record's format with its keys sorted, and a getter for its slot values (fields "%r" or "%s")."""
     keys = sorted(fields)
     slots = [key for key in keys if fields[key] in _SLOT_TEXT]
-    text = ",".join(_json_str(key).replace("%", "%%") + ":" + _SLOT_TEXT.get(fields[key], fields[key].replace("%", "%%"))
-                    for key in keys)
+    text = ",".join(
+        _json_str(key).replace("%", "%%") + ":" + _SLOT_TEXT.get(fields[key], fields[key].replace("%", "%%"))
+        for key in keys
+    )
     return "{" + text + "}", itemgetter(*slots)
 
 
@@ -467,7 +472,8 @@ def _bos_pool(n: int, user: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
         "Has GBT": "false", "Has Stratum": "true", "Has Vmask": "true", "Long Poll": '"N"', "POOL": str(n),
         "Pool Stale%": "0.0", "Priority": str(n), "Proxy": '""', "Proxy Type": '""', "Quota": "1",
         "Remote Failures": "0", "Stale": "0", "Status": '"Alive"', "Stratum Active": "true" if active else "false",
-        "Stratum URL": _json_str(POOL_HOST if active else ""), "URL": _json_str(f"stratum+tcp://{POOL_HOST}:{3333 + n}"),
+        "Stratum URL": _json_str(POOL_HOST if active else ""),
+        "URL": _json_str(f"stratum+tcp://{POOL_HOST}:{3333 + n}"),
         "User": user, "Work Difficulty": "262144.0",
     })
 
@@ -584,7 +590,8 @@ def _lux_stats_format(fw: Firmware, ident: Identity) -> tuple[tuple[str, bool], 
         "miner_count": str(BOARDS), "fan_num": str(ident.fans), "temp_num": str(BOARDS), "rate_unit": '"GH"',
         "total_acn": str(chips * BOARDS), f"temp_pcb{idle}": '"0-0-0-0"', f"temp_chip{idle}": '"0-0-0-0"',
         f"temp_pic{idle}": '"0-0-0-0"', f"chain_acn{idle}": "0", f"chain_acs{idle}": '""', f"chain_hw{idle}": "0",
-        f"chain_rate{idle}": '""', f"freq{idle}": "0", "miner_version": '"49.0.1.3"', "miner_id": _json_str(ident.serial),
+        f"chain_rate{idle}": '""', f"freq{idle}": "0", "miner_version": '"49.0.1.3"',
+        "miner_id": _json_str(ident.serial),
         **{f"chain_acn{b}": str(chips) for b in _CHAINS}, **{f"chain_acs{b}": f'"{" oo" * chips}"' for b in _CHAINS},
         **dict.fromkeys(("Elapsed", "GHS 5s", "GHS av", "rate_30m", "frequency", "total_rateideal", "total_freqavg",
                          "total rate", "temp_max", "no_matching_work"), "%r"),
@@ -752,7 +759,7 @@ def bos_temps(ident: Identity, s: Snapshot, now: int, when: int, fw: Firmware) -
         records = ",".join(f'{{"Board":%r,"Chip":%r,"ID":{FIRST_CHAIN + b},"TEMP":{b}}}' for b in range(BOARDS))
         fmt = _BOS_FORMATS[key] = _status(fw, 201, f"{BOARDS} Temp(s)") + '"TEMPS":[' + records + '],"id":1}'
     values: list[object] = [when]
-    for board, chip in zip(s.board_temp_c, s.chip_temp_c):
+    for board, chip in zip(s.board_temp_c, s.chip_temp_c, strict=True):
         values += (board, chip)
     return fmt % tuple(values)
 
