@@ -12,19 +12,13 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from megawatch.collector.catalogue import ALERTS, COLLECTOR_ALERT_NAMES
 from megawatch.common.configfile import ConfigError, Section
 from megawatch.common.webconfig import WebConfig, load_web_config
 
 MW = 1e6  # W per MW
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
-ALERT_NAMES = (
-    "SiteOverAllocation",
-    "SiteNearAllocation",
-    "SiteDataStale",
-    "AgentDown",
-    "FleetOverAllocation",
-    "SiteMinersDown",
-)
+ALERT_NAMES = COLLECTOR_ALERT_NAMES  # the alerts the collector itself raises (collector/catalogue.py)
 _SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
 
@@ -216,8 +210,8 @@ def _load_thresholds(sec: Section) -> Thresholds:
     overrides: list[tuple[str, float]] = []
     per_alert = sec.section("hold_overrides_s")
     for name in list(per_alert.data):
-        if name not in ALERT_NAMES:
-            per_alert.error(str(name), f"unknown alert; known: {', '.join(ALERT_NAMES)}")
+        if name not in ALERTS:  # Prometheus-only alerts too: `megawatch rules` takes their hold from here
+            per_alert.error(str(name), f"unknown alert; known: {', '.join(ALERTS)}")
             per_alert.raw(str(name))
             continue
         value = per_alert.number(name, minimum=0)

@@ -1,23 +1,39 @@
 """Pure: fleet totals + thresholds -> alert states, with hold times and hysteresis, driven by the caller's clock.
 
-A condition starts when its value crosses the line and ends only once the value is below
-line x (1 - hysteresis_ratio), so a draw hovering on the line neither flaps nor restarts its hold time.
-An alert fires once its condition has lasted its hold time. An unknown value (no data at all) never
-starts or ends a condition: the last state is kept, and SiteDataStale says why.
+Which alerts there are, what each judges against which line and how it reads come from the alert catalogue
+(collector/catalogue.py); this module evaluates the collector's share of it. A condition starts when its value
+crosses the line and, for an alert with hysteresis, ends only once the value is below line x
+(1 - hysteresis_ratio), so a draw hovering on the line neither flaps nor restarts its hold time. An alert fires
+once its condition has lasted its hold time. An unknown value (no data at all) never starts or ends a
+condition: the last state is kept, and SiteDataStale says why.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
+from megawatch.collector.catalogue import (
+    ALERTS,
+    AlertPath,
+    AlertSpec,
+    Subject,
+    Unit,
+    duration,
+    figure,
+    fill,
+    mw,
+    setting,
+)
 from megawatch.collector.config import Thresholds
 from megawatch.collector.model import Alert, AlertPhase, FleetTotals, Severity, SiteTotals
 
 Labels = tuple[tuple[str, str], ...]
 RESOLVED_KEPT = 100  # resolved alerts remembered for /api/v1/alerts
+__all__ = ["Check", "Evaluation", "RuleEngine", "clock", "duration", "latched", "mw"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,24 +55,8 @@ class Evaluation:
     changes: tuple[Alert, ...]  # alerts that started firing or resolved at this evaluation
 
 
-def mw(watts: float) -> str:
-    """Format a power for people (kW below 1 MW, so small sites stay readable); the data stays in W."""
-    if abs(watts) < 1e6:
-        return f"{watts / 1e3:,.1f} kW"
-    return f"{watts / 1e6:,.2f} MW"
-
-
 def clock(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def duration(seconds: float) -> str:
-    seconds = int(max(0.0, seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 def latched(value: float | None, line: float, hysteresis: float, was_active: bool, *,
@@ -122,7 +122,7 @@ class RuleEngine:
             return self._resolve(current, now) if current.phase is AlertPhase.FIRING else None
         since = current.since if current is not None else now
         hold = self.thresholds.hold_for(check.name)
-        firing = current is not None and current.phase is AlertPhase.FIRING or now - since >= hold
+        firing = (current is not None and current.phase is AlertPhase.FIRING) or now - since >= hold
         alert = Alert(
             name=check.name, labels=check.labels, severity=check.severity,
             phase=AlertPhase.FIRING if firing else AlertPhase.PENDING, since=since,
@@ -143,84 +143,123 @@ class RuleEngine:
         self.resolved.appendleft(done)
         return done
 
+
     def _checks(self, fleet: FleetTotals) -> Iterator[Check]:
-        base: Labels = (("fleet", fleet.name),)
-        for site in fleet.sites:
-            yield from self._site_checks(site, base)
-        yield self._fleet_check(fleet, base)
+        for spec in ALERTS.values():
+            if AlertPath.COLLECTOR in spec.paths:
+                for subject, labels, who in _subjects(spec.subject, fleet):
+                    yield self._check(spec, subject, labels, who)
 
-    def _site_checks(self, site: SiteTotals, base: Labels) -> Iterator[Check]:
+    def _check(self, spec: AlertSpec, subject: Any, labels: Labels, who: str) -> Check:
         t = self.thresholds
+        assert spec.measure is not None, f"{spec.name} is in the collector's path but has no measure"
+        value = spec.measure(subject)
+        if value is None:
+            return Check(spec.name, labels, spec.severity, None, None, "", "")
+        fields = {"who": who, "value": figure(spec.unit, value)}
+        line: float | None = None
+        if spec.limit is not None:
+            line = spec.limit(subject)
+            fields.update(line=figure(spec.unit, line), clear=figure(spec.unit, line * (1 - t.hysteresis_ratio)),
+                          excess=figure(spec.unit, value - line, signed=True), ratio=figure(Unit.RATIO, value / line))
+        elif spec.threshold is not None:
+            line = float(getattr(t, spec.threshold))
+            fields.update(line=setting(spec.unit, line), clear=setting(spec.unit, line * (1 - t.hysteresis_ratio)))
+        elif spec.line:
+            line = float(spec.line)
+        note, detail = _NOTES.get(spec.name, _nothing)(subject, t)
+        return Check(spec.name, labels, spec.severity, self._holds(spec, labels, value, line), value,
+                     fill(spec.summary, fields) + (f" {note}" if note else ""),
+                     "Since {since}. " + fill(spec.action, fields) + (f" {detail}" if detail else ""))
+
+    def _holds(self, spec: AlertSpec, labels: Labels, value: float, line: float | None) -> bool | None:
+        inclusive = spec.op == ">="
+        if line is None:
+            return bool(value)
+        if spec.hysteresis:
+            return latched(value, line, self.thresholds.hysteresis_ratio, self._was_active(spec.name, labels),
+                           inclusive=inclusive)
+        return value > line or (inclusive and value >= line)
+
+
+def _site_who(site: SiteTotals) -> str:
+    return f"Site {site.site_id}" + (f" ({site.name})" if site.name != site.site_id else "")
+
+
+def _subjects(kind: Subject, fleet: FleetTotals) -> Iterator[tuple[Any, Labels, str]]:
+    base: Labels = (("fleet", fleet.name),)
+    if kind is Subject.FLEET:
+        yield fleet, base, f"Fleet {fleet.name}"
+        return
+    for site in fleet.sites:
         labels: Labels = (*base, ("site", site.site_id))
-        who = f"Site {site.site_id}" + (f" ({site.name})" if site.name != site.site_id else "")
-        d = site.draw
-        power, alloc = d.facility_power_w, d.allocation_w
-        data = (f"Data: {site.status.value}, oldest {duration(site.data_age_s or 0)} old"
-                + (f"; {d.estimated_power_ratio:.0%} of miner power is estimated"
-                   if d.estimated_power_ratio is not None and d.estimated_power_ratio > 0 else "")
-                + ".")
-        over = latched(power, alloc, t.hysteresis_ratio, self._was_active("SiteOverAllocation", labels))
-        if power is not None:
-            excess = power - alloc
-            yield Check(
-                "SiteOverAllocation", labels, Severity.CRITICAL, over, power,
-                f"{who} draws {mw(power)} against its {mw(alloc)} allocation "
-                f"({'+' if excess >= 0 else '-'}{mw(abs(excess))}, {power / alloc:.1%}).",
-                f"Over allocation since {{since}}. Shed at least {mw(max(excess, 0.0))} now; the alert clears "
-                f"below {mw(alloc * (1 - t.hysteresis_ratio))}. {data}")
-            near_line = alloc * t.near_ratio
-            near = latched(power, near_line, t.hysteresis_ratio, self._was_active("SiteNearAllocation", labels),
-                           inclusive=True)
-            yield Check(
-                "SiteNearAllocation", labels, Severity.WARNING, near, power,
-                f"{who} draws {mw(power)}, {power / alloc:.1%} of its {mw(alloc)} allocation "
-                f"(warning at {t.near_ratio:.0%}; {mw(alloc - power)} headroom left).",
-                f"Near allocation since {{since}}. Hold back load increases; the warning clears below "
-                f"{mw(near_line * (1 - t.hysteresis_ratio))}. {data}")
+        if kind is Subject.SITE:
+            yield site, labels, _site_who(site)
+        elif kind is Subject.AGENT:
+            for agent in site.agents:
+                yield agent, (*labels, ("agent", agent.url)), f"Agent {agent.url} of {_site_who(site)}"
         else:
-            yield Check("SiteOverAllocation", labels, Severity.CRITICAL, over, None, "", "")
-            yield Check("SiteNearAllocation", labels, Severity.WARNING, None, None, "", "")
+            raise ValueError(f"the collector has no {kind.value} subject to judge")
 
-        stale_agents = [a for a in site.agents if a.stale]
-        counted = (f"its last known {mw(power)} is still counted" if power is not None
-                   else "no power figure is known for it")
-        yield Check(
-            "SiteDataStale", labels, Severity.WARNING, site.stale, site.data_age_s,
-            f"{who} data is stale: {len(stale_agents)} of {len(site.agents)} agents have no data newer than "
-            f"{duration(t.stale_after_s)}; {counted}.",
-            "Stale since {since}. Check the agents: "
-            + "; ".join(f"{a.url} ({'never answered' if not a.has_data else duration(a.age_s or 0) + ' old'}"
-                        f"{', ' + a.last_error if a.last_error else ''})" for a in stale_agents) + ".")
-        for agent in site.agents:
-            yield Check(
-                "AgentDown", (*labels, ("agent", agent.url)), Severity.WARNING, not agent.up,
-                None, f"Agent {agent.url} of {who} does not answer.",
-                f"Down since {{since}}: {agent.last_error or 'no answer yet'}. Its site's totals carry its last "
-                f"known values" + (f" ({duration(agent.age_s)} old)." if agent.age_s is not None else "."))
 
-        down, total = d.miners_down, d.miners_total
-        ratio = down / total if down is not None and total is not None and total > 0 else None
-        many_down = latched(ratio, t.miners_down_ratio, t.hysteresis_ratio,
-                            self._was_active("SiteMinersDown", labels), inclusive=True)
-        yield Check(
-            "SiteMinersDown", labels, Severity.WARNING, many_down, ratio,
-            f"{who}: {down} of {total} miners are down ({ratio:.0%}; warning at {t.miners_down_ratio:.0%})."
-            if ratio is not None else "",
-            f"Many miners down since {{since}}. Look for a tripped breaker, a switch or a pool outage. {data}")
+# What only the collector knows, added to an alert's text: (summary note, description detail).
+Notes = Callable[[Any, Thresholds], tuple[str, str]]
 
-    def _fleet_check(self, fleet: FleetTotals, base: Labels) -> Check:
-        t = self.thresholds
-        d = fleet.draw
-        power, alloc = d.facility_power_w, d.allocation_w
-        over = latched(power, alloc, t.hysteresis_ratio, self._was_active("FleetOverAllocation", base))
-        if power is None:
-            return Check("FleetOverAllocation", base, Severity.CRITICAL, over, None, "", "")
-        worst = sorted((s for s in fleet.sites if s.draw.headroom_w is not None),
-                       key=lambda s: s.draw.headroom_w or 0.0)[:3]
-        return Check(
-            "FleetOverAllocation", base, Severity.CRITICAL, over, power,
-            f"Fleet {fleet.name} draws {mw(power)} against its {mw(alloc)} allocation "
-            f"(+{mw(max(power - alloc, 0.0))}, {power / alloc:.1%}).",
-            "Over allocation since {since}. Least headroom: "
-            + ", ".join(f"{s.site_id} {mw(s.draw.headroom_w or 0.0)}" for s in worst)
-            + f". {fleet.sites_stale} site(s) have stale data.")
+
+def _nothing(subject: Any, t: Thresholds) -> tuple[str, str]:
+    return "", ""
+
+
+def _data(site: SiteTotals) -> str:
+    d = site.draw
+    return (f"Data: {site.status.value}, oldest {duration(site.data_age_s or 0)} old"
+            + (f"; {d.estimated_power_ratio:.0%} of miner power is estimated"
+               if d.estimated_power_ratio is not None and d.estimated_power_ratio > 0 else "") + ".")
+
+
+def _near(site: SiteTotals, t: Thresholds) -> tuple[str, str]:
+    d = site.draw
+    headroom = f"{mw(d.headroom_w)} headroom left of {mw(d.allocation_w)}. " if d.headroom_w is not None else ""
+    return "", headroom + _data(site)
+
+
+def _stale(site: SiteTotals, t: Thresholds) -> tuple[str, str]:
+    stale = [a for a in site.agents if a.stale]
+    power = site.draw.facility_power_w
+    counted = (f"its last known {mw(power)} is still counted" if power is not None
+               else "no power figure is known for it")
+    agents = "; ".join(f"{a.url} ({'never answered' if not a.has_data else duration(a.age_s or 0) + ' old'}"
+                       f"{', ' + a.last_error if a.last_error else ''})" for a in stale)
+    return f"{len(stale)} of {len(site.agents)} agents are stale; {counted}.", f"Stale agents: {agents}."
+
+
+def _agent(agent: Any, t: Thresholds) -> tuple[str, str]:
+    age = f" Its data is {duration(agent.age_s)} old." if agent.age_s is not None else ""
+    return "", f"Last error: {agent.last_error or 'no answer yet'}.{age}"
+
+
+def _miners(site: SiteTotals, t: Thresholds) -> tuple[str, str]:
+    return "", f"{site.draw.miners_down} of {site.draw.miners_total} miners are down. {_data(site)}"
+
+
+def _fleet(fleet: FleetTotals, t: Thresholds) -> tuple[str, str]:
+    worst = sorted((s for s in fleet.sites if s.draw.headroom_w is not None),
+                   key=lambda s: s.draw.headroom_w or 0.0)[:3]
+    return "", ("Least headroom: " + ", ".join(f"{s.site_id} {mw(s.draw.headroom_w or 0.0)}" for s in worst)
+                + f". {fleet.sites_stale} site(s) have stale data.")
+
+
+def _duplicates(site: SiteTotals, t: Thresholds) -> tuple[str, str]:
+    return "", (f"Agent ids: {', '.join(site.duplicate_agent_ids)}; the site's agents: "
+                + ", ".join(a.url for a in site.agents) + ".")
+
+
+_NOTES: dict[str, Notes] = {
+    "SiteOverAllocation": lambda site, t: ("", _data(site)),
+    "SiteNearAllocation": _near,
+    "SiteDataStale": _stale,
+    "AgentDown": _agent,
+    "FleetOverAllocation": _fleet,
+    "SiteMinersDown": _miners,
+    "SiteDuplicateAgentId": _duplicates,
+}

@@ -16,21 +16,12 @@ from aiohttp import web
 from megawatch.collector.aggregate import aggregate_fleet
 from megawatch.collector.alertmanager import Notifier
 from megawatch.collector.alertstate import load_alerts, save_alerts
+from megawatch.collector.catalogue import ALERTS
 from megawatch.collector.config import CollectorConfig, public_url
 from megawatch.collector.model import AgentObservation, Alert, AlertPhase, FleetTotals
 from megawatch.collector.rules import Evaluation, RuleEngine
 from megawatch.collector.sources import AgentReader, observe
 from megawatch.common.logs import get_logger
-
-_LOG_EVENTS = {
-    "SiteOverAllocation": "site_over_allocation",
-    "SiteNearAllocation": "site_near_allocation",
-    "SiteDataStale": "site_data_stale",
-    "AgentDown": "agent_down",
-    "FleetOverAllocation": "fleet_over_allocation",
-    "SiteMinersDown": "site_miners_down",
-}
-
 
 @dataclass
 class CycleStats:
@@ -107,9 +98,9 @@ class CollectorService:
         evaluation = self.engine.evaluate(fleet, now)
         for alert in evaluation.changes:
             labels = dict(alert.labels)
-            self._log.warning(_LOG_EVENTS[alert.name] if alert.phase is AlertPhase.FIRING
-                              else f"{_LOG_EVENTS[alert.name]}_resolved", site=labels.get("site"),
-                              agent=labels.get("agent"), summary=alert.summary)
+            event = ALERTS[alert.name].log_event
+            self._log.warning(event if alert.phase is AlertPhase.FIRING else f"{event}_resolved",
+                              site=labels.get("site"), agent=labels.get("agent"), summary=alert.summary)
         self.notifier.submit(evaluation, now)
         self.fleet, self.evaluation = fleet, evaluation
         self._save_state(evaluation, now)

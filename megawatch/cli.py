@@ -13,12 +13,14 @@ def _subcommands() -> dict[str, tuple[ModuleType, str]]:
     from megawatch.agent import __main__ as agent_main
     from megawatch.simulator import __main__ as simulate_main
     from megawatch.collector import __main__ as collector_main
+    from megawatch.collector import promrules
     from megawatch import demo
 
     return {
         "simulate": (simulate_main, "serve a fleet of simulated miners on loopback"),
         "agent": (agent_main, "poll a site's miners and export Prometheus metrics"),
         "collector": (collector_main, "total sites against their power allocations and raise alerts"),
+        "rules": (promrules, "write the Prometheus rules from the alert catalogue and a sites file"),
         "demo": (demo, "run simulated sites, agents and the collector together on loopback"),
     }
 

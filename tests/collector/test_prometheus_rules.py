@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from megawatch.collector.catalogue import ALERTS, AlertPath
+
 PROM = Path(__file__).resolve().parents[2] / "configs" / "prometheus"
 
 
@@ -35,20 +37,35 @@ def test_rules_unit_tests_pass() -> None:
     assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_every_alert_rule_has_unit_tests_for_firing_and_not_firing() -> None:
+@pytest.mark.parametrize(("rules", "tests", "path"), [
+    ("rules/megawatch.rules.yml", "rules/megawatch.rules.test.yml", AlertPath.PROMETHEUS),
+    ("central-rules.yml", "central-rules.test.yml", AlertPath.CENTRAL)])
+def test_every_alert_rule_has_unit_tests_for_firing_and_not_firing(rules: str, tests: str, path: AlertPath) -> None:
     import yaml
 
-    rules = yaml.safe_load((PROM / "rules" / "megawatch.rules.yml").read_text())
-    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    tests = yaml.safe_load((PROM / "rules" / "megawatch.rules.test.yml").read_text())["tests"]
+    groups = yaml.safe_load((PROM / rules).read_text())["groups"]
+    alerts = {r["alert"] for g in groups for r in g["rules"] if "alert" in r}
+    cases = yaml.safe_load((PROM / tests).read_text())["tests"]
     fires: set[str] = set()
     quiet: set[str] = set()
-    for case in tests:
+    for case in cases:
         for t in case.get("alert_rule_test", []):
             (fires if t["exp_alerts"] else quiet).add(t["alertname"])
-    assert alerts == {"SiteOverAllocation", "SiteNearAllocation", "AgentDown", "SiteDataStale",
-                      "FleetOverAllocation", "SiteMinersDown", "SiteDuplicateAgentId"}
-    assert alerts <= fires and alerts <= quiet
+    assert alerts == {name for name, spec in ALERTS.items() if path in spec.paths}
+    assert alerts <= fires and alerts <= quiet, (alerts - fires, alerts - quiet)
+
+
+@pytest.mark.parametrize(("shipped", "sites", "central"), [
+    ("rules/megawatch.rules.yml", "configs/sites.yaml", False),
+    ("central-rules.yml", "configs/national/sites.yaml", True)])
+def test_shipped_rules_are_what_megawatch_rules_writes(shipped: str, sites: str, central: bool) -> None:
+    from megawatch.collector.config import load_collector_config
+    from megawatch.collector.promrules import render
+
+    expected = render(load_collector_config(PROM.parents[1] / sites), sites, central=central)
+    assert (PROM / shipped).read_text() == expected, (
+        f"configs/prometheus/{shipped} drifted from the catalogue or {sites}: regenerate it with "
+        f"`megawatch rules --config {sites}{' --central' if central else ''} --out configs/prometheus/{shipped}`")
 
 
 def test_prometheus_config_checks() -> None:
@@ -59,26 +76,3 @@ def test_prometheus_config_checks() -> None:
 def test_alertmanager_config_checks() -> None:
     proc = run(tool("amtool"), "check-config", "alertmanager.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def _seconds(duration: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600}
-    return float(duration[:-1]) * units[duration[-1]]
-
-
-def test_rules_and_the_shipped_sites_yaml_use_the_same_thresholds() -> None:
-    import yaml
-
-    from megawatch.collector.config import load_collector_config
-
-    t = load_collector_config(PROM.parent / "sites.yaml").thresholds
-    rules = {r["alert"]: r for g in yaml.safe_load((PROM / "rules" / "megawatch.rules.yml").read_text())["groups"]
-             for r in g["rules"] if "alert" in r}
-    for name, rule in rules.items():
-        assert _seconds(rule["for"]) == t.hold_for(name), name
-    band = f"{1 - t.hysteresis_ratio:g}"
-    assert f">= {t.near_ratio:g}" in rules["SiteNearAllocation"]["expr"]
-    assert f">= {t.miners_down_ratio:g}" in rules["SiteMinersDown"]["expr"]
-    assert f"> {t.stale_after_s:g}" in rules["SiteDataStale"]["expr"]
-    for name in ("SiteOverAllocation", "SiteNearAllocation", "FleetOverAllocation", "SiteMinersDown"):
-        assert band in rules[name]["expr"], name

@@ -89,8 +89,8 @@ def test_message_names_site_draw_allocation_excess_and_since() -> None:
     evs = run(engine, cfg, [(1_795_820_400, 10.5), (1_795_820_400 + 45, 10.5)])
     alert = next(a for a in evs[1].active if a.name == "SiteOverAllocation")
     assert alert.summary == "Site a (Site A) draws 10.50 MW against its 10.00 MW allocation (+500.0 kW, 105.0%)."
-    assert "since 2026-11-27 23:00:00 UTC (45s ago)" in alert.description
-    assert "Shed at least 500.0 kW" in alert.description and "clears below 9.80 MW" in alert.description
+    assert alert.description.startswith("Since 2026-11-27 23:00:00 UTC (45s ago). ")
+    assert "Shed at least the excess now" in alert.description and "clears below 9.80 MW" in alert.description
 
 
 def test_near_allocation_warns_at_95_percent_by_default() -> None:
@@ -99,7 +99,9 @@ def test_near_allocation_warns_at_95_percent_by_default() -> None:
     evs = run(engine, cfg, [(0, 9.4), (40, 9.4), (50, 9.5), (80, 9.5), (90, 9.4), (100, 9.3)])
     assert [firing(e, "SiteNearAllocation") for e in evs] == [False, False, False, True, True, False]
     near = next(a for a in evs[3].active if a.name == "SiteNearAllocation")
-    assert near.severity is Severity.WARNING and "95.0% of its 10.00 MW allocation" in near.summary
+    assert near.severity is Severity.WARNING
+    assert near.summary == "Site a (Site A) is at 95.0% of its allocation (warning at 95%)."
+    assert "500.0 kW headroom left of 10.00 MW" in near.description
     assert not firing(evs[3])  # near is not over
 
 
@@ -142,8 +144,9 @@ def test_many_miners_down() -> None:
     engine = RuleEngine(cfg.thresholds)
     evs = [engine.evaluate(fleet_at(cfg, t, 5.0, a_down=d), t) for t, d in ((0, 25), (30, 25), (40, 19), (50, 5))]
     assert [firing(e, "SiteMinersDown") for e in evs] == [False, True, True, False]
-    assert any(a.summary == "Site a (Site A): 25 of 100 miners are down (25%; warning at 20%)."
-               for a in evs[1].active)
+    down = next(a for a in evs[1].active if a.name == "SiteMinersDown")
+    assert down.summary == "Site a (Site A): 25.0% of its miners are down (warning at 20%)."
+    assert "25 of 100 miners are down" in down.description
 
 
 def test_per_alert_hold_override() -> None:
