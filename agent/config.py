@@ -144,6 +144,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         log_format=log_format,
         log_level=log_level,
         control_enabled=control_enabled,
+    assert site is not None  # so was a missing or bad site
         path=str(path),
         web=web,
     )

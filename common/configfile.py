@@ -8,16 +8,26 @@ Errors are collected (not raised one at a time) so an operator sees them all at 
 from __future__ import annotations
 
 import difflib
+import enum
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar, overload
 
 import yaml
 
 T = TypeVar("T")
-_MISSING: Any = object()
+D = TypeVar("D")
+
+
+class _Missing(enum.Enum):
+    """No default given: the key is required."""
+
+    MISSING = "missing"
+
+
+_MISSING: Final = _Missing.MISSING
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +193,12 @@ class Section:
             return default
         return self.data[name]
 
+    @overload
+    def get(self, name: str, kind: Callable[[Any], T], default: _Missing = ..., *, expected: str,
+            check: Callable[[T], bool] | None = None) -> T | None: ...
+    @overload
+    def get(self, name: str, kind: Callable[[Any], T], default: D, *, expected: str,
+            check: Callable[[T], bool] | None = None) -> T | D: ...
     def get(
         self,
         name: str,
@@ -191,15 +207,15 @@ class Section:
         *,
         expected: str,
         check: Callable[[T], bool] | None = None,
-    ) -> T:
+    ) -> Any:
         """Read `name`, convert with `kind` (raising ValueError/TypeError on bad input), then `check`.
 
-        Typed by what a valid config yields: a missing or bad value comes back as `default` (None when the
-        key is required) only together with a recorded problem, and the loaders check for None before use.
+        A missing or bad value comes back as `default`, or None for a required key (the problem recorded),
+        so every getter without a default is typed `... | None` and a loader checks before building.
         """
         value = self.raw(name, default)
         if name not in self.data:
-            return value  # type: ignore[no-any-return]
+            return value
         try:
             converted = kind(value)
             ok = check is None or check(converted)
@@ -207,15 +223,26 @@ class Section:
             ok, converted = False, None
         if not ok:
             self.error(name, f"expected {expected}, got {_describe(value)}")
-            return default if default is not _MISSING else None  # type: ignore[return-value]
-        return converted  # type: ignore[return-value]
+            return default if default is not _MISSING else None
+        return converted
 
+    @overload
+    def string(self, name: str, *, check: Callable[[str], bool] | None = None, expected: str = ...) -> str | None: ...
+    @overload
+    def string(self, name: str, default: D, *, check: Callable[[str], bool] | None = None,
+               expected: str = ...) -> str | D: ...
     def string(self, name: str, default: Any = _MISSING, *, check: Callable[[str], bool] | None = None,
-               expected: str = "a non-empty string") -> str:
+               expected: str = "a non-empty string") -> Any:
         return self.get(name, as_str, default, expected=expected, check=check)
 
+    @overload
+    def number(self, name: str, *, minimum: float | None = None, exclusive_minimum: float | None = None,
+               maximum: float | None = None) -> float | None: ...
+    @overload
+    def number(self, name: str, default: D, *, minimum: float | None = None, exclusive_minimum: float | None = None,
+               maximum: float | None = None) -> float | D: ...
     def number(self, name: str, default: Any = _MISSING, *, minimum: float | None = None,
-               exclusive_minimum: float | None = None, maximum: float | None = None) -> float:
+               exclusive_minimum: float | None = None, maximum: float | None = None) -> Any:
         parts = ["a number"]
         if exclusive_minimum is not None:
             parts.append(f"> {exclusive_minimum:g}")
@@ -231,8 +258,12 @@ class Section:
 
         return self.get(name, as_number, default, expected=" ".join(parts), check=check)
 
+    @overload
+    def integer(self, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int | None: ...
+    @overload
+    def integer(self, name: str, default: D, *, minimum: int | None = None, maximum: int | None = None) -> int | D: ...
     def integer(self, name: str, default: Any = _MISSING, *, minimum: int | None = None,
-                maximum: int | None = None) -> int:
+                maximum: int | None = None) -> Any:
         parts = ["an integer"]
         if minimum is not None:
             parts.append(f">= {minimum}")
@@ -243,10 +274,18 @@ class Section:
             check=lambda v: (minimum is None or v >= minimum) and (maximum is None or v <= maximum),
         )
 
-    def boolean(self, name: str, default: Any = _MISSING) -> bool:
+    @overload
+    def boolean(self, name: str) -> bool | None: ...
+    @overload
+    def boolean(self, name: str, default: D) -> bool | D: ...
+    def boolean(self, name: str, default: Any = _MISSING) -> Any:
         return self.get(name, as_bool, default, expected="true or false")
 
-    def choice(self, name: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
+    @overload
+    def choice(self, name: str, choices: tuple[str, ...]) -> str | None: ...
+    @overload
+    def choice(self, name: str, choices: tuple[str, ...], default: D) -> str | D: ...
+    def choice(self, name: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
         return self.get(name, as_str, default, expected=f"one of {', '.join(choices)}",
                         check=lambda v: v in choices)
 
@@ -266,10 +305,14 @@ class Section:
         for i, item in enumerate(value):
             yield Section(self.problems, item, f"{self.key(name)}[{i}]", lines[i])
 
-    def strings(self, name: str, default: Any = _MISSING) -> tuple[str, ...]:
+    @overload
+    def strings(self, name: str) -> tuple[str, ...] | None: ...
+    @overload
+    def strings(self, name: str, default: D) -> tuple[str, ...] | D: ...
+    def strings(self, name: str, default: Any = _MISSING) -> Any:
         value = self.raw(name, default)
         if name not in self.data:
-            return value  # type: ignore[no-any-return]
+            return value
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             self.error(name, f"expected a list of strings, got {_describe(value)}")
             return ()
