@@ -131,6 +131,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     top.problems.items.sort(key=lambda p: (p.path != top.problems.path, p.line or 0))
     top.problems.raise_if_any()
     assert models is not None  # a failed model table was reported above
+    assert site is not None  # so was a missing or bad site
     return AgentConfig(
         site=site,
         # With the port: two shards of one site on one host (one agent per core) get different names.
@@ -144,7 +145,6 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         log_format=log_format,
         log_level=log_level,
         control_enabled=control_enabled,
-    assert site is not None  # so was a missing or bad site
         path=str(path),
         web=web,
     )
