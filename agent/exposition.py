@@ -387,34 +387,3 @@ class FleetCollector(Collector):
                 polls.add_metric([site, outcome], c.polls.get(outcome, 0))
         yield from (hashrate, power, unknown, miners, configured, duration, last, cycles, overruns, polls)
 
-
-@dataclass(slots=True)
-class ReloadStatus:
-    """Outcome of the latest SIGHUP reload; written by __main__, read at scrape time."""
-
-    successful: bool = True  # the config in use loaded cleanly at start
-    at_s: float | None = None  # unix time of the latest reload attempt
-
-
-class ReloadCollector(Collector):
-    """megawatch_agent_config_last_reload_successful (blackbox's convention) and when it was tried."""
-
-    def __init__(self, status: ReloadStatus) -> None:
-        self._status = status
-
-    def describe(self) -> Iterator[Metric]:
-        yield from self._families()
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._families()
-
-    def _families(self) -> Iterator[Metric]:
-        ok = GaugeMetricFamily(PREFIX + "agent_config_last_reload_successful",
-                               "1 if the last config reload (SIGHUP) succeeded or none was tried, 0 if it failed "
-                               "and the previous config still runs (no unit).")
-        ok.add_metric([], 1.0 if self._status.successful else 0.0)
-        at = GaugeMetricFamily(PREFIX + "agent_config_last_reload_timestamp_seconds",
-                               "Unix time of the last config reload attempt, in seconds.")
-        if self._status.at_s is not None:
-            at.add_metric([], self._status.at_s)
-        yield from (ok, at)

@@ -22,6 +22,7 @@ from megawatch.agent.config import AgentConfig
 from megawatch.agent.exposition import MinerRenderer
 from megawatch.agent.poller import Poller
 from megawatch.agent.state import FleetSnapshot, FleetState, MinerState, MinerStatus
+from megawatch.common.daemon import health
 from megawatch.common.logs import get_logger
 
 SUMMARY_VERSION = 1
@@ -190,10 +191,8 @@ async def healthz(request: web.Request) -> web.Response:
     problem = _poller_failure(app)
     if problem is None and age is not None and age > limit:
         problem = f"no poll cycle finished for {age:.0f} s (limit {limit:.0f} s)"
-    body = {"status": "ok" if problem is None else "failing", "cycle": snap.cycle,
-            "last_cycle_age_s": age, "poll_interval_s": config.poll.interval_s, "stall_limit_s": limit,
-            "problem": problem}
-    return web.json_response(body, status=200 if problem is None else 503)
+    return health(problem, cycle=snap.cycle, last_cycle_age_s=age, poll_interval_s=config.poll.interval_s,
+                  stall_limit_s=limit)
 
 
 async def summary(request: web.Request) -> web.Response:
@@ -220,8 +219,13 @@ def make_summary(config: AgentConfig, snap: FleetSnapshot, now_s: float) -> dict
         },
         "totals": {
             "hashrate_hs": t.hashrate_hs if known else None,
+            # Measured: fresh readings only. Added in place (still version 1): a collector that predates the
+            # allowance reads this as before and ignores the new keys.
             "power_w": {"firmware": t.power_firmware_w, "estimate": t.power_estimate_w} if known else None,
             "power_unknown_miners": t.power_unknown_miners,
+            "power_allowance_w": t.power_allowance_w if known else None,
+            "power_upper_bound_w": t.power_upper_bound_w if known else None,
+            "allowance_miners": dict(t.allowance_miners) if known else None,
         },
         "miners": {"configured": t.configured, "up": t.up if known else None,
                    "down": t.down if known else None, "stale": t.stale if known else None},

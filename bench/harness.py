@@ -259,7 +259,7 @@ def _agent_phase(options: Options, budget: Budget, cores: Cores, agent_config: P
     interval = options.agent.interval_s
     port = free_port()
     say(f"  agent: {options.agent_cycles} cycles at its {interval:g} s interval after its first cycle")
-    agent = Proc("agent", [*megawatch_command(), "agent", "--config", str(agent_config), "--port", str(port)],
+    agent = Proc("agent", [*megawatch_command(), "agent", "--config", str(agent_config), "--listen", f":{port}"],
                  logs / "agent.log", cores.client)
     started.append(agent)
     base = f"http://127.0.0.1:{port}"

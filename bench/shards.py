@@ -71,7 +71,8 @@ def shard_phase(fleet: FleetSpec, agent: AgentSpec, control_url: str, cores: Cor
             config = fleets.write_agent_config(fleet, agent, logs / f"agent-{name}.yaml", miners=miners,
                                                agent_id=f"bench-{name}")
             port = free_port()
-            proc = Proc(f"agent-{name}", [*megawatch_command(), "agent", "--config", str(config), "--port", str(port)],
+            proc = Proc(f"agent-{name}",
+                        [*megawatch_command(), "agent", "--config", str(config), "--listen", f":{port}"],
                         logs / f"agent-{name}.log", cores.client)
             started.append(proc)
             agents[name] = f"http://127.0.0.1:{port}"

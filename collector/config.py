@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from megawatch.collector.catalogue import ALERTS, COLLECTOR_ALERT_NAMES
 from megawatch.common.configfile import ConfigError, Section
+from megawatch.common.logs import load_log_settings
 from megawatch.common.webconfig import WebConfig, load_web_config
 
 MW = 1e6  # W per MW
@@ -132,6 +133,8 @@ class CollectorConfig:
     web: WebConfig | None = None  # TLS and basic auth for the HTTP endpoints (web_config_file)
     agent_client: AgentClient = AgentClient()
     state_file: Path | None = None  # alert state kept across restarts (none: alerts start afresh)
+    log_format: str = "auto"  # auto: console on a terminal, JSON lines otherwise
+    log_level: str = "info"
 
     def site(self, site_id: str) -> Site | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -288,6 +291,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     address = listen.string("address", "127.0.0.1")
     port = listen.integer("port", 9300, minimum=0, maximum=65535)
     listen.done()
+    log_format, log_level = load_log_settings(top.section("log"))
     poll = top.section("poll")
     interval = poll.number("interval_s", 15.0, exclusive_minimum=0)
     timeout = poll.number("timeout_s", 5.0, exclusive_minimum=0)
@@ -318,6 +322,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         allow_oversubscription=oversubscribe, sites=tuple(sites), thresholds=thresholds, alerting=alerting,
         listen_address=address, listen_port=port, poll_interval_s=interval, poll_timeout_s=timeout,
         web=web, state_file=here / state_file if state_file is not None else None, agent_client=agent_client,
+        log_format=log_format, log_level=log_level,
     )
 
 

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from megawatch.collector.config import ALERT_NAMES
 from megawatch.collector.model import AlertPhase, Draw, SiteStatus
 from megawatch.collector.service import CollectorService
+from megawatch.common.daemon import ReloadStatus, reload_families
 
 AGENT_STATES = ("up", "down", "stale", "no_data")
 
@@ -119,11 +120,7 @@ class SiteCollector(Collector):
         families: list[Metric] = [*site_fam.values(), pue, aux, base_alloc, age, stale, status, agents, duplicates,
                                   *fleet_fam.values(), fleet_sites_stale, agent_up, agent_age, fetch_s, fetches,
                                   cycles, cycle_s, last, alerts, pending, target_up, sent]
-        reload_ok = g("collector_config_last_reload_successful",
-                      "1 if the last config reload (SIGHUP) succeeded, 0 if it failed and the old config runs.", [])
-        reload_at = g("collector_config_last_reload_timestamp_seconds",
-                      "Unix time of the last config reload attempt, in seconds.", [])
-        families += [reload_ok, reload_at]
+        families += reload_families("collector", svc.reload_status if svc is not None else ReloadStatus())
         config = (svc or self._service).config
         for site in config.sites:
             pue.add_metric([site.id], site.pue)
@@ -155,9 +152,6 @@ class SiteCollector(Collector):
             for url, seconds in svc.stats.fetch_duration_s.items():
                 fetch_s.add_metric([svc.site_of[url], url], seconds)
             cycles.add_metric([], svc.stats.cycles)
-            reload_ok.add_metric([], 0.0 if svc.stats.reload_ok is False else 1.0)
-            if svc.stats.reload_at is not None:
-                reload_at.add_metric([], svc.stats.reload_at)
             if svc.stats.last_duration_s is not None:
                 cycle_s.add_metric([], svc.stats.last_duration_s)
             if svc.stats.last_finished is not None:

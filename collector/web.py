@@ -13,6 +13,7 @@ from megawatch.collector.config import Site
 from megawatch.collector.exposition import SiteCollector
 from megawatch.collector.model import Alert, SiteTotals
 from megawatch.collector.service import CollectorService
+from megawatch.common.daemon import health
 
 API_VERSION = 1
 SERVICE: web.AppKey[CollectorService] = web.AppKey("service", CollectorService)
@@ -66,10 +67,12 @@ async def alerts(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while cycles keep finishing; 503 before the first one and when none ended for 3 intervals."""
     svc = request.app[SERVICE]
-    if svc.healthy():
-        return web.Response(text="ok\n")
-    return web.Response(status=503, text="no collector cycle finished recently\n")
+    last = svc.stats.last_finished
+    return health(svc.health_problem(), cycle=svc.stats.cycles,
+                  last_cycle_age_s=None if last is None else max(0.0, svc.clock() - last),
+                  poll_interval_s=svc.config.poll_interval_s, stall_limit_s=svc.stall_limit_s())
 
 
 async def index(request: web.Request) -> web.Response:

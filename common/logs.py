@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
 
 import structlog
 
+from megawatch.common.configfile import Section
+
 LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("auto", "json", "console")
 
 
-def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: str = "info") -> None:
-    """Configure structlog once, from __main__: console on a terminal, JSON lines otherwise."""
+def load_log_settings(sec: Section) -> tuple[str, str]:
+    """The `log:` section every daemon's config has: (format, level), defaults auto and info."""
+    fmt = sec.choice("format", FORMATS, "auto")
+    level = sec.choice("level", LEVELS, "info")
+    sec.done()
+    return fmt, level
+
+
+def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+    """Configure structlog once, from __main__: format auto is console on a terminal, JSON lines otherwise."""
+    if fmt not in FORMATS or level not in LEVELS:
+        raise ValueError(f"log format {fmt!r} / level {level!r}: expected one of {FORMATS} / {LEVELS}")
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor

@@ -3,57 +3,52 @@
 Every miner listens on its own 127.x.y.z:4028 (or on consecutive ports of one address with a site's
 `port_base`) and answers like its firmware dialect; the control endpoint (loopback only) serves the
 ground truth and injects load changes and faults. Fleets larger than `miners_per_worker` are spread over
-worker processes. Exit: SIGINT/SIGTERM. Exit code 2 on a bad config, 1 when the fleet cannot start.
+worker processes. `--check-config FILE` only validates the file ("ok: ..." and exit 0, or every problem as
+file:line: key: problem on stderr and exit 2). Stop: SIGINT/SIGTERM (exit 0). Exit code 2 on a bad config,
+1 when the fleet cannot start.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
+from megawatch.common import daemon
+from megawatch.common.logs import configure_logging, get_logger
 from megawatch.simulator.config import FleetConfig, load_fleet_config
-from megawatch.common.configfile import ConfigError
-from megawatch.common.logs import LEVELS, configure_logging, get_logger
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", required=True, help="fleet file (configs/sim/*.yaml)")
-    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
-    parser.add_argument("--log-level", choices=LEVELS, default="info")
+    daemon.add_config_arguments(parser, "fleet file (configs/sim/*.yaml)")
+    daemon.add_log_arguments(parser, where="the default (auto, info)")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_fleet_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
-    configure_logging(args.log_format, args.log_level)
-    _use_uvloop()
-    return asyncio.run(serve(config))
-
-
-def _use_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a runtime dependency off Windows
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    loaded = daemon.load_or_report((load_fleet_config, args.check_config or args.config))
+    if loaded is None:
+        return daemon.EXIT_CONFIG
+    config: FleetConfig = loaded[0]
+    if args.check_config:
+        print(f"ok: {config.count} miners in {len(config.sites)} sites")
+        return daemon.EXIT_OK
+    configure_logging(args.log_format or "auto", args.log_level or "info")
+    return daemon.run_loop(serve(config))
 
 
 async def serve(config: FleetConfig) -> int:
+    """Serve the fleet until SIGTERM/SIGINT (exit 0), or exit 1 when it cannot start."""
+    stop = asyncio.Event()
+    with daemon.stop_signals(stop.set):
+        return await _serve(config, stop)
+
+
+async def _serve(config: FleetConfig, stop: asyncio.Event) -> int:
     from megawatch.simulator.control import start_control
     from megawatch.simulator.fleet import FleetStartError
     from megawatch.simulator.workers import start_backend
 
     log = get_logger()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         backend = await start_backend(config)
     except FleetStartError as exc:

@@ -49,7 +49,7 @@ def test_help_names_the_options() -> None:
     parser = make_parser()
     sub = parser._subparsers._group_actions[0].choices["agent"]  # type: ignore[union-attr]
     text = sub.format_help()
-    for option in ("--config", "--check-config", "--log-level", "--port", "SIGTERM"):
+    for option in ("--config", "--check-config", "--log-level", "--listen", "SIGTERM", "SIGHUP"):
         assert option in text
 
 
@@ -76,7 +76,7 @@ def test_runs_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     config.write_text("site: t1\nminers:\n  - range: 127.77.0.1-127.77.0.5\n    port: 9\n"
                       "poll: {interval_s: 5, request_timeout_s: 1, connect_timeout_s: 0.5, jitter_s: 0}\n"
                       "log: {format: json, level: debug}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "megawatch.cli", "agent", "--config", str(config), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "megawatch.cli", "agent", "--config", str(config), "--listen", ":0"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
     try:
         started = _wait_for_event(proc, "agent_started", 20)
@@ -105,22 +105,3 @@ def test_runs_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(timeout=5)
 
-
-async def test_port_in_use_is_one_log_line_and_exit_1(tmp_path: Path) -> None:
-    import socket
-
-    from structlog.testing import capture_logs
-
-    from megawatch.agent.__main__ import serve
-    from megawatch.agent.config import load_agent_config
-
-    path = tmp_path / "agent.yaml"
-    path.write_text("site: t1\nminers:\n  - address: 127.77.0.1\n")
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        with capture_logs() as logs:
-            code = await serve(load_agent_config(path), "127.0.0.1", port)
-    assert code == 1
-    assert [e["event"] for e in logs] == ["http_listen_failed"] and logs[0]["port"] == port

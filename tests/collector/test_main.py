@@ -8,13 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+
+from tests.common.test_daemon import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 
 
 def collector(*args: str) -> subprocess.Popen[str]:
@@ -38,7 +38,7 @@ def test_taken_port_is_one_clear_line_and_exit_1() -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and "Traceback" not in err
     event = json.loads(err.strip().splitlines()[-1])
-    assert event["event"] == "listen_failed" and event["port"] == port
+    assert event["event"] == "http_listen_failed" and event["port"] == port
 
 
 def test_bad_listen_flag() -> None:
@@ -52,11 +52,11 @@ def test_sigterm_stops_cleanly() -> None:
     assert proc.stderr is not None
     deadline = time.monotonic() + 20
     line = ""
-    while time.monotonic() < deadline and "collector_listening" not in line:
+    while time.monotonic() < deadline and "collector_started" not in line:
         line = proc.stderr.readline()  # bounded: the process logs this line at start or exits (EOF)
         if not line and proc.poll() is not None:
             break
-    assert "collector_listening" in line, proc.stderr.read()
+    assert "collector_started" in line, proc.stderr.read()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
@@ -69,24 +69,25 @@ def _started_url(proc: subprocess.Popen[str]) -> str:
         line = proc.stderr.readline()
         if not line:
             break
-        if '"collector_listening"' in line:
+        if '"collector_started"' in line:
             return str(json.loads(line)["url"])
     raise AssertionError(f"collector did not start (exit {proc.poll()})")
-
-
-def _wait_for(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = probe()
-        if value is not None:
-            return value
-        time.sleep(0.05)  # polling interval of a bounded wait, not synchronisation
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return str(resp.read().decode())
+
+
+def _healthy(url: str) -> bool | None:
+    """True once /healthz answers 200; None while it says 503 (no cycle finished yet)."""
+    try:
+        _get(url + "/healthz")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 503:
+            return None
+        raise
+    return True
 
 
 SITES = """
@@ -110,15 +111,15 @@ def test_sighup_reloads_atomically(tmp_path: Path) -> None:
         def allocation() -> float:
             return float(json.loads(_get(url + "/api/v1/sites"))["sites"][0]["allocation_w"])
 
-        _wait_for(lambda: allocation() if _get(url + "/healthz") else None, 10, "the first cycle")
+        wait_for(lambda: allocation() if _healthy(url) else None, 10, "the first cycle")
         assert allocation() == 10e6
         path.write_text(SITES % 12)
         proc.send_signal(signal.SIGHUP)
-        _wait_for(lambda: True if allocation() == 12e6 else None, 10, "the new allocation")
+        wait_for(lambda: True if allocation() == 12e6 else None, 10, "the new allocation")
 
         path.write_text(SITES % "12MW")  # a bad edit: the running config stays
         proc.send_signal(signal.SIGHUP)
-        _wait_for(lambda: True if "megawatch_collector_config_last_reload_successful 0.0" in _get(url + "/metrics")
+        wait_for(lambda: True if "megawatch_collector_config_last_reload_successful 0.0" in _get(url + "/metrics")
                   else None, 10, "the failed reload to show")
         assert allocation() == 12e6 and proc.poll() is None
     finally:

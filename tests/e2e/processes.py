@@ -257,7 +257,7 @@ def sites_yaml(path: Path, agents: dict[str, list[str]], allocation_mw: dict[str
 
 async def start_collector(procs: Procs, config: Path, http: aiohttp.ClientSession) -> Proc:
     proc = megawatch(procs, "collector", "collector", "--config", str(config), "--log-format", "json")
-    proc.url = await listening_url(proc, "collector_listening")
+    proc.url = await listening_url(proc, "collector_started")
 
     async def healthy() -> bool:
         async with http.get(proc.url + "/healthz") as resp:

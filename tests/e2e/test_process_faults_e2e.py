@@ -146,7 +146,7 @@ async def test_collector_restart_keeps_a_firing_alert_without_a_resolve(procs: P
         first.popen.wait(5)
         killed = time.monotonic()
         second = megawatch(procs, "collector-2", "collector", "--config", str(sites), "--log-format", "json")
-        second.url = await listening_url(second, "collector_listening")
+        second.url = await listening_url(second, "collector_started")
 
         async def firing_again() -> dict[str, Any] | None:
             body = await get_json(http, second.url + "/api/v1/alerts")

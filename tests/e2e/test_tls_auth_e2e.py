@@ -116,7 +116,7 @@ async def test_prometheus_scrapes_agent_and_collector_over_tls_with_basic_auth(
         f"web_config_file: {web_config.name}\n"
         f"agent_client: {{ca_file: {ca.name}, username: {USER}, password_file: agent-password}}\n")
     collector = megawatch(procs, "collector", "collector", "--config", str(sites), "--log-format", "json")
-    collector.url = await listening_url(collector, "collector_listening")
+    collector.url = await listening_url(collector, "collector_started")
     assert collector.url.startswith("https://127.0.0.1:")
 
     async def collector_reads_agent() -> bool:

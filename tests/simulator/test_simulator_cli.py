@@ -75,6 +75,19 @@ def test_cli_bad_config_exits_2_with_one_line_per_problem(tmp_path: Path):
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "cannot read file" in missing.stderr
 
 
+def test_check_config_validates_only(tmp_path: Path):
+    path = tmp_path / "fleet.yaml"
+    path.write_text(GOOD_SITE)
+    ok = run_cli("--check-config", str(path))
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "ok: 2 miners in 1 sites\n", "")
+    path.write_text(GOOD_SITE.replace("seed: 1", "sed: 1"))
+    bad = run_cli("--check-config", str(path))
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr == f"{path}:1: sed: unknown key (did you mean 'seed'?)\n"
+    neither = run_cli()
+    assert neither.returncode == 2 and "one of the arguments --config --check-config is required" in neither.stderr
+
+
 def test_shipped_configs_load():
     for path in sorted(Path("configs/sim").glob("*.yaml")):
         assert load_fleet_config(path).count > 0, path
