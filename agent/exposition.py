@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from megawatch.agent.config import ExpositionSettings
 from megawatch.agent.model import MinerReading
+from megawatch.agent.plausibility import FIELDS
 from megawatch.agent.state import OUTCOMES, FleetSnapshot, FleetState, MinerState, MinerStatus
 
 PREFIX = "megawatch_"
@@ -365,6 +366,11 @@ class FleetCollector(Collector):
                            "Poll cycles that took longer than the poll interval, a count of cycles.")
         polls = counter("agent_polls", "Miner polls by outcome (ok or the failure kind), a count of polls.",
                         ("outcome",))
+        implausible = counter(
+            "agent_implausible_values",
+            "Values miners reported that no real miner can have (out of physical bounds, a JSON key given twice "
+            "with different values, a bare NaN/Infinity), dropped as unknown and never summed; by reading field, "
+            "a count of values.", ("field",))
         if snap is not None:
             site, t = snap.site, snap.totals
             configured.add_metric([site], t.configured)
@@ -385,5 +391,8 @@ class FleetCollector(Collector):
             overruns.add_metric([site], c.overruns)
             for outcome in OUTCOMES:
                 polls.add_metric([site, outcome], c.polls.get(outcome, 0))
-        yield from (hashrate, power, unknown, miners, configured, duration, last, cycles, overruns, polls)
+            for name in FIELDS:  # every field from the start, so rate() sees the first one
+                implausible.add_metric([site, name], c.implausible.get(name, 0))
+        yield from (hashrate, power, unknown, miners, configured, duration, last, cycles, overruns, polls,
+                    implausible)
 

@@ -18,10 +18,12 @@ from types import MappingProxyType, ModuleType
 from typing import Any, Protocol
 
 from megawatch.agent import dialects as dialect_table
+from megawatch.agent import plausibility
 from megawatch.agent.config import AgentConfig, MinerTarget
 from megawatch.agent.model import MinerReading
 from megawatch.agent.modeltable import estimate_power, replace_reading
 from megawatch.agent.protocol.errors import CommandRejected, ErrorKind, MinerError
+from megawatch.agent.protocol.framing import reply_notes
 from megawatch.agent.state import (
     OK,
     OUTCOMES,
@@ -75,6 +77,7 @@ class _Track:
     poll_duration_s: float | None = None
     last_error: ErrorKind | None = None
     bug_logged: bool = False  # an internal error was logged; the next is logged only after a success
+    implausible: tuple[str, ...] = ()  # fields dropped from the latest reading, logged when they change
 
 
 class Poller:
@@ -123,6 +126,7 @@ class Poller:
         self._cycles = 0
         self._overruns = 0
         self._polls = dict.fromkeys(OUTCOMES, 0)
+        self._implausible = dict.fromkeys(plausibility.FIELDS, 0)
 
     @property
     def cycle(self) -> int:
@@ -176,7 +180,8 @@ class Poller:
             duration_s=duration,
             miners=miners,
             totals=summarise(miners, len(self._tracks)),
-            counters=AgentCounters(self._cycles, self._overruns, MappingProxyType(dict(self._polls))),
+            counters=AgentCounters(self._cycles, self._overruns, MappingProxyType(dict(self._polls)),
+                                   MappingProxyType(dict(self._implausible))),
         )
         self._state.publish(snapshot)
         t = snapshot.totals
@@ -341,7 +346,23 @@ class Poller:
             return None
         if track.target.model is not None:
             reading = replace_reading(reading, model=track.target.model)
-        return estimate_power(reading, self._config.models)
+        # Bounds before the estimate: an absurd hashrate must not become an absurd estimated draw.
+        models = self._config.models
+        reading, dropped = plausibility.check(reading, models.lookup(reading.model), reply_notes(replies.values()))
+        if dropped or track.implausible:
+            self._note_implausible(track, dropped)
+        return estimate_power(reading, models)
+
+    def _note_implausible(self, track: _Track, dropped: tuple[str, ...]) -> None:
+        for name in dropped:
+            self._implausible[name] += 1
+        fields = tuple(sorted(set(dropped)))
+        if fields != track.implausible:
+            if fields:
+                self._log.warning("miner_implausible_values", miner=track.target.name, fields=list(fields))
+            else:
+                self._log.info("miner_implausible_values_ended", miner=track.target.name)
+            track.implausible = fields
 
     def _record_success(self, track: _Track, reading: MinerReading, t0: float) -> None:
         now = self._clock.time()

@@ -119,6 +119,7 @@ class AgentCounters:
     cycles: int = 0
     overruns: int = 0
     polls: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({o: 0 for o in OUTCOMES}))
+    implausible: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # values dropped, by field
 
 
 @dataclass(frozen=True, slots=True)

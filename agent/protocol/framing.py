@@ -8,13 +8,26 @@ integers past 64 bits) and, only when that fails too, the named repairs below, e
 JSON strings (a value such as the S9k's `"chain_xtime3":"{X6=1}"` is never touched), except
 `_repair_invalid_escapes`, whose target lives inside strings by nature. Bare `NaN`/`Infinity`, which Python's json would turn into floats, decode as
 None: unknown is never a number (see docs/protocol.md).
+
+Duplicate keys: JSON decoders keep the last of `"Power":3300,"Power":9000000000` silently, which would let
+a lying or broken reply pick the figure. The rule here: a key repeated with one value (the Whatsminer M3's
+`stats` repeats some `chip_ok_cores_N`) is harmless and kept; a key repeated with values that disagree
+decodes as None (unknown: neither figure can be trusted) and the reply carries a note saying so. Finding
+them costs little: orjson's object is written back out with `orjson.dumps` and its quotes counted against
+the reply's (every key and string adds two quotes and a `"` inside a string is escaped as `\\"`, so the
+counts match exactly when nothing was dropped); only a mismatch - or a `\\u0022` escape, which the count
+cannot see - decodes again with a hook that sees every key.
+
+Notes: what the decoder read as unknown (a disagreeing duplicate key, a bare NaN/Infinity) is listed under
+`NOTES` in the returned object, as (kind, text) pairs; `split_joined` passes them to every section and
+`reply_notes` collects them, so the poller can name them on the miner (agent/plausibility.py).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +62,13 @@ _ESCAPE_PAIR = re.compile(r'(\\["\\/bfnrtu])|\\(.)', re.DOTALL)
 _BARE_NON_NUMBER = re.compile(r"(?<![\w.+-])[-+]?(?:nan|inf(?:inity)?)(?![\w.])", re.IGNORECASE)
 
 _FAILURE_LETTERS = frozenset({"E", "F"})
+
+# Key of the decoder's notes in a reply object; the dot keeps it apart from every firmware key seen.
+NOTES = "megawatch.notes"
+DUPLICATE_KEY = "duplicate_key"  # note kinds, also labels of megawatch_agent_implausible_values_total
+NON_NUMBER = "non_number"
+Note = tuple[str, str]  # (kind, text)
+_dumps = orjson.dumps
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,35 +109,87 @@ def decode_reply(raw: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         pass
     else:
-        if type(obj) is dict:
+        if type(obj) is dict and _every_key_kept(raw, obj):
             return obj
     text = raw.decode("utf-8", "replace").strip(_STRIP)
     if not text:
         raise EmptyReply(f"empty reply ({len(raw)} bytes of NUL/whitespace)")
+    notes: dict[str, Note] = {}
     try:
         obj = _decode_first(text)
     except (ValueError, RecursionError):
-        obj = _decode_repaired(text, raw)
+        text, obj = _decode_repaired(text, raw, notes)
     if type(obj) is not dict:
         raise BadReply(f"reply is JSON {type(obj).__name__}, not an object", raw)
+    if "NaN" in text or "Infinity" in text or not _every_key_kept(text.encode(), obj):
+        # Rare: decode once more, seeing every key and constant (the text decoded before, so it does again).
+        obj = _checking_decoder(notes).raw_decode(text)[0]
+    if notes:
+        obj[NOTES] = tuple(notes.values())
     return obj
 
 
 _strict_loads = orjson.loads
 
 
+def _every_key_kept(raw: bytes, obj: dict[str, Any]) -> bool:
+    """True when decoding dropped no duplicate key (the module docstring says why counting quotes works)."""
+    if raw.find(b"\\") >= 0 and b"\\u0022" in raw:  # find is memchr: ~15x quicker than the substring test
+        return False
+    try:
+        return raw.count(b'"') == _dumps(obj).count(b'"')
+    except TypeError:  # an integer orjson cannot write (past 64 bits): let the checking decoder look
+        return False
+
+
+def _checking_decoder(notes: dict[str, Note]) -> json.JSONDecoder:
+    """A tolerant decoder that notes bare NaN/Infinity and resolves duplicate keys (module docstring)."""
+
+    def constant(name: str) -> None:
+        text = f"reply: bare {name} read as unknown"
+        notes.setdefault(text, (NON_NUMBER, text))
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) != len(items):
+            _resolve_duplicates(obj, items, notes)
+        return obj
+
+    return json.JSONDecoder(strict=False, parse_constant=constant, object_pairs_hook=pairs)
+
+
+def _resolve_duplicates(obj: dict[str, Any], items: list[tuple[str, Any]], notes: dict[str, Note]) -> None:
+    values: dict[str, list[Any]] = {}
+    for key, value in items:
+        values.setdefault(key, []).append(value)
+    for key, given in values.items():
+        first = given[0]
+        if len(given) == 1 or all(type(v) is type(first) and v == first for v in given[1:]):
+            continue  # repeated with one value: nothing to choose between
+        obj[key] = None
+        shown = ", ".join(f"{v!r:.24}" for v in given[:4])
+        text = f"reply: key {key!r:.40} given {len(given)} times with different values ({shown}): read as unknown"
+        notes.setdefault(text, (DUPLICATE_KEY, text))
+
+
 def _decode_first(text: str) -> Any:
     return _DECODER.raw_decode(text)[0]
 
 
-def _decode_repaired(text: str, raw: bytes) -> Any:
+def _decode_repaired(text: str, raw: bytes, notes: dict[str, Note]) -> tuple[str, Any]:
+    """(the repaired text, its JSON value); a bare nan/inf the repairs turned into null is noted."""
     masked = Masked.of(text)
     if masked is None:
         raise BadReply(f"control character 0x1f outside a string; starts {text[:40]!r}", raw)
     for repair in REPAIRS:
-        masked = repair(masked)
+        repaired = repair(masked)
+        if repair is repair_bare_non_numbers and repaired is not masked:
+            note = "reply: bare nan/inf read as unknown"
+            notes.setdefault(note, (NON_NUMBER, note))
+        masked = repaired
+    text = masked.text().strip(_STRIP)
     try:
-        return _decode_first(masked.text().strip(_STRIP))
+        return text, _decode_first(text)
     except (ValueError, RecursionError) as exc:
         # RecursionError: deeply nested garbage ([[[[...) exhausts the C scanner's recursion guard.
         raise BadReply(f"not JSON even after repairs ({_describe(exc)}); starts {text[:40]!r}", raw) from None
@@ -263,5 +335,17 @@ def split_joined(
         except CommandRejected as exc:
             rejected[command] = exc
             continue
+        if NOTES in obj:  # which section held the duplicate is not known: every section carries the notes
+            section = {**section, NOTES: obj[NOTES]}
         replies[command] = section
     return replies, rejected
+
+
+def reply_notes(replies: Iterable[Mapping[str, Any]]) -> tuple[Note, ...]:
+    """The decoder's notes over one poll's replies, each once (a joined reply's are in every section)."""
+    found: dict[Note, None] = {}
+    for reply in replies:
+        notes = reply.get(NOTES)
+        if notes:
+            found.update(dict.fromkeys(notes))
+    return tuple(found)

@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from megawatch.agent.protocol import framing
 from megawatch.agent.protocol.errors import BadReply, CommandRejected, EmptyReply
-from megawatch.agent.protocol.framing import check_status, decode_reply, split_joined
+from megawatch.agent.protocol.framing import (
+    DUPLICATE_KEY,
+    NON_NUMBER,
+    NOTES,
+    check_status,
+    decode_reply,
+    reply_notes,
+    split_joined,
+)
 
 # Real captures kept in the repo (provenance in tests/golden/captures/SOURCES.md).
 CAPTURES = Path(__file__).resolve().parents[1] / "golden" / "captures"
@@ -76,7 +84,10 @@ def test_invalid_utf8_is_replaced_not_fatal() -> None:
 
 def test_python_style_nan_and_infinity_become_none_not_floats() -> None:
     obj = decode_reply(b'{"a":NaN,"b":Infinity,"c":-Infinity,"d":1.5}')
+    notes = obj.pop(NOTES)
     assert obj == {"a": None, "b": None, "c": None, "d": 1.5}
+    # Read as unknown, and said so: the poller names it on the miner.
+    assert notes == tuple((NON_NUMBER, f"reply: bare {name} read as unknown") for name in ("NaN", "Infinity", "-Infinity"))
 
 
 # --- empty and hopeless --------------------------------------------------------------------------------
@@ -211,7 +222,8 @@ def test_repair_leading_comma() -> None:
 
 def test_all_repairs_together_in_one_reply() -> None:
     raw = b'{"STATS":[,{"a":nan}{"b":"x}{y",}],"Fw":"\\\'1\\\'""c":-inf}\x00'
-    assert decode_reply(raw) == {"STATS": [{"a": None}, {"b": "x}{y"}], "Fw": "'1'", "c": None}
+    assert decode_reply(raw) == {"STATS": [{"a": None}, {"b": "x}{y"}], "Fw": "'1'", "c": None,
+                                 NOTES: ((NON_NUMBER, "reply: bare nan/inf read as unknown"),)}
 
 
 # --- STATUS --------------------------------------------------------------------------------------------
@@ -362,3 +374,64 @@ def test_integers_past_64_bits_still_decode() -> None:
     # float, and the reply is not lost.
     obj = decode_reply(b'{"Accepted":18446744073709551616,"Rejected":-36893488147419103232}')
     assert obj["Accepted"] == 2**64 and obj["Rejected"] == -(2**65)
+
+
+# ---- Duplicate keys: a lying reply must not pick the figure ----
+
+def test_a_key_given_twice_with_different_values_is_unknown_and_noted() -> None:
+    # orjson and the stdlib both keep the last value silently: 9,000 MW from one miner.
+    obj = decode_reply(b'{"SUMMARY":[{"Power":3300,"Power":9000000000,"MHS 5s":1.5}],"id":1}')
+    assert obj["SUMMARY"] == [{"Power": None, "MHS 5s": 1.5}]
+    ((kind, text),) = obj[NOTES]
+    assert kind == DUPLICATE_KEY and "'Power' given 2 times" in text and "3300, 9000000000" in text
+
+
+def test_a_key_repeated_with_one_value_is_kept_without_a_note() -> None:
+    # What real firmware does (Whatsminer M3 stats repeats chip_ok_cores_N with the same number).
+    obj = decode_reply(b'{"STATS":[{"chip_ok_cores_4":78,"chip_ok_cores_4":78}]}')
+    assert obj == {"STATS": [{"chip_ok_cores_4": 78}]}
+
+
+@pytest.mark.parametrize("raw", [
+    # the tolerant path: a trailing comma and a NUL, as bmminer sends them
+    b'{"STATS":[{"total_power":3300,"total_power":1,}]}\x00',
+    # a repair on the way: `}{` between records
+    b'{"STATS":[{"a":1}{"total_power":3300,"total_power":1}]}',
+    # a 1 instead of 1.0 is a different value, not the same one spelt differently
+    b'{"STATS":[{"total_power":1,"total_power":1.0}]}',
+    # nested and with a quote escaped as \\u0022 (which the quote count cannot see)
+    b'{"STATS":[{"x":"a\\u0022b","p":{"total_power":3300,"total_power":1}}]}',
+    # the same key in an object further down, not the top level
+    b'{"STATUS":[{"STATUS":"S"}],"STATS":[{"ID":"a"},{"ID":"b","total_power":5,"total_power":6}]}',
+])
+def test_disagreeing_duplicates_are_found_on_every_path(raw: bytes) -> None:
+    obj = decode_reply(raw)
+    assert [kind for kind, _ in obj[NOTES]] == [DUPLICATE_KEY]
+    assert json.dumps(obj["STATS"]).count('"total_power": null') == 1
+    assert json.dumps(obj["STATS"]).count('"total_power"') == 1
+
+
+def test_split_joined_gives_every_section_the_notes_and_reply_notes_lists_each_once() -> None:
+    raw = b'{"summary":[{"SUMMARY":[{"Power":1,"Power":2}]}],"pools":[{"POOLS":[]}],"id":1}'
+    replies, rejected = split_joined(decode_reply(raw), ["summary", "pools"])
+    assert not rejected and replies["summary"]["SUMMARY"] == [{"Power": None}]
+    assert replies["summary"][NOTES] == replies["pools"][NOTES]
+    assert [kind for kind, _ in reply_notes(replies.values())] == [DUPLICATE_KEY]
+    assert reply_notes([{"SUMMARY": []}]) == ()
+
+
+_KEYS = st.sampled_from(["Power", "MHS 5s", "Temperature", "a"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(_KEYS, st.integers(-5, 5) | st.text(max_size=3)), min_size=1, max_size=8))
+def test_duplicates_resolve_as_documented_whatever_the_mix(pairs: list[tuple[str, object]]) -> None:
+    # Written out by hand, so keys can repeat: each key is its one value, or None when its values disagree.
+    raw = ("{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in pairs) + "}").encode()
+    obj = decode_reply(raw)
+    noted = {text.split("'")[1] for _, text in obj.pop(NOTES, ())}
+    for key in {k for k, _ in pairs}:
+        values = [v for k, v in pairs if k == key]
+        agree = all(type(v) is type(values[0]) and v == values[0] for v in values)
+        assert obj[key] == (values[0] if agree else None)
+        assert (key in noted) is not agree
