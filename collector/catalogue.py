@@ -117,14 +117,14 @@ ALERTS: dict[str, AlertSpec] = {a.name: a for a in (
         hysteresis=True, measure=lambda s: s.draw.facility_power_w, limit=lambda s: s.draw.allocation_w),
     AlertSpec(
         "SiteNearAllocation", Severity.WARNING, Subject.SITE, "site_near_allocation",
-        means="The site draws near_ratio of its allocation or more: little headroom is left.",
+        means="The site draws `near_ratio` of its allocation or more: little headroom is left.",
         summary="{who} is at {value} of its allocation (warning at {line}).",
         action="Hold back load increases; the warning clears below {clear}.",
         value="site:megawatch_utilisation:ratio", unit=Unit.RATIO, op=">=", line="{near_ratio}",
         source="thresholds.near_ratio", hysteresis=True, measure=lambda s: s.draw.utilisation_ratio),
     AlertSpec(
         "SiteDataStale", Severity.WARNING, Subject.SITE, "site_data_stale",
-        means="Some of the site's agent data is older than stale_after_s; its last known figures are still "
+        means="Some of the site's agent data is older than `stale_after_s`; its last known figures are still "
               "counted, never as 0 W.",
         summary="{who} data is stale (oldest: {value}; stale after {line}).",
         action="Check the site's agents and the network to them.",
@@ -146,7 +146,7 @@ ALERTS: dict[str, AlertSpec] = {a.name: a for a in (
         paths=frozenset({AlertPath.COLLECTOR, AlertPath.PROMETHEUS, AlertPath.CENTRAL})),
     AlertSpec(
         "SiteMinersDown", Severity.WARNING, Subject.SITE, "site_miners_down",
-        means="miners_down_ratio of the site's miners or more are down.",
+        means="`miners_down_ratio` of the site's miners or more are down.",
         summary="{who}: {value} of its miners are down (warning at {line}).",
         action="Look for a tripped breaker, a switch or a pool outage.",
         value='sum by (site) (site:megawatch_miners:sum{state="down"}) / sum by (site) (site:megawatch_miners:sum)',
@@ -176,7 +176,7 @@ ALERTS: dict[str, AlertSpec] = {a.name: a for a in (
     AlertSpec(
         "SiteServerDown", Severity.WARNING, Subject.SITE_SERVER, "site_server_down",
         means="The central Prometheus cannot federate from a site's Prometheus; that site's last known totals "
-              f"are carried for {AGENT_CARRY} and its own alerts still run there.",
+              f"are carried ({AGENT_CARRY}) and its own alerts still run there.",
         summary="{who} does not answer the central tier's federation.",
         action="Check that site's Prometheus and the network to it; its own alerts still run there.",
         value='up{job="megawatch-federate"} == 0', unit=Unit.COUNT, paths=frozenset({AlertPath.CENTRAL}),
