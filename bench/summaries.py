@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from megawatch.agent.config import load_agent_config
+from megawatch.agent.config import AgentConfig, load_agent_config
 from megawatch.agent.state import AgentCounters, FleetSnapshot, SiteTotals
 from megawatch.agent.web import make_summary
 
@@ -53,7 +53,8 @@ async def serve(agents: int, sites: int, base: str, port: int, scratch: Path) ->
         config = load_agent_config(path)
         snapshot = _snapshot(site, 40, time.time())
 
-        async def summary(_: web.Request, config=config, snapshot=snapshot) -> web.Response:  # type: ignore[no-untyped-def]
+        async def summary(_: web.Request, config: AgentConfig = config,
+                          snapshot: FleetSnapshot = snapshot) -> web.Response:
             return web.json_response(make_summary(config, snapshot, time.time()))
 
         app = web.Application()

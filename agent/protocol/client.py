@@ -28,7 +28,7 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from megawatch.agent.protocol.errors import (
     BadReply,
@@ -151,8 +151,8 @@ class _Exchange(asyncio.Protocol):
         self.timer = loop.call_at(min(self._deadline, start + deadlines.connect_s), self._on_timer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        transport.write(self._payload)  # type: ignore[attr-defined]
+        self._transport = tcp = cast(asyncio.Transport, transport)  # a stream connection's transport
+        tcp.write(self._payload)
 
     def data_received(self, data: bytes) -> None:
         if self.done.done():
