@@ -12,10 +12,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-_CHARS = st.characters(codec="utf-8", categories=("L", "N", "P", "S", "Zs"))
-
 from megawatch.agent.protocol.framing import decode_reply, split_joined
 
+_CHARS = st.characters(codec="utf-8", categories=("L", "N", "P", "S", "Zs"))
 GOLDEN_REPLIES = Path(__file__).resolve().parent.parent / "golden" / "replies"
 
 

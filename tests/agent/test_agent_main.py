@@ -94,8 +94,8 @@ def test_runs_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert cycles >= 1 and samples[("megawatch_agent_polls_total", "unreachable")] == 5 * cycles
         assert "process_resident_memory_bytes" in text
         if shutil.which("promtool"):
-            check = subprocess.run(["promtool", "check", "metrics"], check=False, input=text, capture_output=True, text=True,
-                                   timeout=30)
+            check = subprocess.run(["promtool", "check", "metrics"], check=False, input=text, capture_output=True,
+                                   text=True, timeout=30)
             assert (check.returncode, check.stdout + check.stderr) == (0, "")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0

@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import struct
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,7 +412,9 @@ async def test_parameter_on_a_join_is_a_caller_error() -> None:
 # --- read-only by construction -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("commands", [["restart"], ["summary", "addpool"], ["summary+quit"], ["frobnicate"], ["curtail"]])
+@pytest.mark.parametrize(
+    "commands", [["restart"], ["summary", "addpool"], ["summary+quit"], ["frobnicate"], ["curtail"]],
+)
 async def test_write_or_unknown_command_is_refused_before_connecting(commands: list[str]) -> None:
     async with no_leaks(), serve(healthy) as srv:
         with pytest.raises(PrivilegedCommandRefused):
@@ -502,7 +504,9 @@ async def _until(condition: Callable[[], object]) -> None:
         await asyncio.sleep(0.005)
 
 
-CONNECT_SCENARIOS = (connect_refused, connect_hangs, cancelled_while_connecting_propagates, cancelled_while_reading_propagates)
+CONNECT_SCENARIOS = (
+    connect_refused, connect_hangs, cancelled_while_connecting_propagates, cancelled_while_reading_propagates,
+)
 
 
 @pytest.mark.parametrize("scenario", CONNECT_SCENARIOS, ids=[s.__name__ for s in CONNECT_SCENARIOS])

@@ -87,7 +87,9 @@ def test_python_style_nan_and_infinity_become_none_not_floats() -> None:
     notes = obj.pop(NOTES)
     assert obj == {"a": None, "b": None, "c": None, "d": 1.5}
     # Read as unknown, and said so: the poller names it on the miner.
-    assert notes == tuple((NON_NUMBER, f"reply: bare {name} read as unknown") for name in ("NaN", "Infinity", "-Infinity"))
+    assert notes == tuple(
+        (NON_NUMBER, f"reply: bare {name} read as unknown") for name in ("NaN", "Infinity", "-Infinity")
+    )
 
 
 # --- empty and hopeless --------------------------------------------------------------------------------

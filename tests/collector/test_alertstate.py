@@ -17,7 +17,8 @@ T0 = 1_700_000_000.0
 
 
 def _alert(phase: AlertPhase = AlertPhase.FIRING, site: str = "a") -> Alert:
-    return Alert(name="SiteOverAllocation", labels=(("fleet", "test-fleet"), ("site", site)), severity=Severity.CRITICAL,
+    return Alert(name="SiteOverAllocation", labels=(("fleet", "test-fleet"), ("site", site)),
+                 severity=Severity.CRITICAL,
                  phase=phase, since=T0, fired_at=T0 + 60 if phase is AlertPhase.FIRING else None,
                  resolved_at=None, summary="Site site-a draws 11 MW", description="Over since ...", value=11e6)
 

@@ -280,7 +280,8 @@ def agent_yaml(path: Path, site: str, miners: list[Any], *, agent_id: str | None
     for m in miners:
         lines.append(f"  - {{address: {m.host}, port: {m.port}, dialect: {m.dialect}}}")
     lines += [
-        "poll:", f"  interval_s: {interval_s}", f"  connect_timeout_s: {connect_s}", f"  request_timeout_s: {request_s}",
+        "poll:", f"  interval_s: {interval_s}", f"  connect_timeout_s: {connect_s}",
+        f"  request_timeout_s: {request_s}",
         "  jitter_s: 0", f"  stale_grace_s: {stale_grace_s}",
         "http: {listen: 127.0.0.1, port: 0}",
         "log: {format: json, level: info}",

@@ -174,7 +174,8 @@ async def test_every_dashboard_query_returns_data(procs: Procs, http: aiohttp.Cl
     assert not failures, "dashboard queries without data:\n" + "\n".join(failures)
 
     # The site's miners table puts them first, worst first: down, then hot, then low hashrate.
-    [score] = [q for q in panel_queries("site.json", dashboards["site.json"]) if q.panel.startswith("Miners (worst")][:1]
+    [score] = [q for q in panel_queries("site.json", dashboards["site.json"])
+               if q.panel.startswith("Miners (worst")][:1]
     body = await get_json(http, prom.url + "/api/v1/query?" + urlencode(
         {"query": substitute(score.expr, {**chosen["site.json"], "site": "site-a"})}))
     ranked = sorted(body["data"]["result"], key=lambda r: -float(r["value"][1]))

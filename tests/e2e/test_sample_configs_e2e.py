@@ -28,10 +28,10 @@ from megawatch.simulator.config import load_fleet_config
 from tests.e2e import processes
 from tests.e2e.processes import (
     ROOT,
+    Proc,
     Procs,
     get_json,
     megawatch,
-    Proc,
     site_view,
     start_collector,
     wait_until,

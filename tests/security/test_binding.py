@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from megawatch.agent.config import load_agent_config
-from megawatch.simulator.config import load_fleet_config
-from megawatch.simulator.control import start_control
 from megawatch.collector.config import load_collector_config
 from megawatch.common.configfile import ConfigError
+from megawatch.simulator.config import load_fleet_config
+from megawatch.simulator.control import start_control
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*") if p.suffix in (".yaml", ".yml"))

@@ -21,11 +21,11 @@ from prometheus_client import CollectorRegistry
 
 from megawatch.agent.config import load_agent_config
 from megawatch.agent.exposition import FleetCollector
-from megawatch.simulator.control import make_app as make_control_app
 from megawatch.agent.state import FleetState
 from megawatch.agent.web import make_app as make_agent_app
 from megawatch.collector.service import CollectorService
 from megawatch.collector.web import make_app as make_collector_app
+from megawatch.simulator.control import make_app as make_control_app
 from tests.collector.helpers import make_config
 
 AGENT_PATHS = ("/metrics", "/healthz", "/api/v1/summary", "/api/v1/miners")

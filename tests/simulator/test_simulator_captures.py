@@ -100,4 +100,5 @@ async def test_avalon_packs_its_readings_into_mm_id0(make_sim_fleet, raw_request
     assert ours["WALLPOWER"] == ours["PS"].split()[6]  # as on the A1566 capture (pyasic test)
     snap = fleet.miner(m.index).snapshot()
     assert int(ours["WALLPOWER"]) == snap.power_w
-    assert [float(v) for v in ours["MGHS"].split()] == pytest.approx([r / 1e9 for r in snap.board_hashrate_hs], abs=0.01)
+    assert [float(v) for v in ours["MGHS"].split()] == pytest.approx(
+        [r / 1e9 for r in snap.board_hashrate_hs], abs=0.01)

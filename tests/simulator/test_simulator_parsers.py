@@ -51,7 +51,7 @@ async def test_parser_reads_back_what_the_simulator_reports(make_sim_fleet, tabl
         else:
             assert dialect in ("cgminer", "bfgminer"), "only stock cgminer/BFGMiner have no fan readings"
         assert len(reading.boards) == len(snap.chip_temp_c)
-        for board, chip, pcb in zip(reading.boards, snap.chip_temp_c, snap.board_temp_c):
+        for board, chip, pcb in zip(reading.boards, snap.chip_temp_c, snap.board_temp_c, strict=True):
             temps = [t for t in (board.chip_temp_c, board.board_temp_c) if t is not None]
             assert temps, board
             # Firmware rounds to whole degrees in places; cgminer's one devs Temperature may be either.
