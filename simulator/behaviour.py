@@ -1,8 +1,10 @@
 """What a simulated miner measures at each tick: hashrate, power, temperatures, fans, shares, uptime.
 
 Everything is a pure function of (seed, miner index, tick, load, fault, boot tick), so two fleets with the
-same seed report the same numbers in the same tick, and the ground truth is the sum of exactly what the
-miners reply. State changes only at tick boundaries: an agent polling within one tick sees one value.
+same seed report the same numbers in the same tick. The hashrate the ground truth sums is exactly what the
+miners reply; the power it sums is what each unit truly draws (power.py), which firmware that measures power
+reports through its sensor and the agent's J/TH table only approximates. State changes only at tick
+boundaries: an agent polling within one tick sees one value.
 """
 
 from __future__ import annotations
@@ -11,12 +13,19 @@ from dataclasses import dataclass
 
 from megawatch.agent.modeltable import ModelSpec
 from megawatch.simulator.faults import Fault
+from megawatch.simulator.power import (
+    CHIP_RISE_C,
+    HOT_EXTRA_C,
+    MAX_FAN_RPM,
+    UnitPower,
+    make_unit_power,
+    wall_power_w,
+)
 
 BOARDS = 3
 # Share difficulty the simulated pools hand out; sets how fast Accepted grows (~300-600 per hour).
 SHARE_DIFFICULTY = 262144.0
 TWO_32 = 4294967296.0
-MAX_FAN_RPM = 6000
 
 
 def unit(*key: int) -> float:
@@ -53,6 +62,7 @@ class Identity:
     reject_ratio: float
     hw_errors_per_s: float
     best_share: int
+    power: UnitPower  # this unit's electrical constants: its true draw is worked out from these
     joins: bool = True
 
     @property
@@ -78,6 +88,7 @@ def make_identity(*, seed: int, index: int, host: str, port: int, site: str, dia
         reject_ratio=0.002 * (0.5 + unit(seed, index, 50)),
         hw_errors_per_s=0.02 * (0.5 + unit(seed, index, 51)),
         best_share=int(SHARE_DIFFICULTY * (2.0 + 40.0 * unit(seed, index, 52))),
+        power=make_unit_power(model, dialect=dialect, spread=unit(seed, index, 60), sensor=unit(seed, index, 61)),
     )
 
 
@@ -97,7 +108,8 @@ class Snapshot:
     chip_temp_c: tuple[float, ...]
     board_temp_c: tuple[float, ...]
     fan_rpm: tuple[int, ...]
-    power_w: int  # true draw, the integer watts firmware that measures power reports
+    power_w: int  # what firmware that measures power reports: the true draw through this unit's sensor
+    true_power_w: float  # what the unit draws at the wall (the ground truth)
     power_limit_w: int
     accepted: int
     rejected: int
@@ -141,14 +153,18 @@ def snapshot(ident: Identity, *, seed: int, tick: int, tick_s: float, load: floa
     # Boards differ a little; their rates add up to the miner's short-window rate.
     boards = tuple([short * share for share in ident.board_shares])
 
-    # Constant J/TH: power follows hashrate, so an estimate from the model table matches the true draw
-    # unless the miner is in a power_surge.
-    power = round(short * spec.joules_per_hash * surge)
     limit = round(spec.nominal_power_w * 1.1)
 
-    warm = ident.ambient_c + 38.0 * short / nominal + (30.0 if hot else 0.0)
+    warm = ident.ambient_c + CHIP_RISE_C * short / nominal + (HOT_EXTRA_C if hot else 0.0)
     board_noise = units4(seed, i, tick, 31)
-    chip = tuple([round(warm + offset + noise - 0.5, 1) for offset, noise in zip(ident.board_offsets_c, board_noise)])
+    # The draw follows the steady state (PSU output does not flicker with the share count), with ±0.2 % ripple
+    # from the board-noise draw no board uses (there are three boards and four draws).
+    chip_c = ident.ambient_c + CHIP_RISE_C * steady / nominal + (HOT_EXTRA_C if hot else 0.0)
+    true_power = wall_power_w(ident.power, load, chip_c, 1.0 - drop, hot, surge)
+    true_power *= 1.0 + 0.004 * (board_noise[3] - 0.5)
+    power = round(true_power * ident.power.reported_gain)
+    chip = tuple([round(warm + offset + noise - 0.5, 1)
+                  for offset, noise in zip(ident.board_offsets_c, board_noise, strict=False)])
     board_t = tuple([round(c - 12.0, 1) for c in chip])
     if hot:
         fans = (MAX_FAN_RPM,) * ident.fans
@@ -171,7 +187,7 @@ def snapshot(ident: Identity, *, seed: int, tick: int, tick_s: float, load: floa
         hashrate_1m_hs=one_m, hashrate_5m_hs=five_m, hashrate_15m_hs=fifteen_m,
         nominal_hs=spec.nominal_hashrate_hs * load, board_hashrate_hs=boards,
         chip_temp_c=chip, board_temp_c=board_t, fan_rpm=fans,
-        power_w=power, power_limit_w=limit, accepted=accepted, rejected=rejected,
+        power_w=power, true_power_w=true_power, power_limit_w=limit, accepted=accepted, rejected=rejected,
         hardware_errors=hw_errors, difficulty_accepted=accepted * SHARE_DIFFICULTY,
         best_share=best, frequency_mhz=freq,
     )

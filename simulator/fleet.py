@@ -1,8 +1,10 @@
 """A fleet (or one worker's slice of it): miners, the tick clock, site load, faults and ground truth.
 
-The ground truth sums exactly the numbers the miners put in their replies in the current tick, split by
-what an agent could see: firmware-reported power, power only estimable from the model's J/TH, and the
-draw of miners that are hashing but not answering.
+The ground truth is what the miners do in the current tick: the hashrate they put in their replies, and
+the power they truly draw (the simulator's own electrical model, power.py), split by what an agent could
+see: the figure firmware that measures power reports (and the true draw behind it), the J/TH estimate an
+agent can make for firmware that does not (and the true draw behind that), and the draw of miners that do
+not answer - hung or restarting ones still draw, an `offline` one (power cut) draws nothing.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from megawatch.common.logs import get_logger
 from megawatch.simulator.behaviour import make_identity
 from megawatch.simulator.cache import ReplyCache
 from megawatch.simulator.config import FleetConfig, GroupConfig, SiteConfig
 from megawatch.simulator.faults import Fault, select_fraction
 from megawatch.simulator.miner import Miner, bind_listener
-from megawatch.common.logs import get_logger
+from megawatch.simulator.power import idle_power_w
 
 FD_RESERVE = 512  # descriptors kept free for accepted connections, logs and the control endpoint
 SUM_KEYS = (
     "miners", "miners_serving", "miners_hashing", "hashrate_hs", "hashrate_hs_all", "power_w",
-    "power_w_reported", "power_w_estimable", "power_w_unobserved", "privileged_commands",
+    "power_w_reported", "power_w_reported_true", "power_w_estimable", "power_w_unmeasured", "power_w_unobserved",
+    "privileged_commands",
 )
 
 
@@ -315,20 +319,28 @@ class Fleet:
             elif miner.fault is not None:
                 site["faults"][miner.fault.kind] += 1
             if not miner.hashing:
+                if miner.rebooting:  # restarting: no hashing, no answer, but the PSU is on
+                    idle = idle_power_w(miner.identity.power)
+                    site["power_w"] += idle
+                    site["power_w_unobserved"] += idle
                 continue
             snap = miner.snapshot(tick)
             site["miners_hashing"] += 1
             site["hashrate_hs_all"] += snap.hashrate_hs
-            site["power_w"] += snap.power_w
+            site["power_w"] += snap.true_power_w
             if miner.serving:
                 site["miners_serving"] += 1
                 site["hashrate_hs"] += snap.hashrate_hs
                 if miner.firmware.reports_power:
                     site["power_w_reported"] += snap.power_w
+                    site["power_w_reported_true"] += snap.true_power_w
                 else:
+                    # What an agent's J/TH table gives for the hashrate this miner reports, beside what it
+                    # truly draws: the difference is the estimate's error, which no test can see otherwise.
                     site["power_w_estimable"] += snap.hashrate_hs * miner.identity.model.joules_per_hash
+                    site["power_w_unmeasured"] += snap.true_power_w
             else:
-                site["power_w_unobserved"] += snap.power_w
+                site["power_w_unobserved"] += snap.true_power_w
         for site in sums.values():
             site["faults"] = dict(site["faults"])
         return sums
