@@ -34,6 +34,39 @@ class FaultConfig:
     miners: tuple[str, ...] = ()
 
 
+METER_MAPS: tuple[str, ...] = ("sunspec", "sdm630", "pm5100", "generic")
+REGISTER_TYPES: dict[str, int] = {  # type -> registers it takes
+    "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2, "int64": 4, "uint64": 4,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GenericLayout:
+    """Where a generic meter puts its two figures: power (W) and energy imported (Wh)."""
+
+    function: int = 3  # 3: holding registers, 4: input registers
+    power_address: int = 0
+    energy_address: int = 100
+    type: str = "float32"
+    word_order: str = "big"  # big: high word first
+    power_scale: float = 1.0  # W per count
+    energy_scale: float = 1.0  # Wh per count
+
+
+@dataclass(frozen=True, slots=True)
+class MeterConfig:
+    """A site's feeder meter, served over Modbus TCP: it reads (miners' true draw) x pue + aux + extra load."""
+
+    host: str
+    port: int  # 0 = any free port (printed at start, and in the ground truth)
+    unit_id: int
+    map: str
+    pue: float = 1.0
+    aux_w: float = 0.0  # the site's own load: cooling, lights, offices
+    extra_load_w: float = 0.0  # non-miner load on the same feeder (a GPU hall), unknown to the miners
+    generic: GenericLayout | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class SiteConfig:
     id: str
@@ -43,6 +76,7 @@ class SiteConfig:
     ambient_c: float
     groups: tuple[GroupConfig, ...]
     faults: tuple[FaultConfig, ...] = ()
+    meter: MeterConfig | None = None
 
     @property
     def count(self) -> int:
@@ -105,8 +139,12 @@ def load_fleet_config(path: str | Path, models: ModelTable | None = None) -> Fle
     sites: list[SiteConfig] = []
     seen_ids: set[str] = set()
     taken: list[tuple[str, int, int, str]] = []  # (kind, start, end, site id) to catch overlaps
+    # Meter endpoints already claimed, with the control endpoint's among them: (host, port) -> who has it.
+    endpoints: dict[tuple[str, int], str] = {}
+    if control_host is not None and control_port:
+        endpoints[(control_host, control_port)] = "the control endpoint"
     for site in top.sections("sites", required=True):
-        parsed = _load_site(site, table, seen_ids, taken)
+        parsed = _load_site(site, table, seen_ids, taken, endpoints)
         if parsed is not None:
             sites.append(parsed)
     top.done()
@@ -120,7 +158,7 @@ def load_fleet_config(path: str | Path, models: ModelTable | None = None) -> Fle
 
 
 def _load_site(site: Section, table: ModelTable, seen_ids: set[str],
-               taken: list[tuple[str, int, int, str]]) -> SiteConfig | None:
+               taken: list[tuple[str, int, int, str]], endpoints: dict[tuple[str, int], str]) -> SiteConfig | None:
     site_id = site.string("id")
     if site_id is not None:
         if site_id in seen_ids:
@@ -176,10 +214,62 @@ def _load_site(site: Section, table: ModelTable, seen_ids: set[str],
         parsed = _load_fault(item, names, site_id)
         if parsed is not None:
             fault_configs.append(parsed)
+    meter = _load_meter(site.section("meter"), endpoints, site_id or "?") if site.has("meter") else None
     site.done()
     if site_id is None or address is None or not groups:
         return None
-    return SiteConfig(site_id, str(address), port, port_base, ambient, tuple(groups), tuple(fault_configs))
+    return SiteConfig(site_id, str(address), port, port_base, ambient, tuple(groups), tuple(fault_configs), meter)
+
+
+def _load_meter(meter: Section, endpoints: dict[tuple[str, int], str], site_id: str) -> MeterConfig | None:
+    host = meter.string("host", "127.0.0.1", check=is_loopback,
+                        expected="a loopback address (127.0.0.0/8, ::1 or localhost)")
+    port = meter.integer("port", 0, minimum=0, maximum=65535)
+    # Unit id 0 answers every id (pymodbus's catch-all); 1-247 are RS-485 addresses; 255 is what devices that
+    # are their own TCP server often use.
+    unit_id = meter.integer("unit_id", 1, minimum=0, maximum=255)
+    kind = meter.choice("map", METER_MAPS)
+    pue = meter.number("pue", 1.0, minimum=1.0, maximum=3.0)
+    aux_kw = meter.number("aux_kw", 0.0, minimum=0.0, maximum=1e6)
+    extra_kw = meter.number("extra_load_kw", 0.0, minimum=0.0, maximum=1e7)
+    generic = _load_generic(meter.section("generic")) if meter.has("generic") else None
+    meter.done()
+    if kind == "generic" and generic is None:
+        generic = GenericLayout()
+    if generic is not None and kind not in (None, "generic"):
+        meter.error("generic", f"only a meter with map: generic takes a register layout (this one is {kind})")
+    if host is not None and port:
+        other = endpoints.get((host, port))
+        if other is not None:
+            meter.error("port", f"{host}:{port} is already taken by {other}")
+        endpoints[(host, port)] = f"the meter of site {site_id!r}"
+    if host is None or port is None or unit_id is None or kind is None or meter.problems.items:
+        return None
+    return MeterConfig(host, port, unit_id, kind, pue, aux_kw * 1000.0, extra_kw * 1000.0, generic)
+
+
+def _load_generic(layout: Section) -> GenericLayout | None:
+    function = layout.choice("function", ("holding", "input"), "holding")
+    power_address = layout.integer("power_address", 0, minimum=0, maximum=65535)
+    energy_address = layout.integer("energy_address", 100, minimum=0, maximum=65535)
+    kind = layout.choice("type", tuple(REGISTER_TYPES), "float32")
+    word_order = layout.choice("word_order", ("big", "little"), "big")
+    power_scale = layout.number("power_scale", 1.0, exclusive_minimum=0)
+    energy_scale = layout.number("energy_scale", 1.0, exclusive_minimum=0)
+    layout.done()
+    if None in (function, power_address, energy_address, kind, word_order, power_scale, energy_scale):
+        return None
+    width = REGISTER_TYPES[kind]
+    if abs(power_address - energy_address) < width:
+        layout.error("energy_address", f"registers {energy_address}-{energy_address + width - 1} overlap the power "
+                                       f"registers {power_address}-{power_address + width - 1}")
+        return None
+    if max(power_address, energy_address) + width - 1 > 65535:
+        layout.error("energy_address" if energy_address > power_address else "power_address",
+                     f"a {kind} there runs past register 65535")
+        return None
+    return GenericLayout(3 if function == "holding" else 4, power_address, energy_address, kind, word_order,
+                         power_scale, energy_scale)
 
 
 def _claim(site: Section, taken: list[tuple[str, int, int, str]], kind: tuple[str, int], start: int, end: int,
@@ -234,7 +324,9 @@ __all__ = [
     "ControlConfig",
     "FaultConfig",
     "FleetConfig",
+    "GenericLayout",
     "GroupConfig",
+    "MeterConfig",
     "SiteConfig",
     "is_loopback",
     "load_fleet_config",

@@ -2,7 +2,8 @@
 
 GET /api/v1/truth, GET /api/v1/miners, POST /api/v1/sites/{site}/load {"factor": 1.2},
 POST /api/v1/faults {"site": S, "fault": K, "fraction": 0.05, <params>} or {"miners": [...], "fault": K},
-DELETE /api/v1/faults, POST /api/v1/clock {"freeze": true, "advance": 1}.
+DELETE /api/v1/faults, POST /api/v1/clock {"freeze": true, "advance": 1},
+POST /api/v1/meters/{site}/fault {"fault": K, <params>}, DELETE /api/v1/meters/{site}/fault.
 Bad requests get a 4xx JSON error naming the problem; nothing a client sends can crash the fleet.
 """
 
@@ -23,6 +24,7 @@ from megawatch.simulator.fleet import (
     resolve_names,
     select_site_fraction,
 )
+from megawatch.simulator.meter import METER_FAULTS, MeterSet, make_meter_fault
 
 MAX_LOAD_FACTOR = 10.0
 
@@ -33,7 +35,9 @@ class Backend(Protocol):
     plan: list[Planned]
     seed: int
     site_ids: tuple[str, ...]
+    meters: MeterSet | None
 
+    def truth_key(self) -> object: ...  # changes whenever the truth may have: tick, load, faults
     async def truth(self) -> dict[str, Any]: ...
     async def miners(self) -> list[dict[str, Any]]: ...
     async def set_load(self, site: str, factor: float) -> None: ...
@@ -50,6 +54,10 @@ class LocalBackend:
         self.plan = plan
         self.seed = fleet.seed
         self.site_ids = tuple(fleet.sites)
+        self.meters: MeterSet | None = None
+
+    def truth_key(self) -> object:
+        return (self.fleet.clock.tick(), self.fleet.generation)
 
     async def truth(self) -> dict[str, Any]:
         return finish_truth(self.fleet.site_sums(), self.fleet.clock.tick())
@@ -104,7 +112,40 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 async def get_truth(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[BACKEND].truth())
+    backend = request.app[BACKEND]
+    if backend.meters is None:
+        return web.json_response(await backend.truth())
+    return web.json_response(backend.meters.add_rows(await backend.meters.truth()))
+
+
+def _meter_of(request: web.Request) -> tuple[MeterSet, str]:
+    backend = request.app[BACKEND]
+    site = request.match_info["site"]
+    meters = backend.meters.meters if backend.meters is not None else {}
+    if site not in meters:
+        raise BadRequest(f"site {site!r} has no meter (metered: {', '.join(meters) or 'none'})", 404)
+    assert backend.meters is not None
+    return backend.meters, site
+
+
+async def post_meter_fault(request: web.Request) -> web.Response:
+    meters, site = _meter_of(request)
+    body = await _body(request)
+    kind = body.get("fault")
+    if not isinstance(kind, str):
+        raise BadRequest("fault: expected a meter fault name")
+    try:
+        fault = make_meter_fault(kind, {k: v for k, v in body.items() if k != "fault"})
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    await meters.meters[site].set_fault(fault)
+    return web.json_response({"site": site, "fault": fault.describe()})
+
+
+async def delete_meter_fault(request: web.Request) -> web.Response:
+    meters, site = _meter_of(request)
+    await meters.meters[site].set_fault(None)
+    return web.json_response({"site": site, "fault": None})
 
 
 async def get_miners(request: web.Request) -> web.Response:
@@ -221,7 +262,10 @@ async def get_index(request: web.Request) -> web.Response:
     faults = {kind: PARAMETERS.get(kind, {}) for kind in ("offline", *PARAMETERS)}
     return web.json_response({"endpoints": [
         "GET /api/v1/truth", "GET /api/v1/miners[?site=]", "POST /api/v1/sites/{site}/load",
-        "POST /api/v1/faults", "DELETE /api/v1/faults", "POST /api/v1/clock"], "fault_parameters": faults})
+        "POST /api/v1/faults", "DELETE /api/v1/faults", "POST /api/v1/clock", "POST /api/v1/meters/{site}/fault",
+        "DELETE /api/v1/meters/{site}/fault"], "fault_parameters": faults,
+        "meter_fault_parameters": {kind: {name: spec[0] for name, spec in params.items()}
+                                   for kind, params in METER_FAULTS.items()}})
 
 
 def make_app(backend: Backend) -> web.Application:
@@ -234,6 +278,8 @@ def make_app(backend: Backend) -> web.Application:
     app.router.add_post("/api/v1/faults", post_faults)
     app.router.add_delete("/api/v1/faults", delete_faults)
     app.router.add_post("/api/v1/clock", post_clock)
+    app.router.add_post("/api/v1/meters/{site}/fault", post_meter_fault)
+    app.router.add_delete("/api/v1/meters/{site}/fault", delete_meter_fault)
     return app
 
 

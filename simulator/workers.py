@@ -35,6 +35,7 @@ from megawatch.simulator.fleet import (
     plan_fleet,
     worker_slices,
 )
+from megawatch.simulator.meter import MeterSet
 
 WORKER_START_TIMEOUT_S = 120.0
 _HTTP_TIMEOUT = aiohttp.ClientTimeout(total=60)
@@ -50,9 +51,11 @@ class InProcess(LocalBackend):
         self.startup_s = startup_s
 
     def describe(self) -> list[str]:
-        return describe_sites(self.fleet.config, self.plan, self.startup_s, 1)
+        return describe_sites(self.fleet.config, self.plan, self.startup_s, 1, self.meters)
 
     async def close(self) -> None:
+        if self.meters is not None:
+            await self.meters.stop()
         await self.fleet.stop()
 
 
@@ -72,6 +75,11 @@ class WorkerPool:
         self._processes: list[Any] = []
         self._urls: list[str] = []
         self._session: aiohttp.ClientSession | None = None
+        self.meters: MeterSet | None = None
+        self._version = 0  # bumped by every change made through us: with the tick, it keys the meters' truth
+
+    def truth_key(self) -> object:
+        return (self._clock.tick(), self._version)
 
     async def start(self) -> None:
         started = time.perf_counter()
@@ -113,11 +121,13 @@ class WorkerPool:
         self.startup_s = time.perf_counter() - started
 
     def describe(self) -> list[str]:
-        lines = describe_sites(self.config, self.plan, self.startup_s, self.workers)
+        lines = describe_sites(self.config, self.plan, self.startup_s, self.workers, self.meters)
         slowest = max(self.worker_startup_s, default=0.0)
         return [*lines, f"slowest worker bound its {max(map(len, self.slices))} listeners in {slowest:.2f} s"]
 
     async def close(self) -> None:
+        if self.meters is not None:
+            await self.meters.stop()
         if self._session is not None:
             await self._session.close()
         for process in self._processes:
@@ -156,9 +166,11 @@ class WorkerPool:
         return rows
 
     async def set_load(self, site: str, factor: float) -> None:
+        self._version += 1
         await self._each("POST", f"/api/v1/sites/{site}/load", {"factor": factor})
 
     async def set_fault(self, indices: list[int], fault: Fault | None) -> int:
+        self._version += 1
         assert fault is not None
         applied = 0
         for span, url in zip(self.slices, self._urls, strict=False):
@@ -171,9 +183,11 @@ class WorkerPool:
         return applied
 
     async def clear_faults(self) -> int:
+        self._version += 1
         return sum(part["cleared"] for part in await self._each("DELETE", "/api/v1/faults"))
 
     async def clock(self, freeze: bool | None, advance: int) -> dict[str, Any]:
+        self._version += 1
         # Apply to our own clock first, then give every worker the same absolute tick.
         clock = self._clock
         clock.apply(freeze, advance)
@@ -183,8 +197,9 @@ class WorkerPool:
         return first
 
 
-def describe_sites(config: FleetConfig, plan: list[Planned], startup_s: float, workers: int) -> list[str]:
-    lines = []
+def describe_sites(config: FleetConfig, plan: list[Planned], startup_s: float, workers: int,
+                   meters: MeterSet | None = None) -> list[str]:
+    lines = [] if meters is None else meters.describe()
     for site in config.sites:
         members = [p for p in plan if p.site == site.id]
         if not members:
@@ -202,14 +217,25 @@ def describe_sites(config: FleetConfig, plan: list[Planned], startup_s: float, w
 async def start_backend(config: FleetConfig) -> InProcess | WorkerPool:
     """Start the whole fleet; raises FleetStartError naming what could not be bound."""
     plan = plan_fleet(config)
+    backend: InProcess | WorkerPool
     if len(plan) > config.miners_per_worker:
-        pool = WorkerPool(config, plan, worker_slices(len(plan), config.miners_per_worker))
-        await pool.start()
-        return pool
-    started = time.perf_counter()
-    fleet = Fleet(config, plan, faults=initial_faults(config, plan))
-    await fleet.start()
-    return InProcess(fleet, plan, time.perf_counter() - started)
+        backend = WorkerPool(config, plan, worker_slices(len(plan), config.miners_per_worker))
+        await backend.start()
+    else:
+        started = time.perf_counter()
+        fleet = Fleet(config, plan, faults=initial_faults(config, plan))
+        await fleet.start()
+        backend = InProcess(fleet, plan, time.perf_counter() - started)
+    if any(site.meter is not None for site in config.sites):
+        # Meters live in this process, beside the control endpoint: they read the whole site's truth.
+        meters = MeterSet(config, backend.truth, backend.truth_key)
+        try:
+            await meters.start()
+        except OSError as exc:
+            await backend.close()
+            raise FleetStartError(str(exc)) from None
+        backend.meters = meters
+    return backend
 
 
 def _worker_main(config: FleetConfig, start: int, stop: int, epoch: float, faults: dict[int, Fault],
