@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,25 @@ def test_prometheus_config_checks() -> None:
 def test_alertmanager_config_checks() -> None:
     proc = run(tool("amtool"), "check-config", "alertmanager.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_megawatch_rules_writes_the_shipped_file_and_names_a_bad_key(tmp_path: Path) -> None:
+    def rules(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "megawatch.cli", "rules", *argv], capture_output=True,
+                              text=True, timeout=60, cwd=PROM.parents[1], check=False)
+
+    out = tmp_path / "megawatch.rules.yml"
+    done = rules("--config", "configs/sites.yaml", "--out", str(out))
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert out.read_text() == (PROM / "rules" / "megawatch.rules.yml").read_text()
+    assert rules("--config", "configs/sites.yaml").stdout == out.read_text()  # no --out: standard output
+
+    bad = tmp_path / "sites.yaml"
+    bad.write_text((PROM.parent / "sites.yaml").read_text().replace("near_ratio: 0.95", "near_ratio: 1.5"))
+    failed = rules("--config", str(bad), "--out", str(tmp_path / "never.yml"))
+    lines = failed.stderr.strip().splitlines()
+    assert failed.returncode == 2 and len(lines) == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert lines[0].startswith(f"{bad}:") and "thresholds.near_ratio" in lines[0], lines[0]
+    assert not (tmp_path / "never.yml").exists()
+    unwritable = rules("--config", "configs/sites.yaml", "--out", str(tmp_path / "no" / "such" / "dir.yml"))
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr, unwritable.stderr
