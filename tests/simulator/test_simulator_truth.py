@@ -9,6 +9,7 @@ import re
 import aiohttp
 import pytest
 
+from megawatch.simulator.config import MeterConfig
 from megawatch.simulator.control import start_control
 from megawatch.simulator.faults import make_fault
 from megawatch.simulator.workers import WorkerPool, start_backend
@@ -196,6 +197,8 @@ async def test_worker_processes_serve_one_fleet(raw_request):
     from conftest import make_config
 
     config = dataclasses.replace(make_config(sites=2, third_octet=234), miners_per_worker=6)
+    metered = dataclasses.replace(config.sites[1], meter=MeterConfig("127.0.0.1", 0, 1, "sdm630", pue=1.1))
+    config = dataclasses.replace(config, sites=(config.sites[0], metered))
     backend = await start_backend(config)
     try:
         assert isinstance(backend, WorkerPool) and backend.workers == 3
@@ -215,9 +218,15 @@ async def test_worker_processes_serve_one_fleet(raw_request):
         chosen = await backend.set_fault(site_a[:5], make_fault("offline", {}))
         assert chosen == 5
         assert (await backend.truth())["sites"]["site-a"]["faults"] == {"offline": 5}
+        # The meter lives in the parent and reads the site's truth summed over the workers.
+        meter_before = backend.meters.add_rows(await backend.meters.truth())["sites"]["site-b"]["meter"]
+        assert meter_before["truth_w"] == pytest.approx(truth["sites"]["site-b"]["power_w"] * 1.1, rel=1e-12)
         await backend.set_load("site-b", 2.0)
         doubled = await backend.truth()
         assert doubled["sites"]["site-b"]["hashrate_hs"] == pytest.approx(truth["sites"]["site-b"]["hashrate_hs"] * 2)
+        meter_after = backend.meters.add_rows(await backend.meters.truth())["sites"]["site-b"]["meter"]
+        assert meter_after["truth_w"] == pytest.approx(doubled["sites"]["site-b"]["power_w"] * 1.1, rel=1e-12)
+        assert meter_after["truth_w"] > 2 * meter_before["truth_w"]
         assert await backend.clear_faults() == 5
         status = await backend.clock(None, 2)
         assert status["tick"] == truth["tick"] + 2 and status["frozen"]
