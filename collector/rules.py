@@ -10,6 +10,7 @@ condition: the last state is kept, and SiteDataStale says why.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -168,7 +169,9 @@ class RuleEngine:
         elif spec.line:
             line = float(spec.line)
         note, detail = _NOTES.get(spec.name, _nothing)(subject, t)
-        return Check(spec.name, labels, spec.severity, self._holds(spec, labels, value, line), value,
+        # An infinite figure (data never received) reads as such in the text; the alert's JSON value stays valid.
+        return Check(spec.name, labels, spec.severity, self._holds(spec, labels, value, line),
+                     value if math.isfinite(value) else None,
                      fill(spec.summary, fields) + (f" {note}" if note else ""),
                      "Since {since}. " + fill(spec.action, fields) + (f" {detail}" if detail else ""))
 

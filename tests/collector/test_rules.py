@@ -199,3 +199,13 @@ def test_over_allocation_invariants_on_any_series(steps: list[tuple[float, float
             assert current is not None  # over the line is always at least pending
         if a_mw < clear:
             assert current is None
+
+
+def test_an_agent_never_heard_from_makes_its_site_stale_with_a_json_safe_value() -> None:
+    cfg = make_config(make_site("a", agents=2), hold_s=0.0)
+    first = cfg.sites[0].agents[0]
+    fleet = aggregate_fleet(cfg, {first: observed(first, make_summary(), at=100)}, 100)
+    stale = next(a for a in RuleEngine(cfg.thresholds).evaluate(fleet, 100).active if a.name == "SiteDataStale")
+    assert stale.phase is AlertPhase.FIRING and stale.value is None
+    assert stale.summary.startswith("Site a (Site A) data is stale (oldest: never answered; stale after 1m 00s).")
+    assert "http://127.0.0.1:9101 (never answered)" in stale.description
