@@ -14,11 +14,10 @@ from pathlib import Path
 from megawatch.agent.dialects import DIALECTS
 from megawatch.agent.modeltable import DEFAULT_MODELS_PATH, ModelTable, load_model_table
 from megawatch.common.configfile import ConfigError, Section
-from megawatch.common.logs import LEVELS
+from megawatch.common.logs import load_log_settings
 from megawatch.common.webconfig import WebConfig, load_web_config
 
 DEFAULT_PORT = 4028
-LOG_FORMATS = ("auto", "json", "console")
 # A typo such as /8 instead of /28 would make the agent poll 16 million addresses; refuse it at load.
 MAX_MINERS_PER_ENTRY = 65_536
 MAX_MINERS = 100_000
@@ -108,10 +107,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     exposition = _load_exposition(top.section("exposition"))
     # A relative models_file is read from beside the agent config, wherever the agent is started from.
     models_path = Path(path).parent / top.string("models_file", str(DEFAULT_MODELS_PATH))
-    log = top.section("log")
-    log_format = log.choice("format", LOG_FORMATS, "auto")
-    log_level = log.choice("level", LEVELS, "info")
-    log.done()
+    log_format, log_level = load_log_settings(top.section("log"))
     control_enabled = top.boolean("control_enabled", False)
     web_file = top.string("web_config_file", None)
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -108,7 +107,7 @@ def health(problem: str | None, **facts: object) -> web.Response:
 
 
 class Daemon(Generic[C]):
-    """One running daemon as the shared lifecycle drives it; the hooks do nothing unless overridden."""
+    """One running daemon as the shared lifecycle drives it: its app, `apply`, and hooks that default to nothing."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
@@ -235,17 +234,19 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
 
 # ---- Serving ---------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def stop_signals(on_stop: Any, on_hup: Any = None) -> Iterator[None]:
+@contextmanager
+def stop_signals(on_stop: Callable[[], None], on_hup: Callable[[], None] | None = None) -> Iterator[None]:
     """SIGTERM and SIGINT call `on_stop`, SIGHUP `on_hup` (when given), until the block ends."""
     loop = asyncio.get_running_loop()
-    handled = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if on_hup is not None else [])
-    for sig in handled:
-        loop.add_signal_handler(sig, on_hup if sig == signal.SIGHUP else on_stop)
+    handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop}
+    if on_hup is not None:
+        handlers[signal.SIGHUP] = on_hup
+    for sig, handler in handlers.items():
+        loop.add_signal_handler(sig, handler)
     try:
         yield
     finally:
-        for sig in handled:
+        for sig in handlers:
             loop.remove_signal_handler(sig)
 
 
