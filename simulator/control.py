@@ -3,7 +3,8 @@
 GET /api/v1/truth, GET /api/v1/miners, POST /api/v1/sites/{site}/load {"factor": 1.2},
 POST /api/v1/faults {"site": S, "fault": K, "fraction": 0.05, <params>} or {"miners": [...], "fault": K},
 DELETE /api/v1/faults, POST /api/v1/clock {"freeze": true, "advance": 1},
-POST /api/v1/meters/{site}/fault {"fault": K, <params>}, DELETE /api/v1/meters/{site}/fault.
+POST /api/v1/meters/{site}/fault {"fault": K, <params>}, DELETE /api/v1/meters/{site}/fault,
+POST /api/v1/meters/{site}/extra_load {"kw": 50}.
 Bad requests get a 4xx JSON error naming the problem; nothing a client sends can crash the fleet.
 """
 
@@ -27,6 +28,7 @@ from megawatch.simulator.fleet import (
 from megawatch.simulator.meter import METER_FAULTS, MeterSet, make_meter_fault
 
 MAX_LOAD_FACTOR = 10.0
+MAX_EXTRA_LOAD_KW = 1e7  # as the fleet file allows
 
 
 class Backend(Protocol):
@@ -140,6 +142,19 @@ async def post_meter_fault(request: web.Request) -> web.Response:
         raise BadRequest(str(exc)) from None
     await meters.meters[site].set_fault(fault)
     return web.json_response({"site": site, "fault": fault.describe()})
+
+
+async def post_meter_extra_load(request: web.Request) -> web.Response:
+    meters, site = _meter_of(request)
+    body = await _body(request)
+    kw = body.get("kw")
+    if isinstance(kw, bool) or not isinstance(kw, (int, float)) or not 0 <= kw <= MAX_EXTRA_LOAD_KW:
+        raise BadRequest(f"kw: expected a number from 0 to {MAX_EXTRA_LOAD_KW:g}, got {kw!r}")
+    unknown = set(body) - {"kw"}
+    if unknown:
+        raise BadRequest(f"unknown keys: {', '.join(sorted(unknown))}")
+    await meters.meters[site].set_extra_load(float(kw) * 1000.0)
+    return web.json_response({"site": site, "extra_load_w": float(kw) * 1000.0})
 
 
 async def delete_meter_fault(request: web.Request) -> web.Response:
@@ -263,7 +278,7 @@ async def get_index(request: web.Request) -> web.Response:
     return web.json_response({"endpoints": [
         "GET /api/v1/truth", "GET /api/v1/miners[?site=]", "POST /api/v1/sites/{site}/load",
         "POST /api/v1/faults", "DELETE /api/v1/faults", "POST /api/v1/clock", "POST /api/v1/meters/{site}/fault",
-        "DELETE /api/v1/meters/{site}/fault"], "fault_parameters": faults,
+        "DELETE /api/v1/meters/{site}/fault", "POST /api/v1/meters/{site}/extra_load"], "fault_parameters": faults,
         "meter_fault_parameters": {kind: {name: spec[0] for name, spec in params.items()}
                                    for kind, params in METER_FAULTS.items()}})
 
@@ -280,6 +295,7 @@ def make_app(backend: Backend) -> web.Application:
     app.router.add_post("/api/v1/clock", post_clock)
     app.router.add_post("/api/v1/meters/{site}/fault", post_meter_fault)
     app.router.add_delete("/api/v1/meters/{site}/fault", delete_meter_fault)
+    app.router.add_post("/api/v1/meters/{site}/extra_load", post_meter_extra_load)
     return app
 
 

@@ -93,6 +93,8 @@ class SiteMeter:
         self.tick_s = tick_s
         self.port = config.port
         self.fault: MeterFault | None = None
+        # Non-miner load can change at run time (a GPU hall switching on): the control endpoint sets it.
+        self.extra_load_w = config.extra_load_w
         self._miners_w = miners_w
         self._energy_wh = 1e6 * (1.0 + 9.0 * unit(seed, len(site.id), 77, sum(site.id.encode())))
         self._last: tuple[int, float] | None = None  # (tick, facility W) of the last update
@@ -105,7 +107,7 @@ class SiteMeter:
 
     # -- what it should read and what it reads -------------------------------------------------------
     def facility_w(self, miners_w: float) -> float:
-        return miners_w * self.config.pue + self.config.aux_w + self.config.extra_load_w
+        return miners_w * self.config.pue + self.config.aux_w + self.extra_load_w
 
     def _advance(self, tick: int, facility_w: float) -> None:
         if self._last is not None and tick > self._last[0]:
@@ -140,13 +142,18 @@ class SiteMeter:
         answers = self.fault is None or self.fault.kind not in ("offline", "silent")
         return {
             "map": self.config.map, "host": self.config.host, "port": self.port, "unit_id": self.config.unit_id,
-            "pue": self.config.pue, "aux_w": self.config.aux_w, "extra_load_w": self.config.extra_load_w,
+            "pue": self.config.pue, "aux_w": self.config.aux_w, "extra_load_w": self.extra_load_w,
             "fault": self.fault.describe() if self.fault is not None else None,
             "truth_w": facility, "truth_energy_wh": self._energy_wh,
             # Before the map cuts it to registers: decoded, a reading is this within the map's rounding.
             "reported_w": shown.power_w * 10.0 ** shown.scale_exponent if answers else None,
             "reported_energy_wh": shown.energy_wh if answers else None,
         }
+
+    async def set_extra_load(self, watts: float) -> None:
+        """Change the non-miner load from now on (energy so far is counted at the old figure)."""
+        await self.update()
+        self.extra_load_w = watts
 
     # -- faults -------------------------------------------------------------------------------------
     async def set_fault(self, fault: MeterFault | None) -> None:

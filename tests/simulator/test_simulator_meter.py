@@ -152,6 +152,21 @@ async def test_meter_follows_load_and_counts_energy_over_simulated_time(metered)
         assert later - energy == pytest.approx(raised * 60 / 3600, abs=1.0)  # a float32 of kWh: ~0.5 Wh steps
 
 
+async def test_non_miner_load_switched_on_at_run_time_shows_on_the_meter_only(metered):
+    async with metered.client("site-c") as client:
+        power, _ = await read_meter(client, "site-c")
+        before = (await metered.truth())["sites"]["site-c"]
+        status, reply = await metered.post("/api/v1/meters/site-c/extra_load", {"kw": 150})
+        assert (status, reply["extra_load_w"]) == (200, 150000.0)
+        after = (await metered.truth())["sites"]["site-c"]
+        assert after["power_w"] == before["power_w"]  # the miners draw what they drew
+        assert after["meter"]["extra_load_w"] == 150000.0
+        assert (await read_meter(client, "site-c"))[0] == pytest.approx(power + 150000.0, rel=1e-6)
+    for body in ({"kw": -1}, {"kw": "x"}, {"kw": 1, "mw": 1}):
+        status, reply = await metered.post("/api/v1/meters/site-c/extra_load", body)
+        assert status == 400 and isinstance(reply["error"], str), body
+
+
 async def test_unknown_unit_id_and_writes_are_refused(metered):
     async with metered.client("site-a") as client:
         other = await client.read_holding_registers(40000, count=2, device_id=9)
