@@ -1,0 +1,121 @@
+"""Pure: a site's meter readings -> the site's facility figure (meter, else miners) and their reconciliation.
+
+The meter is the figure when it is trusted: its last read succeeded, the power it reports has changed within
+`stale_after_s` (a gateway answering from its cache, or a stuck reading, repeats the same value), and it is
+plausible - not above ten times the site's allocation and not below half of what the miners alone account
+for (a meter can read under an estimate, never by half: that is a scale, CT or wiring error, or load that
+bypasses the meter). Otherwise the site falls back to the miners' figure, and `meter.state` says why.
+
+The miners' figure is miner power x PUE + aux + the declared non-miner load: what the site would be judged on
+without the meter. Reconciliation = meter - that figure, for every fresh meter value (believed or not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from megawatch.collector.meterconfig import MeterConfig
+from megawatch.collector.meters import MeterReading, plausible
+
+PLAUSIBLE_MAX_ALLOCATIONS = 10.0  # a meter above 10x the allocation reads with a wrong scale or unit
+MIN_SHARE_OF_MINERS = 0.5
+NEGATIVE_TOLERANCE = 0.01  # of the allocation: an idle feeder may read a little below 0 (noise, a little export)
+
+
+class MeterState(StrEnum):
+    OK = "ok"  # fresh and plausible: the site's figure
+    STALE = "stale"  # answers, but its power has not changed for stale_after_s
+    DOWN = "down"  # the last read failed (no connection, timeout, exception reply, wrong layout)
+    REJECTED = "rejected"  # answers with a value that cannot be the site's draw (named in `problems`)
+    NONE = "none"  # no meter configured
+
+
+class FigureSource(StrEnum):
+    METER = "meter"
+    MINERS = "miners"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterResult:
+    """One read attempt: a reading, or an error (meterclient.MeterClient.read)."""
+
+    reading: MeterReading | None
+    error: str | None
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class MeterObservation:
+    """The collector's memory of one site's meter."""
+
+    reading: MeterReading | None = None  # last reading with a usable power
+    changed_at: float | None = None  # collector clock when that power last took a new value
+    read_at: float | None = None  # when `reading` was taken
+    up: bool = False  # the last read got an answer that decoded to a usable power
+    answered: bool = False  # the last read got an answer at all
+    last_error: str | None = None
+    problems: tuple[str, ...] = ()  # what was wrong with the last answer
+    energy_import_wh: float | None = None  # last known import counter
+
+
+def observe_meter(prev: MeterObservation | None, result: MeterResult, now: float, config: MeterConfig,
+                  allocation_w: float) -> MeterObservation:
+    """Fold one read into the meter's memory; a failed or rejected read keeps the last good value, aging."""
+    prev = prev or MeterObservation()
+    if result.reading is None:
+        return replace(prev, up=False, answered=False, last_error=result.error, problems=())
+    reading = plausible(result.reading, invert=config.invert, max_w=PLAUSIBLE_MAX_ALLOCATIONS * allocation_w,
+                        tolerance_w=NEGATIVE_TOLERANCE * allocation_w)
+    energy = reading.energy_import_wh if reading.energy_import_wh is not None else prev.energy_import_wh
+    if reading.power_w is None:
+        return replace(prev, up=False, answered=True, last_error=None, problems=reading.problems,
+                       energy_import_wh=energy)
+    changed = prev.reading is None or prev.reading.power_w != reading.power_w
+    return MeterObservation(reading=reading, changed_at=now if changed else prev.changed_at, read_at=now, up=True,
+                            answered=True, last_error=None, problems=reading.problems, energy_import_wh=energy)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteMeter:
+    """A site's meter beside its miners' figure, as the API and metrics show it. None = unknown."""
+
+    state: MeterState
+    power_w: float | None  # the meter's last good reading (shown whatever the state)
+    age_s: float | None  # time since that reading last changed
+    up: bool  # the last read answered with a usable value
+    energy_import_wh: float | None
+    miners_facility_power_w: float | None  # miner power x PUE + aux + declared non-miner load
+    non_miner_load_w: float
+    reconciliation_w: float | None  # meter - miners' figure, while the meter value is fresh
+    reconciliation_ratio: float | None  # reconciliation / miners' figure
+    error: str | None
+    problems: tuple[str, ...]
+
+
+def judge_meter(obs: MeterObservation | None, config: MeterConfig, miners_w: float | None,
+                now: float) -> SiteMeter:
+    """Where the meter stands now, against the miners' figure `miners_w` (non-miner load included)."""
+    obs = obs or MeterObservation()
+    power = obs.reading.power_w if obs.reading is not None else None
+    age = now - obs.changed_at if obs.changed_at is not None else None
+    fresh = power is not None and age is not None and age <= config.stale_after_s
+    problems = obs.problems
+    if not obs.answered:
+        state = MeterState.DOWN
+    elif not obs.up:
+        state = MeterState.REJECTED
+    elif not fresh:
+        state = MeterState.STALE
+    elif miners_w is not None and power is not None and power < MIN_SHARE_OF_MINERS * miners_w:
+        state, problems = MeterState.REJECTED, (*problems, "power_below_half_of_miners")
+    else:
+        state = MeterState.OK
+    reconciliation = ratio = None
+    if fresh and obs.up and power is not None and miners_w is not None:
+        reconciliation = power - miners_w
+        ratio = reconciliation / miners_w if miners_w > 0 else None
+    return SiteMeter(state=state, power_w=power, age_s=age, up=obs.up, energy_import_wh=obs.energy_import_wh,
+                     miners_facility_power_w=miners_w, non_miner_load_w=config.non_miner_load_w,
+                     reconciliation_w=reconciliation, reconciliation_ratio=ratio, error=obs.last_error,
+                     problems=problems)
