@@ -10,11 +10,11 @@ from types import ModuleType
 
 def _subcommands() -> dict[str, tuple[ModuleType, str]]:
     # Imported here so `megawatch --help` stays fast and a broken subcommand cannot break the others.
+    from megawatch import demo
     from megawatch.agent import __main__ as agent_main
-    from megawatch.simulator import __main__ as simulate_main
     from megawatch.collector import __main__ as collector_main
     from megawatch.collector import promrules
-    from megawatch import demo
+    from megawatch.simulator import __main__ as simulate_main
 
     return {
         "simulate": (simulate_main, "serve a fleet of simulated miners on loopback"),
