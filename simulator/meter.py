@@ -101,7 +101,6 @@ class SiteMeter:
         self._held: Published | None = None  # what a stale or frozen meter keeps showing
         self._map: RegisterMap | None = None
         self._server: ModbusTcpServer | None = None
-        self._task: asyncio.Task[None] | None = None
         self._unsilenced = asyncio.Event()
         self._unsilenced.set()
 
