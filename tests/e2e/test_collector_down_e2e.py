@@ -1,4 +1,4 @@
-"""The Prometheus path alone: the collector is killed while a site is over its allocation.
+"""The Prometheus path alone: the collector is killed while a site is over its allocation; one copy per incident.
 
 Simulator + agent + collector + a real Prometheus running the rules `megawatch rules` writes from the test's
 sites file (1 s evaluations, 2 s holds) + a real Alertmanager running the shipped config with a webhook
@@ -157,3 +157,28 @@ async def test_collector_killed_while_a_site_is_over(procs: Procs, http: aiohttp
             firing = [a["labels"]["source"] for a in n["alerts"] if a["status"] == "firing"]
             assert len(firing) == 1, firing
         assert any(a["labels"]["source"] == "prometheus" and a["status"] == "firing" for a in over[-1]["alerts"])
+
+
+async def test_alertmanager_keeps_one_copy_per_incident_collector_then_central_then_site(
+        procs: Procs, http: aiohttp.ClientSession) -> None:
+    """The shipped inhibit rules, copy by copy: the collector's beats the central tier's beats a site server's."""
+    am = await start_alertmanager_to(procs, http, "http://127.0.0.1:9/unused")
+
+    async def post(name: str, site: str, *sources: str) -> None:
+        labels = {"alertname": name, "severity": "critical", **({"site": site} if site else {})}
+        body = [{"labels": {**labels, "source": s}, "annotations": {"summary": s}} for s in sources]
+        async with http.post(am.url + "/api/v2/alerts", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+
+    await post("SiteOverAllocation", "a", "collector", "prometheus")
+    await post("FleetOverAllocation", "", "collector", "prometheus-central", "prometheus")
+    await post("SiteOverAllocation", "b", "prometheus-central", "prometheus")  # no collector copy of this one
+    want = {("SiteOverAllocation", "a"): {"collector": "active", "prometheus": "suppressed"},
+            ("FleetOverAllocation", ""): {"collector": "active", "prometheus-central": "suppressed",
+                                          "prometheus": "suppressed"},
+            ("SiteOverAllocation", "b"): {"prometheus-central": "active", "prometheus": "suppressed"}}
+
+    async def settled() -> bool:
+        return all([await am_copies(http, am, name, site) == copies for (name, site), copies in want.items()])
+
+    await wait_until(settled, 10, "Alertmanager to keep exactly one active copy of each incident")
