@@ -319,10 +319,9 @@ class Fleet:
             elif miner.fault is not None:
                 site["faults"][miner.fault.kind] += 1
             if not miner.hashing:
-                if miner.rebooting:  # restarting: no hashing, no answer, but the PSU is on
-                    idle = idle_power_w(miner.identity.power)
-                    site["power_w"] += idle
-                    site["power_w_unobserved"] += idle
+                idle = true_draw_w(miner, tick)  # restarting: no hashing, no answer, but the PSU is on
+                site["power_w"] += idle
+                site["power_w_unobserved"] += idle
                 continue
             snap = miner.snapshot(tick)
             site["miners_hashing"] += 1
@@ -347,6 +346,7 @@ class Fleet:
 
     def miner_rows(self) -> list[dict[str, Any]]:
         rows = []
+        tick = self.clock.tick()
         for miner in self.miners:
             ident = miner.identity
             fault = {"kind": "reboot"} if miner.rebooting else (miner.fault.describe() if miner.fault else None)
@@ -357,8 +357,16 @@ class Fleet:
                 "reports_power": miner.firmware.reports_power, "allow_control": ident.allow_control,
                 "joins": ident.joins,
                 "privileged_commands": miner.privileged,
+                "true_power_w": true_draw_w(miner, tick),
             })
         return rows
+
+
+def true_draw_w(miner: Miner, tick: int) -> float:
+    """What `miner` draws at the wall in `tick`: 0 without power, idle while restarting, else its snapshot's."""
+    if miner.hashing:
+        return miner.snapshot(tick).true_power_w
+    return idle_power_w(miner.identity.power) if miner.rebooting else 0.0
 
 
 def finish_truth(site_sums: dict[str, dict[str, Any]], tick: int) -> dict[str, Any]:

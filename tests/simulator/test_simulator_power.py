@@ -114,3 +114,6 @@ async def test_truth_counts_hung_and_restarting_miners_and_not_powered_off_ones(
     assert after["power_w"] == pytest.approx(
         after["power_w_reported_true"] + after["power_w_unmeasured"] + after["power_w_unobserved"], rel=1e-12)
     assert after["miners_hashing"] == before["miners_hashing"] - 2
+    rows = {row["index"]: row["true_power_w"] for row in await sim.backend.miners()}
+    assert (rows[hung.index], rows[cut.index], rows[restarting.index]) == (hung_w, 0.0, idle_w)
+    assert sum(rows.values()) == pytest.approx(after["power_w"], rel=1e-12)
