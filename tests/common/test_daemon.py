@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
@@ -45,6 +46,9 @@ class Case:
     broken: tuple[str, str]  # replace this with that ...
     problem: str  # ... and this is the problem line, after "{path}:"
     listen_keys: tuple[str, str]
+    # An edit that changes a setting made once at start (its key) and one that applies live (what to check).
+    restart_edit: tuple[str, str, str]
+    live_edit: tuple[str, str, Callable[[Any], object], object]
 
 
 AGENT = Case(
@@ -56,6 +60,8 @@ AGENT = Case(
     ("interval_s: 1,", "interval_s: fast,"),
     "6: poll.interval_s: expected a number >= 1, got 'fast'",
     ("http.listen", "http.port"),
+    ("agent_id: a1", "agent_id: a2", "agent_id"),
+    ("interval_s: 1,", "interval_s: 2,", lambda c: (c.agent_id, c.poll.interval_s), ("a1", 2.0)),
 )
 COLLECTOR = Case(
     "collector",
@@ -66,6 +72,9 @@ COLLECTOR = Case(
     ("allocation_mw: 10\n", "allocation_mw: 10MW\n"),
     "4: sites[0].allocation_mw: expected a number > 0, got '10MW'",
     ("listen.address", "listen.port"),
+    ("poll:", "alerting: {resend_interval_s: 30}\npoll:", "alerting"),
+    ("allocation_mw: 10\n", "allocation_mw: 12\n", lambda c: (c.alerting.resend_interval_s, c.sites[0].allocation_w),
+     (60.0, 12e6)),
 )
 CASES = [AGENT, COLLECTOR]
 by_name = pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -163,6 +172,39 @@ def test_listen_forms(text: str, expected: tuple[str | None, int]) -> None:
 def test_listen_refuses(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="expected HOST:PORT"):
         parse_listen(text)
+
+
+class Recorder(daemon.Daemon[Any]):
+    def __init__(self) -> None:
+        super().__init__(web.Application())
+        self.applied: list[Any] = []
+
+    def apply(self, config: Any) -> None:
+        self.applied.append(config)
+
+
+@by_name
+async def test_reload_applies_live_settings_and_keeps_what_needs_a_restart(case: Case, tmp_path: Path) -> None:
+    program = daemon_program(case.name)
+    path = write(tmp_path / "d.yaml", case)
+    running = Recorder()
+    status = daemon.ReloadStatus()
+    reloader = daemon.Reloader(program, program.load(str(path)), Overrides(), status, running, clock=lambda: 123.0)
+    old, new, key = case.restart_edit
+    before, after, view, expected = case.live_edit
+    path.write_text(path.read_text().replace(old, new).replace(before, after))
+    with capture_logs() as logs:
+        assert await reloader.reload()
+    [applied] = running.applied
+    assert view(applied) == expected and reloader.current is applied
+    assert (status.successful, status.at_s) == (True, 123.0)
+    assert [(e["event"], e["needs_restart"]) for e in logs] == [("config_reloaded", [key])]
+
+    write(path, case).write_text(path.read_text().replace(*case.broken))
+    with capture_logs() as logs:
+        assert not await reloader.reload()
+    assert running.applied == [applied] and reloader.current is applied and not status.successful
+    assert [(e["event"], e["problems"]) for e in logs] == [("config_reload_failed", [f"{path}:{case.problem}"])]
 
 
 def daemon_program(name: str) -> Any:
