@@ -198,7 +198,7 @@ def _repaired(reading: MinerReading, limits: _Limits,
         return True
 
     changes: dict[str, object] = {}
-    for name, value, span in zip(_SCALARS, _get_scalars(reading), limits.scalars):
+    for name, value, span in zip(_SCALARS, _get_scalars(reading), limits.scalars, strict=True):
         if bad(name, name, value, span):
             changes[name] = None
     if "power_w" in changes:
@@ -206,10 +206,11 @@ def _repaired(reading: MinerReading, limits: _Limits,
     boards = []
     for board in reading.boards:
         # Board fields 1-4 hold the _BOARD values in order (pinned at import).
-        cleared = [bad(name, f"boards[{board.index}].{name}", value, span)
-                   for name, value, span in zip(_BOARD, board[1:], limits.board)]
+        cleared = [bad(name, f"boards[{board.index}].{attribute}", value, span) for name, attribute, value, span
+                   in zip(_BOARD, Board._fields[1:], board[1:], limits.board, strict=True)]
         if any(cleared):
-            board = Board(board.index, *(None if out else value for out, value in zip(cleared, board[1:])))
+            board = Board(board.index, *(None if out else value
+                                         for out, value in zip(cleared, board[1:], strict=True)))
         boards.append(board)
     fans = [fan._replace(rpm=None) if bad("fan_rpm", f"fans[{fan.index}].rpm", fan.rpm, limits.fan) else fan
             for fan in reading.fans]

@@ -24,6 +24,7 @@ from megawatch.agent.poller import Poller
 from megawatch.agent.state import FleetSnapshot, FleetState, MinerState, MinerStatus
 from megawatch.common.daemon import health
 from megawatch.common.logs import get_logger
+from megawatch.common.strictjson import json_response
 
 SUMMARY_VERSION = 1
 # What MinerRenderer writes; prometheus_client's CONTENT_TYPE_LATEST now names version 1.0.0 instead.
@@ -197,7 +198,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def summary(request: web.Request) -> web.Response:
     app = request.app
-    return web.json_response(make_summary(_running_config(app), app[STATE].snapshot, app[WALL_CLOCK]()))
+    return json_response(make_summary(_running_config(app), app[STATE].snapshot, app[WALL_CLOCK]()))
 
 
 def make_summary(config: AgentConfig, snap: FleetSnapshot, now_s: float) -> dict[str, Any]:
@@ -238,7 +239,7 @@ async def miners(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=f"state: expected one of {', '.join(MINER_STATES)}, got {wanted!r}\n")
     snap = request.app[STATE].snapshot
     rows = [_miner_json(m) for m in snap.miners if wanted is None or m.status.value == wanted]
-    return web.json_response({"version": SUMMARY_VERSION, "site": snap.site, "cycle": snap.cycle,
+    return json_response({"version": SUMMARY_VERSION, "site": snap.site, "cycle": snap.cycle,
                               "count": len(rows), "miners": rows})
 
 

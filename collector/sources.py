@@ -65,34 +65,61 @@ def _at(doc: Any, path: tuple[str, ...]) -> Any:
     return doc
 
 
-def parse_summary(doc: Any) -> AgentSummary:
-    """Agent summary JSON -> AgentSummary; raises SummaryError on a wrong shape, SummaryNotReady before data."""
+# An agent's figures past these are no site's: dropped as unknown, like a NaN. The largest mining sites draw
+# about 1 GW; the whole Bitcoin network hashes about 1e21 H/s; one agent polls thousands of miners, not millions.
+MAX_AGENT_W = 2e9
+MAX_AGENT_HS = 1e20
+MAX_AGENT_MINERS = 1_000_000
+_LIMITS = {"power_firmware_w": MAX_AGENT_W, "power_estimate_w": MAX_AGENT_W, "hashrate_hs": MAX_AGENT_HS}
+_POWER = ("power_firmware_w", "power_estimate_w")
+
+
+def parse_summary(doc: Any, rejected: list[str] | None = None) -> AgentSummary:
+    """Agent summary JSON -> AgentSummary; raises SummaryError on a wrong shape, SummaryNotReady before data.
+
+    One bad figure costs that figure, never the agent: a field that breaks the contract (a string for a
+    number, a negative, NaN or Infinity - which Python's json accepts -, more watts than any site
+    draws) is read as unknown and described in `rejected`. A power figure dropped so leaves every one of
+    the agent's miners counted as of unknown draw, since which of them lied is not known.
+    """
     if not isinstance(doc, dict):
         raise SummaryError(f"expected a JSON object, got {type(doc).__name__}")
     version = doc.get("version")
     if version != SUMMARY_VERSION:
         raise SummaryError(f"unsupported summary version {version!r} (this collector reads {SUMMARY_VERSION})")
+    problems = rejected if rejected is not None else []
     values: dict[str, Any] = {}
+    dropped: set[str] = set()
     for name, path in SUMMARY_FIELDS.items():
-        raw = _at(doc, path)
-        if raw is None:
-            values[name] = None
-        elif name in _TEXT:
-            if not isinstance(raw, str):
-                raise SummaryError(f"{'.'.join(path)}: expected a string, got {raw!r}")
-            values[name] = raw
-        elif isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw < 0:
-            raise SummaryError(f"{'.'.join(path)}: expected a number >= 0 or null, got {raw!r}")
-        elif name in _COUNTS:
-            if raw != int(raw):
-                raise SummaryError(f"{'.'.join(path)}: expected a whole count, got {raw!r}")
-            values[name] = int(raw)
-        else:
-            values[name] = float(raw)
+        value, problem = _field(name, _at(doc, path))
+        if problem is not None:
+            problems.append(f"{'.'.join(path)}: {problem}")
+            dropped.add(name)
+        values[name] = value
+    if dropped.intersection(_POWER) and values["miners_total"] is not None:
+        values["miners_power_unknown"] = values["miners_total"]
     summary = AgentSummary(**values)
     if summary.cycle_ts is None and summary.power_w is None and summary.hashrate_hs is None:
         raise SummaryNotReady("no poll cycle finished yet")
     return summary
+
+
+def _field(name: str, raw: Any) -> tuple[Any, str | None]:
+    """(value, None) for a good field or null; (None, what is wrong) for a bad one."""
+    if raw is None:
+        return None, None
+    if name in _TEXT:
+        return (raw, None) if isinstance(raw, str) else (None, f"expected a string, got {raw!r:.40}: dropped")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw) or raw < 0:
+        return None, f"expected a number >= 0 or null, got {raw!r:.40}: dropped as unknown"
+    if name in _COUNTS:
+        if raw != int(raw) or raw > MAX_AGENT_MINERS:
+            return None, f"expected a whole count up to {MAX_AGENT_MINERS}, got {raw!r:.40}: dropped as unknown"
+        return int(raw), None
+    limit = _LIMITS.get(name)
+    if limit is not None and raw > limit:
+        return None, f"{raw:.6g} is more than any site gives (at most {limit:.6g}): dropped as unknown"
+    return float(raw), None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +162,7 @@ class AgentReader:
         self.max_bytes = max_bytes
         self._slots = asyncio.Semaphore(concurrency)
         self._failing_since: dict[str, float] = {}  # agent URL -> clock time its fetches started failing
+        self._rejected: dict[str, tuple[str, ...]] = {}  # agent URL -> fields its last summary broke
         self._log = get_logger()
 
     async def fetch_summary(self, url: str) -> AgentSummary:
@@ -154,10 +182,14 @@ class AgentReader:
         if len(body) > self.max_bytes:
             raise SummaryError(f"reply larger than {self.max_bytes} bytes")
         try:
-            doc = json.loads(body)
+            doc = json.loads(body)  # tolerant of NaN/Infinity on purpose: parse_summary drops that field only
         except (ValueError, UnicodeDecodeError) as exc:
             raise SummaryError(f"reply is not JSON: {exc}") from None
-        return parse_summary(doc)
+        rejected: list[str] = []
+        try:
+            return parse_summary(doc, rejected)
+        finally:
+            self._note_rejected(url, tuple(rejected))
 
     async def _fetch_one(self, url: str) -> FetchResult:
         async with self._slots:  # the deadline starts once this agent's turn has come
@@ -186,6 +218,17 @@ class AgentReader:
         elif error is None and since is not None:
             del self._failing_since[url]
             self._log.info("agent_fetch_recovered", url=public_url(url), failing_for_s=round(at - since, 3))
+
+    def _note_rejected(self, url: str, rejected: tuple[str, ...]) -> None:
+        """Log when the set of fields an agent's summaries break changes (the rest of its data is used)."""
+        if rejected == self._rejected.get(url, ()):
+            return
+        if rejected:
+            self._rejected[url] = rejected
+            self._log.warning("agent_fields_rejected", url=public_url(url), fields=list(rejected))
+        else:
+            del self._rejected[url]
+            self._log.info("agent_fields_accepted", url=public_url(url))
 
     async def fetch_all(self, urls: Sequence[str]) -> list[FetchResult]:
         """Every agent at once; each has its own deadline, so one slow agent costs only its own time."""

@@ -13,6 +13,7 @@ from megawatch.collector.config import Site
 from megawatch.collector.exposition import SiteCollector
 from megawatch.collector.model import Alert, SiteTotals
 from megawatch.collector.service import CollectorService
+from megawatch.common.strictjson import json_response
 from megawatch.common.daemon import health
 
 API_VERSION = 1
@@ -46,7 +47,7 @@ async def sites(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     fleet = svc.fleet
     if fleet is None:
-        return web.json_response({"version": API_VERSION, "at": None, "fleet": None, "sites": []}, status=503)
+        return json_response({"version": API_VERSION, "at": None, "fleet": None, "sites": []}, status=503)
     body = {
         "version": API_VERSION,
         "at": fleet.at,
@@ -54,12 +55,12 @@ async def sites(request: web.Request) -> web.Response:
                   **dataclasses.asdict(fleet.draw)},
         "sites": [site_json(t, svc.config.site(t.site_id)) for t in fleet.sites],
     }
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def alerts(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
-    return web.json_response({
+    return json_response({
         "version": API_VERSION,
         "active": [alert_json(a) for a in svc.evaluation.active],
         "resolved": [alert_json(a) for a in svc.engine.resolved],

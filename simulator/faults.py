@@ -9,18 +9,19 @@ uptime and share counters reset.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 WIRE_FAULTS: tuple[str, ...] = (
     "offline", "hang", "slow", "drip", "malformed", "truncated", "reset", "oversize", "garbage", "empty",
-    "reboot", "quirky",
+    "reboot", "quirky", "lie",
 )
 BEHAVIOUR_FAULTS: tuple[str, ...] = ("overheat", "hashrate_drop", "power_surge")
 # Wire faults after which a client cannot read the reply. `slow` is not one: its reply is complete and
 # correct, only late, so the ground truth counts it as serving (an agent whose deadline is shorter than
 # delay_s will miss it: that is the agent's choice, not the miner's state).
-HIDING_FAULTS: frozenset[str] = frozenset(WIRE_FAULTS) - {"slow", "quirky"}
+HIDING_FAULTS: frozenset[str] = frozenset(WIRE_FAULTS) - {"slow", "quirky", "lie"}
 FAULT_KINDS: tuple[str, ...] = WIRE_FAULTS + BEHAVIOUR_FAULTS
 
 # Parameters each kind takes, with defaults (all optional in YAML and in the control API).
@@ -32,6 +33,9 @@ PARAMETERS: dict[str, dict[str, float]] = {
     "hashrate_drop": {"drop": 0.5},  # share of the hashrate lost (a dead board ~0.33)
     "power_surge": {"factor": 1.3},
     "hang": {"max_s": 600.0},
+    # The power figure the reply states instead of the true one; duplicate 1 keeps the true figure and
+    # repeats the key with the lie after it (`"Power":3300,"Power":1e+308`).
+    "lie": {"power_w": 1e308, "duplicate": 0.0},
 }
 LIMITS: dict[str, tuple[float, float]] = {
     "delay_s": (0.0, 600.0),
@@ -41,6 +45,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "drop": (0.0, 1.0),
     "factor": (1.0, 10.0),
     "max_s": (1.0, 86400.0),
+    "power_w": (-1e308, 1e308),  # any finite figure: the lie is the point
+    "duplicate": (0.0, 1.0),
 }
 
 
@@ -54,6 +60,8 @@ class Fault:
     drop: float = 0.5
     factor: float = 1.3
     max_s: float = 600.0
+    power_w: float = 1e308
+    duplicate: float = 0.0
 
     @property
     def on_wire(self) -> bool:
@@ -151,3 +159,25 @@ def oversize(body: bytes, size_bytes: int) -> bytes:
         return body + b" " * max(0, size_bytes - len(body))
     pad = max(0, size_bytes - len(body) - 12)
     return body[:-1] + b',"Padding":"' + b"x" * pad + b'"}'
+
+
+# Where each dialect's reply states the miner's draw: btminer summary `Power`, bmminer (Hiveon) `total_power`,
+# bosminer tunerstatus `ApproximateMinerPowerConsumption`, LuxOS `power` -> `Watts`.
+_POWER_KEYS = re.compile(rb'("(?:Power|total_power|ApproximateMinerPowerConsumption|Watts)":\s*)(-?[0-9][0-9.eE+-]*)')
+# Avalon packs it into a string: `WALLPOWER[3300]`.
+_PACKED_POWER = re.compile(rb"(WALLPOWER\[)(-?[0-9][0-9.eE+-]*)(\])")
+
+
+def lie(body: bytes, power_w: float, duplicate: bool) -> bytes:
+    """The reply stating `power_w` as the miner's draw, every place a dialect reads it (the rest untouched).
+
+    With `duplicate`, each JSON key keeps its true figure and is given again with the lie after it: JSON
+    decoders keep the last of two equal keys, so a careless reader takes the lie. Avalon's figure lives
+    inside a string, where there is no key to repeat: it is replaced either way.
+    """
+    figure = repr(float(power_w)).encode()
+    if duplicate:
+        body = _POWER_KEYS.sub(lambda m: m.group(0) + b"," + m.group(1) + figure, body)
+    else:
+        body = _POWER_KEYS.sub(lambda m: m.group(1) + figure, body)
+    return _PACKED_POWER.sub(lambda m: m.group(1) + figure + m.group(3), body)

@@ -217,6 +217,9 @@ class MinerConnection(asyncio.Protocol):
         elif kind == "quirky":
             transport.write(faults.quirk(reply[:-1]) + b"\0")
             transport.close()
+        elif kind == "lie":
+            transport.write(faults.lie(reply[:-1], fault.power_w, fault.duplicate >= 0.5) + b"\0")  # type: ignore[union-attr]
+            transport.close()
         elif kind == "malformed":
             transport.write(faults.malform(reply[:-1]) + b"\0")
             transport.close()

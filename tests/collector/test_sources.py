@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from contextlib import AsyncExitStack
+from dataclasses import replace
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
+from megawatch.collector.config import Alerting, CollectorConfig, Site, Thresholds
+from megawatch.collector.service import CollectorService
 from megawatch.collector.sources import (
+    SUMMARY_FIELDS,
     AgentReader,
     SummaryError,
     SummaryNotReady,
@@ -17,6 +24,7 @@ from megawatch.collector.sources import (
     page_hint,
     parse_summary,
 )
+from megawatch.collector.web import make_app
 from tests.collector.fakes import FakeAgent, fake_agent
 
 
@@ -30,10 +38,6 @@ def test_parse_summary_reads_base_units_and_keeps_unknown_as_none() -> None:
 @pytest.mark.parametrize(("doc", "message"), [
     ([], "expected a JSON object"),
     ({"version": 2}, "unsupported summary version 2"),
-    ({"version": 1, "totals": {"hashrate_hs": "fast"}}, "totals.hashrate_hs: expected a number >= 0 or null"),
-    ({"version": 1, "totals": {"power_w": {"firmware": -5}}}, "totals.power_w.firmware: expected a number >= 0"),
-    ({"version": 1, "miners": {"up": 1.5}, "totals": {"hashrate_hs": 1}}, "miners.up: expected a whole count"),
-    ({"version": 1, "totals": {"hashrate_hs": True}}, "expected a number"),
 ])
 def test_parse_summary_rejects_what_it_cannot_trust(doc: object, message: str) -> None:
     with pytest.raises(SummaryError, match=message.replace("(", r"\(")):
@@ -154,3 +158,118 @@ def test_page_hint_only_for_the_agents_own_pages() -> None:
     assert page_hint("https://proxy.example/site-a/metrics").startswith(
         "the agent URL ends in /metrics: list the agent's base URL (https://proxy.example/site-a)")
     assert page_hint("http://127.0.0.1:9540") == page_hint("https://proxy.example/site-a") == ""
+
+
+# ---- A bad field costs that field, never the agent ----
+
+def _good() -> dict:  # type: ignore[type-arg]
+    return FakeAgent(site="a", power_firmware_w=900_000.0, power_estimate_w=100_000.0, hashrate_hs=3e16).summary()
+
+
+@pytest.mark.parametrize(("path", "bad", "message"), [
+    (("totals", "hashrate_hs"), "fast", "totals.hashrate_hs: expected a number >= 0 or null"),
+    (("totals", "hashrate_hs"), True, "totals.hashrate_hs: expected a number"),
+    (("totals", "hashrate_hs"), float("inf"), "totals.hashrate_hs: expected a number"),
+    (("totals", "hashrate_hs"), 1e25, "totals.hashrate_hs: 1e+25 is more than any site gives"),
+    (("totals", "power_w", "firmware"), -5, "totals.power_w.firmware: expected a number >= 0"),
+    (("totals", "power_w", "firmware"), float("nan"), "totals.power_w.firmware: expected a number"),
+    (("totals", "power_w", "estimate"), float("inf"), "totals.power_w.estimate: expected a number"),
+    (("totals", "power_w", "firmware"), 1e308, "totals.power_w.firmware: 1e+308 is more than any site gives"),
+    (("totals", "power_w", "firmware"), 9e9, "totals.power_w.firmware: 9e+09 is more than any site gives"),
+    (("miners", "up"), 1.5, "miners.up: expected a whole count"),
+    (("miners", "down"), 1e12, "miners.down: expected a whole count up to 1000000"),
+    (("agent",), 42, "agent: expected a string"),
+])
+def test_a_bad_field_is_dropped_and_named_and_the_rest_is_kept(path: tuple[str, ...], bad: object,
+                                                               message: str) -> None:
+    doc = _good()
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = bad
+    rejected: list[str] = []
+    s = parse_summary(doc, rejected)
+    assert len(rejected) == 1 and rejected[0].startswith(message), rejected
+    assert s.site == "a" and s.miners_total == 100 and s.cycle_ts is not None  # the agent still counts
+    good = parse_summary(_good())
+    for name in ("hashrate_hs", "power_firmware_w", "power_estimate_w", "miners_up", "miners_down", "agent_id"):
+        dropped = ".".join(SUMMARY_FIELDS[name]) == ".".join(path)
+        assert getattr(s, name) == (None if dropped else getattr(good, name)), name
+    if path[:2] == ("totals", "power_w"):
+        # Which miners lied is not known: every one of the agent's miners is of unknown draw now.
+        assert s.miners_power_unknown == s.miners_total
+
+
+async def test_an_agent_reporting_infinity_stays_read_and_its_bad_field_is_logged_once() -> None:
+    agent = FakeAgent("a", power_firmware_w=float("inf"), power_estimate_w=2e6)
+    async with fake_agent(agent) as served, aiohttp.ClientSession() as session:
+        reader = AgentReader(session, timeout_s=1, clock=time.monotonic)
+        with capture_logs() as logs:
+            (first,) = await reader.fetch_all([served.url])
+            (second,) = await reader.fetch_all([served.url])
+            agent.power_firmware_w = 1e6
+            (third,) = await reader.fetch_all([served.url])
+    # Python's json reads `Infinity`; the field is dropped, the agent is not.
+    assert first.error is None and first.summary is not None
+    assert first.summary.power_firmware_w is None and first.summary.power_estimate_w == 2e6
+    assert first.summary.miners_up == 100 and second.summary is not None
+    assert third.summary is not None and third.summary.power_firmware_w == 1e6
+    events = [(e["event"], e.get("fields")) for e in logs if e["event"].startswith("agent_fields")]
+    assert events == [("agent_fields_rejected", [
+        "totals.power_w.firmware: expected a number >= 0 or null, got inf: dropped as unknown"]),
+        ("agent_fields_accepted", None)]
+
+
+def _doc(**totals: object) -> dict[str, object]:
+    base: dict[str, object] = {"hashrate_hs": 1e15, "power_w": {"firmware": 60_000.0, "estimate": 0.0},
+                               "power_unknown_miners": 5}
+    return {"version": 1, "agent": "a", "site": "s", "cycle": {"finished_s": 100.0}, "staleness": {"age_s": 1.0},
+            "totals": base | totals, "miners": {"configured": 20, "up": 15, "down": 5, "stale": 0}}
+
+
+def test_the_allowance_is_read_and_an_older_agent_gets_one_at_the_default() -> None:
+    s = parse_summary(_doc(power_allowance_w=20_900.0, power_upper_bound_w=80_900.0,
+                           allowance_miners={"last_known": 5, "nameplate": 0, "default": 0}))
+    assert s.power_allowance_w == 20_900.0 and s.upper_bound_w == 80_900.0 and s.allowance_last_known == 5
+    older = parse_summary(_doc())  # no allowance keys: 5 unknown miners at 3500 W each, never 0 W
+    assert older.power_allowance_w == 5 * 3500.0 and older.allowance_default == 5
+
+
+def test_a_power_figure_that_lies_leaves_every_miner_allowed_for() -> None:
+    s = parse_summary(_doc(power_w={"firmware": 9e15, "estimate": 0.0}, power_allowance_w=20_900.0))
+    assert s.power_firmware_w is None and s.miners_power_unknown == 20
+    assert s.power_allowance_w == 20 * 3500.0 and s.allowance_default == 20 and s.allowance_last_known is None
+
+
+def _strict_json(text: str) -> object:
+    def refuse(name: str) -> object:
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+async def test_an_agent_stating_infinity_keeps_its_site_and_every_collector_api_stays_json() -> None:
+    # Two agents of one site: one healthy, one whose power is Infinity (what two miners at 1e308 W made an
+    # older agent serve). The site keeps both agents' miners and the healthy agent's watts; nothing is NaN.
+    async with (fake_agent(FakeAgent("a", power_firmware_w=3e6, power_estimate_w=0.0)) as healthy,
+                fake_agent(FakeAgent("a", agent="liar", power_firmware_w=float("inf"))) as liar,
+                aiohttp.ClientSession() as session):
+        config = CollectorConfig(
+            path="t.yaml", fleet_name="f", fleet_allocation_w=20e6, allow_oversubscription=False,
+            sites=(Site("a", "Site A", 10e6, 1.0, 0.0, (healthy.url, liar.url)),),
+            thresholds=Thresholds(), alerting=Alerting(alertmanager_urls=()), poll_interval_s=5, poll_timeout_s=1)
+        service = CollectorService(config, session, "http://127.0.0.1:9300/api/v1/alerts")
+        fleet = await service.poll_once()
+        (site,) = fleet.sites
+        assert site.status.value != "no_data" and all(a.up and a.has_data for a in site.agents)
+        assert site.draw.miners_up == 200 and site.draw.power_firmware_w == 3e6
+        assert site.draw.miners_power_unknown == 100  # the liar's miners: draw unknown, never 0 W
+        async with TestClient(TestServer(make_app(service))) as client:
+            for path in ("/api/v1/sites", "/api/v1/alerts"):
+                resp = await client.get(path)
+                assert resp.status == 200 and resp.content_type == "application/json"
+                _strict_json(await resp.text())
+            # Were a non-finite figure ever to reach the totals, the API writes null, not NaN.
+            service.fleet = replace(fleet, draw=replace(fleet.draw, utilisation_ratio=math.nan,
+                                                        headroom_w=-math.inf))
+            body = _strict_json(await (await client.get("/api/v1/sites")).text())
+            assert body["fleet"]["utilisation_ratio"] is None and body["fleet"]["headroom_w"] is None  # type: ignore[index]
