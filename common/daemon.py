@@ -172,10 +172,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> N
                            "file:line: key: problem on stderr and exit 2")
 
 
-def add_log_arguments(parser: argparse.ArgumentParser, where: str = "log.format/log.level in the config") -> None:
-    parser.add_argument("--log-format", choices=FORMATS,
-                        help=f"override {where} (auto: console on a terminal, else JSON lines)")
-    parser.add_argument("--log-level", choices=LEVELS, help=f"override {where}")
+def add_log_arguments(parser: argparse.ArgumentParser, in_config: bool = True) -> None:
+    """--log-format and --log-level: over the config's log: section, or (in_config False) over auto and info."""
+    auto = "auto: console on a terminal, else JSON lines"
+    fmt, level = ((f"instead of log.format in the config ({auto})", "instead of log.level in the config")
+                  if in_config else (f"default {auto}", "default info"))
+    parser.add_argument("--log-format", choices=FORMATS, help=fmt)
+    parser.add_argument("--log-level", choices=LEVELS, help=level)
 
 
 def add_arguments(parser: argparse.ArgumentParser, program: Program[Any]) -> None:

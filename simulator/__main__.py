@@ -21,7 +21,7 @@ from megawatch.simulator.config import FleetConfig, load_fleet_config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     daemon.add_config_arguments(parser, "fleet file (configs/sim/*.yaml)")
-    daemon.add_log_arguments(parser, where="the default (auto, info)")
+    daemon.add_log_arguments(parser, in_config=False)
 
 
 def run(args: argparse.Namespace) -> int:
