@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from megawatch.common.configfile import ConfigError, ConfigProblem
 from megawatch.common.logs import FORMATS, LEVELS, configure_logging, get_logger
+from megawatch.common.strictjson import json_response
 from megawatch.common.webconfig import WebConfig, load_web_config, protect
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -103,7 +104,7 @@ class ReloadCollector(Collector):
 def health(problem: str | None, **facts: object) -> web.Response:
     """/healthz for every daemon: 200 {"status": "ok", ...} or 503 {"status": "failing", ..., "problem": why}."""
     body = {"status": "ok" if problem is None else "failing", **facts, "problem": problem}
-    return web.json_response(body, status=200 if problem is None else 503)
+    return json_response(body, status=200 if problem is None else 503)
 
 
 class Daemon(Generic[C]):
