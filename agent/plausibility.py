@@ -209,8 +209,8 @@ def _repaired(reading: MinerReading, limits: _Limits,
         cleared = [bad(name, f"boards[{board.index}].{attribute}", value, span) for name, attribute, value, span
                    in zip(_BOARD, Board._fields[1:], board[1:], limits.board, strict=True)]
         if any(cleared):
-            board = Board(board.index, *(None if out else value
-                                         for out, value in zip(cleared, board[1:], strict=True)))
+            kept = [None if out else value for out, value in zip(cleared, board[1:], strict=True)]
+            board = Board(board.index, *kept)  # type: ignore[arg-type]  # same types, position by position
         boards.append(board)
     fans = [fan._replace(rpm=None) if bad("fan_rpm", f"fans[{fan.index}].rpm", fan.rpm, limits.fan) else fan
             for fan in reading.fans]

@@ -6,8 +6,8 @@ stdlib on a 5 KB stats reply - a fifth of a poll's CPU, measured); whatever orjs
 tolerant path: the stdlib decoder (control characters in strings, trailing garbage, invalid UTF-8,
 integers past 64 bits) and, only when that fails too, the named repairs below, each on tokens outside
 JSON strings (a value such as the S9k's `"chain_xtime3":"{X6=1}"` is never touched), except
-`_repair_invalid_escapes`, whose target lives inside strings by nature. Bare `NaN`/`Infinity`, which Python's json would turn into floats, decode as
-None: unknown is never a number (see docs/protocol.md).
+`_repair_invalid_escapes`, whose target lives inside strings by nature. Bare `NaN`/`Infinity`, which
+Python's json would turn into floats, decode as None: unknown is never a number (see docs/protocol.md).
 
 Duplicate keys: JSON decoders keep the last of `"Power":3300,"Power":9000000000` silently, which would let
 a lying or broken reply pick the figure. The rule here: a key repeated with one value (the Whatsminer M3's
@@ -124,6 +124,7 @@ def decode_reply(raw: bytes) -> dict[str, Any]:
     if "NaN" in text or "Infinity" in text or not _every_key_kept(text.encode(), obj):
         # Rare: decode once more, seeing every key and constant (the text decoded before, so it does again).
         obj = _checking_decoder(notes).raw_decode(text)[0]
+    assert type(obj) is dict  # the same text decoded to an object just before
     if notes:
         obj[NOTES] = tuple(notes.values())
     return obj

@@ -88,7 +88,7 @@ SETTERS: dict[str, tuple[Setter, str]] = {
     "boards[1].chip_temp_c": (lambda v: {"boards": (Board(0, 70.0), Board(1, v), Board(2, 71.0))}, "chip_temp_c"),
     "boards[0].board_temp_c": (lambda v: {"boards": (Board(0, 70.0, v),)}, "board_temp_c"),
     "boards[2].hashrate_hs": (lambda v: {"boards": (Board(2, 70.0, 60.0, v),)}, "board_hashrate_hs"),
-    "boards[0].chips": (lambda v: {"boards": (Board(0, chips=v),)}, "chips"),  # type: ignore[arg-type]
+    "boards[0].chips": (lambda v: {"boards": (Board(0, chips=v),)}, "chips"),
     "fans[3].rpm": (lambda v: {"fans": (Fan(0, 5000.0), Fan(3, v))}, "fan_rpm"),
 }
 LIES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "1e308": 1e308, "negative": -1000.0}
@@ -349,7 +349,7 @@ async def test_two_miners_stating_absurd_power_leave_twenty_counted(tmp_path: Pa
         assert reading is not None and reading.power_source is not PowerSource.FIRMWARE
         assert reading.problems and ("implausible" in reading.problems[0] or "given 2 times" in reading.problems[0])
     # The liars' draw is estimated from their hashrate, the 20 others are measured: the site is real watts.
-    honest_w = sum(by_name[m.address].reading.power_w for m in honest)  # type: ignore[union-attr,misc]
+    honest_w = sum(by_name[m.address].reading.power_w or 0.0 for m in honest)  # type: ignore[union-attr]
     assert t.power_firmware_w == pytest.approx(honest_w) and 0 < t.power_estimate_w < 2 * 20_000
     assert t.power_w == pytest.approx(truth["power_w"], rel=0.05)
     counted = "duplicate_key" if duplicate else "power_w"
