@@ -67,6 +67,17 @@ class ExpositionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountingSettings:
+    """What a miner whose draw is not known now is allowed for (docs/accounting.md); never 0 W."""
+
+    # A miner that stops answering keeps its last known draw this long (a hung API does not stop the hashing),
+    # then the larger of its model's nameplate and that draw.
+    last_known_horizon_s: float = 3600.0
+    # A miner never read, or read without a power figure and with no model in the table: a large miner's draw.
+    unknown_miner_w: float = 3500.0
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     site: str
     agent_id: str
@@ -81,6 +92,7 @@ class AgentConfig:
     control_enabled: bool = False  # passed to the client's allow_control; read-only unless set
     path: str = ""
     web: WebConfig | None = None  # TLS and basic auth for every endpoint (web_config_file)
+    accounting: AccountingSettings = AccountingSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +117,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     poll = _load_poll(top.section("poll"))
     http = _load_http(top.section("http"))
     exposition = _load_exposition(top.section("exposition"))
+    accounting = _load_accounting(top.section("accounting"))
     # A relative models_file is read from beside the agent config, wherever the agent is started from.
     models_path = Path(path).parent / top.string("models_file", str(DEFAULT_MODELS_PATH))
     log_format, log_level = load_log_settings(top.section("log"))
@@ -143,6 +156,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         control_enabled=control_enabled,
         path=str(path),
         web=web,
+        accounting=accounting,
     )
 
 
@@ -185,6 +199,17 @@ def _load_exposition(sec: Section) -> ExpositionSettings:
     settings = ExpositionSettings(
         board_temperatures=sec.boolean("board_temperatures", d.board_temperatures),
         all_pools=sec.boolean("all_pools", d.all_pools),
+    )
+    sec.done()
+    return settings
+
+
+def _load_accounting(sec: Section) -> AccountingSettings:
+    d = AccountingSettings()
+    settings = AccountingSettings(
+        last_known_horizon_s=sec.number("last_known_horizon_s", d.last_known_horizon_s, minimum=0),
+        # 0 W would count a miner nobody can see as drawing nothing: the very optimism this setting prevents.
+        unknown_miner_w=sec.number("unknown_miner_w", d.unknown_miner_w, exclusive_minimum=0),
     )
     sec.done()
     return settings

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from megawatch.agent.config import ExpositionSettings
 from megawatch.agent.model import MinerReading
 from megawatch.agent.plausibility import FIELDS
-from megawatch.agent.state import OUTCOMES, FleetSnapshot, FleetState, MinerState, MinerStatus
+from megawatch.agent.state import ALLOWANCE_BASES, OUTCOMES, FleetSnapshot, FleetState, MinerState, MinerStatus
 
 PREFIX = "megawatch_"
 Sample = tuple[tuple[str, ...], float]  # extra label values (after site, miner), value
@@ -353,9 +353,18 @@ class FleetCollector(Collector):
         hashrate = gauge("site_hashrate_hashes_per_second",
                          "Site hashrate summed over miners up or stale, in hashes per second.")
         power = gauge("site_power_watts",
-                      "Site power summed over miners whose draw is known, by source, in watts.", ("source",))
+                      "Site power measured: miners with a fresh reading, by source (firmware or estimate), in watts.",
+                      ("source",))
+        allowance = gauge("site_power_allowance_watts",
+                          "Site power allowed for miners whose draw is not measured now (last known draw, "
+                          "nameplate or the configured default; never 0), in watts.")
+        upper = gauge("site_power_upper_bound_watts",
+                      "Site power measured plus allowance: the most the site's miners may be drawing, in watts.")
+        allowed = gauge("site_power_allowance_miners",
+                        "Miners counted in the allowance by basis (last_known, nameplate, default), a count of miners.",
+                        ("basis",))
         unknown = gauge("site_power_unknown_miners",
-                        "Miners whose power draw in watts is unknown and so missing from the site total (a count).")
+                        "Miners whose draw is not measured now and is counted in the allowance (a count).")
         miners = gauge("site_miners", "Configured miners by state (up, down or stale), a count of miners.",
                        ("state",))
         configured = gauge("site_miners_configured", "Miners in the agent's config, a count of miners.")
@@ -378,6 +387,10 @@ class FleetCollector(Collector):
                 hashrate.add_metric([site], t.hashrate_hs)
                 power.add_metric([site, "firmware"], t.power_firmware_w)
                 power.add_metric([site, "estimate"], t.power_estimate_w)
+                allowance.add_metric([site], t.power_allowance_w)
+                upper.add_metric([site], t.power_upper_bound_w)
+                for basis in ALLOWANCE_BASES:
+                    allowed.add_metric([site, basis.value], t.allowance_miners.get(basis.value, 0))
                 miners.add_metric([site, "up"], t.up)
                 miners.add_metric([site, "down"], t.down)
                 miners.add_metric([site, "stale"], t.stale)
@@ -393,6 +406,6 @@ class FleetCollector(Collector):
                 polls.add_metric([site, outcome], c.polls.get(outcome, 0))
             for name in FIELDS:  # every field from the start, so rate() sees the first one
                 implausible.add_metric([site, name], c.implausible.get(name, 0))
-        yield from (hashrate, power, unknown, miners, configured, duration, last, cycles, overruns, polls,
-                    implausible)
+        yield from (hashrate, power, allowance, upper, allowed, unknown, miners, configured, duration, last, cycles,
+                    overruns, polls, implausible)
 

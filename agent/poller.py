@@ -179,7 +179,8 @@ class Poller:
             finished_s=finished_s,
             duration_s=duration,
             miners=miners,
-            totals=summarise(miners, len(self._tracks)),
+            totals=summarise(miners, len(self._tracks), finished_s, self._config.accounting,
+                             self._config.models),
             counters=AgentCounters(self._cycles, self._overruns, MappingProxyType(dict(self._polls)),
                                    MappingProxyType(dict(self._implausible))),
         )

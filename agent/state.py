@@ -7,13 +7,15 @@ assignment, so readers (exposition, the JSON API) always see one cycle's reading
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
-from megawatch.agent.config import MinerTarget
+from megawatch.agent.config import AccountingSettings, MinerTarget
 from megawatch.agent.model import MinerReading, PowerSource
+from megawatch.agent.modeltable import ModelTable
 from megawatch.agent.protocol.errors import ErrorKind
 
 OK = "ok"
@@ -22,8 +24,22 @@ OUTCOMES: tuple[str, ...] = (OK, *(kind.value for kind in ErrorKind))
 
 class MinerStatus(StrEnum):
     UP = "up"  # the last poll succeeded
-    STALE = "stale"  # the last poll failed; the last reading is younger than the grace period and still counted
-    DOWN = "down"  # failed, and no reading or one older than the grace period: power and hashrate unknown
+    # The last poll failed; the last reading is younger than the grace period: its hashrate still counts, its
+    # power is allowance (last_known), not measured.
+    STALE = "stale"
+    DOWN = "down"  # failed, and no reading or one older than the grace period: hashrate unknown, power allowance
+
+
+class AllowanceBasis(StrEnum):
+    """Why a miner whose draw is not known now is counted at the figure it is (docs/accounting.md)."""
+
+    LAST_KNOWN = "last_known"  # its last fresh draw, within accounting.last_known_horizon_s
+    NAMEPLATE = "nameplate"  # the larger of its model's nominal power and its last known draw
+    DEFAULT = "default"  # no model to go by: the larger of accounting.unknown_miner_w and its last known draw
+
+
+ALLOWANCE_BASES: tuple[AllowanceBasis, ...] = tuple(AllowanceBasis)
+DEFAULT_ACCOUNTING = AccountingSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,27 +86,64 @@ def classify(
     return MinerStatus.DOWN, None
 
 
+def allowance(m: MinerState, now_s: float, settings: AccountingSettings,
+              models: ModelTable | None) -> tuple[float, AllowanceBasis] | None:
+    """What a miner whose draw is not measured now is counted at, and why; None when it is measured.
+
+    Measured means a fresh reading (the last poll succeeded) with a power figure. Anything else is never
+    0 W and never less than the last draw we saw.
+    """
+    reading = m.reading
+    if m.status is MinerStatus.UP and reading is not None and reading.power_w is not None:
+        return None
+    last = reading.power_w if reading is not None else None
+    if last is not None and m.last_success_s is not None \
+            and now_s - m.last_success_s <= settings.last_known_horizon_s:
+        return last, AllowanceBasis.LAST_KNOWN
+    # The hint in the config wins (it overrides the reported model in readings too); a miner never read has no other.
+    spec = models.lookup(m.target.model or (reading.model if reading is not None else None)) if models else None
+    if spec is not None:
+        return max(spec.nominal_power_w, last or 0.0), AllowanceBasis.NAMEPLATE
+    return max(settings.unknown_miner_w, last or 0.0), AllowanceBasis.DEFAULT
+
+
 @dataclass(frozen=True, slots=True)
 class SiteTotals:
-    """Sums over the miners whose reading still counts (up and stale). W and H/s."""
+    """A site's figures after one cycle. W and H/s.
+
+    Power is in three figures: measured (fresh readings, by source), allowance (miners whose draw is not
+    known now, see `allowance`) and their sum, the upper bound: what the site may be drawing at most as far
+    as anyone can tell. Hashrate sums the miners whose reading still counts (up and stale).
+    """
 
     configured: int
     up: int
     stale: int
     down: int
     hashrate_hs: float
-    power_firmware_w: float
-    power_estimate_w: float
-    power_unknown_miners: int  # counting down miners: their draw is not known, not 0
+    power_firmware_w: float  # measured, reported by the miners
+    power_estimate_w: float  # measured: a fresh hashrate x the model's J/TH
+    power_unknown_miners: int  # miners counted in the allowance, not measured
+    power_allowance_w: float = 0.0
+    allowance_miners: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType(dict.fromkeys(ALLOWANCE_BASES, 0)))  # by AllowanceBasis value
 
     @property
     def power_w(self) -> float:
+        """Measured power: fresh readings only."""
         return self.power_firmware_w + self.power_estimate_w
 
+    @property
+    def power_upper_bound_w(self) -> float:
+        return self.power_w + self.power_allowance_w
 
-def summarise(miners: Iterable[MinerState], configured: int) -> SiteTotals:
-    up = stale = down = unknown = 0
-    hashrate = firmware = estimate = 0.0
+
+def summarise(miners: Iterable[MinerState], configured: int, now_s: float = math.inf,
+              settings: AccountingSettings = DEFAULT_ACCOUNTING, models: ModelTable | None = None) -> SiteTotals:
+    """The site's totals at `now_s` (wall clock); without a time every last known draw is past its horizon."""
+    up = stale = down = 0
+    hashrate = firmware = estimate = allowed = 0.0
+    bases = dict.fromkeys(ALLOWANCE_BASES, 0)
     for m in miners:
         if m.status is MinerStatus.UP:
             up += 1
@@ -101,15 +154,20 @@ def summarise(miners: Iterable[MinerState], configured: int) -> SiteTotals:
         current = m.current
         if current is not None and current.hashrate_hs is not None:
             hashrate += current.hashrate_hs
-        if current is None or current.power_w is None:
-            unknown += 1
-        elif current.power_source is PowerSource.FIRMWARE:
-            firmware += current.power_w
-        else:
-            estimate += current.power_w
-    # Miners not in the snapshot yet (before their first poll) are unknown too, never 0 W.
-    unknown += max(0, configured - (up + stale + down))
-    return SiteTotals(configured, up, stale, down, hashrate, firmware, estimate, unknown)
+        allowed_for = allowance(m, now_s, settings, models)
+        if allowed_for is not None:
+            allowed += allowed_for[0]
+            bases[allowed_for[1]] += 1
+        elif current is not None and current.power_source is PowerSource.FIRMWARE:
+            firmware += current.power_w or 0.0  # measured: allowance() returned None only with a figure
+        elif current is not None:
+            estimate += current.power_w or 0.0
+    # Miners not in the snapshot yet (before their first poll) are never 0 W either: the default each.
+    unseen = max(0, configured - (up + stale + down))
+    allowed += unseen * settings.unknown_miner_w
+    bases[AllowanceBasis.DEFAULT] += unseen
+    return SiteTotals(configured, up, stale, down, hashrate, firmware, estimate, sum(bases.values()), allowed,
+                      MappingProxyType({b.value: n for b, n in bases.items()}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +194,9 @@ class FleetSnapshot:
     counters: AgentCounters
 
     @classmethod
-    def empty(cls, site: str, configured: int) -> FleetSnapshot:
-        return cls(site, 0, None, None, None, (), summarise((), configured), AgentCounters())
+    def empty(cls, site: str, configured: int,
+              settings: AccountingSettings = DEFAULT_ACCOUNTING) -> FleetSnapshot:
+        return cls(site, 0, None, None, None, (), summarise((), configured, settings=settings), AgentCounters())
 
 
 class FleetState:

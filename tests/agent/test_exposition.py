@@ -72,7 +72,7 @@ def fixed_snapshot() -> FleetSnapshot:
            dialect="cgminer"),
     )
     polls = dict.fromkeys(OUTCOMES, 0) | {"ok": 40, "timeout": 2, "unreachable": 40, "empty": 1}
-    return FleetSnapshot("karachi-1", 7, T0 - 1.5, T0, 1.5, miners, summarise(miners, 7),
+    return FleetSnapshot("karachi-1", 7, T0 - 1.5, T0, 1.5, miners, summarise(miners, 7, T0),
                          AgentCounters(7, 1, MappingProxyType(polls)))
 
 

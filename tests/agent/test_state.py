@@ -6,14 +6,17 @@ import asyncio
 
 import pytest
 
-from megawatch.agent.config import MinerTarget
+from megawatch.agent.config import AccountingSettings, MinerTarget
 from megawatch.agent.model import MinerReading, PowerSource
+from megawatch.agent.modeltable import load_model_table
 from megawatch.agent.protocol.errors import ErrorKind
 from megawatch.agent.state import (
+    AllowanceBasis,
     FleetSnapshot,
     FleetState,
     MinerState,
     MinerStatus,
+    allowance,
     classify,
     summarise,
 )
@@ -46,22 +49,81 @@ def test_down_miner_has_unknown_power_not_zero() -> None:
     assert stale.power_w == 3300.0
 
 
-def test_totals_count_stale_readings_and_unknown_power() -> None:
+def test_totals_measure_fresh_readings_and_allow_for_the_rest() -> None:
     miners = [
         _state(1, MinerStatus.UP, READING),
         _state(2, MinerStatus.UP, ESTIMATED),
-        _state(3, MinerStatus.STALE, READING),
-        _state(4, MinerStatus.DOWN, READING),  # past grace: its old 3300 W must not count
-        _state(5, MinerStatus.UP, NO_POWER),  # unknown model: hashrate counts, power unknown
+        _state(3, MinerStatus.STALE, READING),  # stale: its 3300 W is allowance, its hashrate still counts
+        _state(4, MinerStatus.DOWN, READING),  # past grace, within the horizon: last known 3300 W
+        _state(5, MinerStatus.UP, NO_POWER),  # unknown model: hashrate counts, power at the default
     ]
-    totals = summarise(miners, configured=7)  # two miners not polled yet
+    totals = summarise(miners, configured=7, now_s=1100.0)  # two miners not polled yet
     assert (totals.up, totals.stale, totals.down, totals.configured) == (3, 1, 1, 7)
     assert totals.hashrate_hs == pytest.approx(88e12 + 95e12 + 88e12 + 1e12)
-    assert totals.power_firmware_w == 6600.0
+    assert totals.power_firmware_w == 3300.0
     assert totals.power_estimate_w == 3277.5
-    assert totals.power_w == 6600.0 + 3277.5
-    # down (1) + no model (1) + never polled (2)
-    assert totals.power_unknown_miners == 4
+    assert totals.power_w == 3300.0 + 3277.5
+    assert totals.power_allowance_w == 3300.0 + 3300.0 + 3 * 3500.0
+    assert totals.power_upper_bound_w == totals.power_w + totals.power_allowance_w
+    # stale + down + no model + never polled (2)
+    assert totals.power_unknown_miners == 5
+    assert dict(totals.allowance_miners) == {"last_known": 2, "nameplate": 0, "default": 3}
+
+
+MODELS = load_model_table()
+S19_NAMEPLATE = MODELS.lookup("S19").nominal_power_w  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("status", "reading", "age_s", "target_model", "expected"), [
+    # Fresh with a figure: measured, no allowance.
+    (MinerStatus.UP, READING, 0.0, None, None),
+    # A hung miner keeps its last draw for the horizon (3600 s by default), however long the stale grace.
+    (MinerStatus.STALE, READING, 30.0, None, (3300.0, AllowanceBasis.LAST_KNOWN)),
+    (MinerStatus.DOWN, READING, 3600.0, None, (3300.0, AllowanceBasis.LAST_KNOWN)),
+    # Past the horizon: the model's nameplate, or the last draw if that was higher (never optimistic).
+    (MinerStatus.DOWN, ESTIMATED, 3601.0, None, (max(S19_NAMEPLATE, 3277.5), AllowanceBasis.NAMEPLATE)),
+    (MinerStatus.DOWN, ESTIMATED._replace(power_w=9000.0), 7200.0, None, (9000.0, AllowanceBasis.NAMEPLATE)),
+    # Past the horizon with no model in the table: the default, or the last draw if higher.
+    (MinerStatus.DOWN, READING._replace(model="Mystery"), 3601.0, None, (3500.0, AllowanceBasis.DEFAULT)),
+    (MinerStatus.DOWN, READING._replace(model="Mystery", power_w=5000.0), 3601.0, None,
+     (5000.0, AllowanceBasis.DEFAULT)),
+    # Never read: the configured model's nameplate, else the default.
+    (MinerStatus.DOWN, None, None, "Antminer S19", (S19_NAMEPLATE, AllowanceBasis.NAMEPLATE)),
+    (MinerStatus.DOWN, None, None, None, (3500.0, AllowanceBasis.DEFAULT)),
+    # Answers, but its power is unknown (no model, or hashing nothing): never 0 W.
+    (MinerStatus.UP, NO_POWER, 0.0, None, (3500.0, AllowanceBasis.DEFAULT)),
+    (MinerStatus.UP, ESTIMATED._replace(power_w=None, hashrate_hs=0.0), 0.0, None,
+     (S19_NAMEPLATE, AllowanceBasis.NAMEPLATE)),
+])
+def test_allowance_for_a_miner_whose_draw_is_not_known_now(
+        status: MinerStatus, reading: MinerReading | None, age_s: float | None, target_model: str | None,
+        expected: tuple[float, AllowanceBasis] | None) -> None:
+    last = None if age_s is None else 1000.0
+    m = MinerState(MinerTarget("127.1.0.1", model=target_model), status, reading, last_success_s=last)
+    got = allowance(m, 1000.0 + (age_s or 0.0), AccountingSettings(), MODELS)
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None and got[1] is expected[1] and got[0] == pytest.approx(expected[0])
+
+
+def test_allowance_follows_the_configured_horizon_and_default() -> None:
+    settings = AccountingSettings(last_known_horizon_s=120.0, unknown_miner_w=5000.0)
+    hung = MinerState(MinerTarget("127.1.0.1"), MinerStatus.DOWN, READING._replace(model="Mystery"),
+                      last_success_s=1000.0)
+    assert allowance(hung, 1120.0, settings, MODELS) == (3300.0, AllowanceBasis.LAST_KNOWN)
+    assert allowance(hung, 1121.0, settings, MODELS) == (5000.0, AllowanceBasis.DEFAULT)
+    assert summarise((), 3, settings=settings).power_allowance_w == 15000.0
+
+
+def test_a_site_gone_dark_keeps_its_draw_as_allowance() -> None:
+    up = [_state(n, MinerStatus.UP, READING) for n in range(1, 21)]
+    before = summarise(up, 20, now_s=1000.0)
+    hung = [MinerState(m.target, MinerStatus.DOWN, m.reading, last_success_s=1000.0) for m in up]
+    after = summarise(hung, 20, now_s=1300.0)
+    assert before.power_w == 66000.0 and before.power_allowance_w == 0.0
+    assert after.power_w == 0.0 and after.power_allowance_w == 66000.0
+    assert after.power_upper_bound_w == before.power_upper_bound_w
 
 
 def test_empty_snapshot_reports_every_configured_miner_as_unknown_power() -> None:
@@ -69,6 +131,7 @@ def test_empty_snapshot_reports_every_configured_miner_as_unknown_power() -> Non
     assert snap.cycle == 0 and snap.miners == ()
     assert snap.totals.power_unknown_miners == 10
     assert snap.totals.power_w == 0.0 and snap.totals.up == 0
+    assert snap.totals.power_allowance_w == 10 * 3500.0
 
 
 async def test_publish_swaps_whole_snapshot_and_wakes_waiters() -> None:

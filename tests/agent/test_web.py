@@ -108,8 +108,12 @@ async def test_summary_matches_the_collector_contract(client: TestClient) -> Non
     assert doc["staleness"]["age_s"] == 5.0
     s = parse_summary(doc)
     assert (s.miners_up, s.miners_down, s.miners_stale, s.miners_total) == (3, 2, 1, 7)
-    assert s.power_firmware_w == 3230.0 and s.power_estimate_w == 6555.0
-    assert s.miners_power_unknown == 4
+    # Measured: fresh readings only; the stale, down and unknown-power miners are allowance, never 0 W.
+    assert s.power_firmware_w == 3230.0 and s.power_estimate_w == 3277.5
+    assert s.miners_power_unknown == 5
+    assert s.power_allowance_w == 3277.5 + 3230.0 + 3 * 3500.0
+    assert doc["totals"]["power_upper_bound_w"] == 3230.0 + 3277.5 + s.power_allowance_w
+    assert doc["totals"]["allowance_miners"] == {"last_known": 2, "nameplate": 0, "default": 3}
 
 
 async def test_summary_before_first_cycle_has_no_figures(config: AgentConfig) -> None:
