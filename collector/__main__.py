@@ -118,6 +118,7 @@ class _CollectorDaemon(Daemon["CollectorConfig"]):
         finally:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
+            self.service.meters.close()
 
     def stopping(self) -> dict[str, object]:
         return {"pending_alerts": sum(n for _, n in self.service.notifier.pending())}

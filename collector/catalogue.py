@@ -181,6 +181,18 @@ ALERTS: dict[str, AlertSpec] = {a.name: a for a in (
         action="Check that site's Prometheus and the network to it; its own alerts still run there.",
         value='up{job="megawatch-federate"} == 0', unit=Unit.COUNT, paths=frozenset({AlertPath.CENTRAL}),
         only_prometheus="Only the central tier federates from site servers."),
+    AlertSpec(
+        "SiteMeterMismatch", Severity.WARNING, Subject.SITE, "site_meter_mismatch",
+        means="The site's meter and its miners' figure (miner power x PUE + aux + declared non-miner load) "
+              "differ by more than `meter_mismatch_ratio`: estimates or PUE off, load nobody declared, a meter "
+              "set up wrong, or power taken past the miners. The site is judged on the meter meanwhile.",
+        summary="{who}: its meter and its miners' figure differ by {value} (warning at {line}).",
+        action="Compare meter and miners' figure (/api/v1/sites); correct PUE, aux or non_miner_load_mw, check "
+               "the meter's scale and wiring, and look for load that should not be on the feeder.",
+        value='abs(max by (site) (megawatch_site_reconciliation_ratio{job="megawatch-collector"}))',
+        unit=Unit.RATIO, line="{meter_mismatch_ratio}", source="thresholds.meter_mismatch_ratio", hysteresis=True,
+        measure=lambda s: abs(s.meter.reconciliation_ratio)
+        if s.meter is not None and s.meter.reconciliation_ratio is not None else None),
 )}
 
 COLLECTOR_ALERT_NAMES = tuple(n for n, a in ALERTS.items() if AlertPath.COLLECTOR in a.paths)

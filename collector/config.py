@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from megawatch.collector.catalogue import ALERTS, COLLECTOR_ALERT_NAMES
+from megawatch.collector.meterconfig import MeterConfig, check_meter_timeouts, load_meter
 from megawatch.common.configfile import ConfigError, Section
 from megawatch.common.logs import load_log_settings
 from megawatch.common.webconfig import WebConfig, load_web_config
@@ -57,6 +58,7 @@ class Site:
     aux_w: float
     agents: tuple[str, ...]  # base URLs of the agent shards polling this site; their totals add up
     schedule: tuple[ScheduleWindow, ...] = ()
+    meter: MeterConfig | None = None  # the site's feeder meter, read over Modbus TCP
 
     def allocation_at(self, at_s: float) -> float:
         """The allocation in force at `at_s`: the strictest window that applies, else the base allocation."""
@@ -76,6 +78,7 @@ class Thresholds:
     hold_overrides_s: tuple[tuple[str, float], ...] = ()
     stale_after_s: float = 60.0
     miners_down_ratio: float = 0.2
+    meter_mismatch_ratio: float = 0.05  # SiteMeterMismatch: |meter - miners' figure| / miners' figure above this
 
     def hold_for(self, alertname: str) -> float:
         return dict(self.hold_overrides_s).get(alertname, self.hold_s)
@@ -196,13 +199,14 @@ def _load_site(item: Section) -> Site | None:
         item.error("agents", "the same agent URL is listed twice; its totals would be counted twice")
     zone = item.string("timezone", "UTC", check=_is_zone, expected="an IANA time zone such as 'Europe/Oslo'")
     windows = tuple(w for w in (_load_window(s, zone or "UTC") for s in item.sections("schedule")) if w)
+    meter = load_meter(item.section("meter")) if item.has("meter") else None
     item.done()
     if site_id is None or allocation_mw is None or not agents:
         if agents == ():
             item.error("agents", "expected at least one agent URL")
         return None
     return Site(id=site_id, name=name or site_id, allocation_w=allocation_mw * MW, pue=pue, aux_w=aux_mw * MW,
-                agents=tuple(u.rstrip("/") for u in agents), schedule=windows)
+                agents=tuple(u.rstrip("/") for u in agents), schedule=windows, meter=meter)
 
 
 def _load_thresholds(sec: Section) -> Thresholds:
@@ -222,11 +226,13 @@ def _load_thresholds(sec: Section) -> Thresholds:
             overrides.append((name, value))
     stale = sec.number("stale_after_s", d.stale_after_s, exclusive_minimum=0)
     down = sec.number("miners_down_ratio", d.miners_down_ratio, exclusive_minimum=0, maximum=1)
+    mismatch = sec.number("meter_mismatch_ratio", d.meter_mismatch_ratio, exclusive_minimum=0, maximum=1)
     sec.done()
     if near is not None and hysteresis is not None and near * (1 - hysteresis) <= 0:
         sec.error("hysteresis_ratio", "leaves no room below near_ratio")
     return Thresholds(near_ratio=near, hysteresis_ratio=hysteresis, hold_s=hold,
-                      hold_overrides_s=tuple(overrides), stale_after_s=stale, miners_down_ratio=down)
+                      hold_overrides_s=tuple(overrides), stale_after_s=stale, miners_down_ratio=down,
+                      meter_mismatch_ratio=mismatch)
 
 
 def _load_alerting(sec: Section) -> Alerting:
@@ -296,6 +302,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     interval = poll.number("interval_s", 15.0, exclusive_minimum=0)
     timeout = poll.number("timeout_s", 5.0, exclusive_minimum=0)
     poll.done()
+    check_meter_timeouts(top, interval)
     here = Path(path).parent  # relative file names are read from beside the config, wherever we start
     web_file = top.string("web_config_file", None)
     state_file = top.string("state_file", None)

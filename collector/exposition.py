@@ -14,8 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from megawatch.collector.config import ALERT_NAMES
-from megawatch.collector.model import AlertPhase, Draw, SiteStatus
+from megawatch.collector.model import AlertPhase, Draw, FleetTotals, SiteStatus
 from megawatch.collector.service import CollectorService
+from megawatch.collector.sitemeter import MeterState
 from megawatch.common.daemon import ReloadStatus, reload_families
 
 AGENT_STATES = ("up", "down", "stale", "no_data")
@@ -121,6 +122,7 @@ class SiteCollector(Collector):
                                   *fleet_fam.values(), fleet_sites_stale, agent_up, agent_age, fetch_s, fetches,
                                   cycles, cycle_s, last, alerts, pending, target_up, sent]
         families += reload_families("collector", svc.reload_status if svc is not None else ReloadStatus())
+        families += meter_families(svc.fleet if svc is not None else None)
         config = (svc or self._service).config
         for site in config.sites:
             pue.add_metric([site.id], site.pue)
@@ -168,3 +170,43 @@ class SiteCollector(Collector):
                 sent.add_metric([target.name, "failed"], target.stats.failed_attempts)
                 sent.add_metric([target.name, "dropped"], target.stats.dropped_batches)
         yield from families
+
+
+def meter_families(fleet: FleetTotals | None) -> list[Metric]:
+    """The site meters beside the miners' figures (collector/sitemeter.py); metered sites only."""
+    def g(name: str, help_: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+        return GaugeMetricFamily(f"megawatch_site_{name}", help_, labels=["site", *extra])
+
+    power = g("meter_power_watts", "Site meter's last good power reading (import positive), in watts.")
+    up = g("meter_up", "1 if the site meter's last read answered with a usable power, else 0 (a flag).")
+    age = g("meter_age_seconds", "Time since the site meter's power reading last changed, in seconds.")
+    trusted = g("meter_trusted", "1 if the site meter's reading is the site's figure for its allocation "
+                "(fresh and plausible), 0 if the site falls back to its miners' figure (a flag).")
+    state = g("meter_state", "Site meter state: 1 for the current one of ok, stale, down, rejected.", ("state",))
+    miners = g("miners_facility_power_watts", "Site figure from its miners: miner power x PUE + aux + declared "
+               "non-miner load, what the site is judged on without its meter, in watts.")
+    non_miner = g("non_miner_load_watts", "Site load on the allocation that no miner reports, as declared, "
+                  "in watts.")
+    reconciliation = g("reconciliation_watts", "Site meter minus the miners' figure while the meter is fresh "
+                       "(estimate error, unseen load, theft), in watts.")
+    ratio = g("reconciliation_ratio", "Site reconciliation divided by the miners' figure (a ratio).")
+    energy = CounterMetricFamily("megawatch_site_meter_imported_energy_joules",
+                                 "Site meter's import energy register, in joules.", labels=["site"])
+    families: list[Metric] = [power, up, age, trusted, state, miners, non_miner, reconciliation, ratio, energy]
+    for site in fleet.sites if fleet is not None else ():
+        m, labels = site.meter, [site.site_id]
+        if m is None:
+            continue
+        for fam, value in ((power, m.power_w), (age, m.age_s), (miners, m.miners_facility_power_w),
+                           (reconciliation, m.reconciliation_w), (ratio, m.reconciliation_ratio)):
+            if value is not None:
+                fam.add_metric(labels, value)
+        up.add_metric(labels, 1.0 if m.up else 0.0)
+        trusted.add_metric(labels, 1.0 if m.state is MeterState.OK else 0.0)
+        for st in MeterState:
+            if st is not MeterState.NONE:
+                state.add_metric([*labels, st.value], 1.0 if m.state is st else 0.0)
+        non_miner.add_metric(labels, m.non_miner_load_w)
+        if m.energy_import_wh is not None:
+            energy.add_metric(labels, m.energy_import_wh * 3600.0)
+    return families

@@ -102,7 +102,7 @@ def _point(sec: Section, units: dict[str, float]) -> RegisterPoint | None:
     return point
 
 
-def load_meter(sec: Section, poll_interval_s: float | None) -> MeterConfig | None:
+def load_meter(sec: Section) -> MeterConfig | None:
     """Read a site's `meter:` section; None (problems recorded) when it is not usable."""
     d = MeterConfig(host="")
     host = sec.string("host", expected="a host name or IP address of the meter or its gateway")
@@ -130,11 +130,21 @@ def load_meter(sec: Section, poll_interval_s: float | None) -> MeterConfig | Non
     elif kind == "generic":
         sec.error("map", "map: generic needs registers: {power: {...}} (and optionally energy_import)")
     sec.done()
-    if timeout is not None and poll_interval_s is not None and timeout > poll_interval_s:
-        # A reading must end within the cycle that started it: the next cycle's reading never stacks on it.
-        sec.error("timeout_s", f"expected a number <= poll.interval_s ({poll_interval_s:g}), got {timeout:g}")
-        return None
     if host is None or kind is None or (kind == "generic" and power is None):
         return None
     return MeterConfig(host=host, port=port, unit_id=unit_id, map=kind, timeout_s=timeout, stale_after_s=stale,
                        non_miner_load_w=non_miner_mw * 1e6, invert=invert, power=power, energy_import=energy)
+
+
+def check_meter_timeouts(top: Section, poll_interval_s: float | None) -> None:
+    """Every meter's timeout_s within the poll interval: a reading ends in the cycle that started it, so the
+    next cycle's reading never stacks on a late one (checked once poll: is read, after the sites)."""
+    if poll_interval_s is None or not isinstance(top.data.get("sites"), list):
+        return
+    for item in top.sections("sites"):
+        if not item.valid or not isinstance(item.data.get("meter"), dict):
+            continue
+        meter = item.section("meter")
+        timeout = meter.data.get("timeout_s", MeterConfig(host="").timeout_s)
+        if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > poll_interval_s:
+            meter.error("timeout_s", f"expected a number <= poll.interval_s ({poll_interval_s:g}), got {timeout:g}")

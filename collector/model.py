@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from megawatch.collector.sitemeter import SiteMeter
 
 N = TypeVar("N", int, float)
 
@@ -98,6 +101,9 @@ class SiteTotals:
     # agent_ids that more than one of the site's agent URLs report: one agent listed twice (counted twice),
     # or two shards sharing an id (not told apart). Flagged, never silently dropped: either guess is wrong.
     duplicate_agent_ids: tuple[str, ...] = ()
+    # The site's feeder meter beside its miners' figure; when its state is ok, draw.facility_power_w is the
+    # meter's reading (collector/sitemeter.py). None: the site has no meter.
+    meter: SiteMeter | None = None
 
 
 @dataclass(frozen=True, slots=True)

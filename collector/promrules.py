@@ -157,6 +157,14 @@ def _collector(by: str, series: str) -> str:
     return f"max{by}({selector}) or max{by}(last_over_time({selector}[{COLLECTOR_CARRY}]))"
 
 
+def _metered(miners: str) -> str:
+    """The site's figure: the meter's reading while the collector trusts it, else `miners` (+ declared non-miner
+    load on metered sites). With the collector down its meter series go stale at once: miners it is."""
+    meter = ('max by (site) (megawatch_site_meter_power_watts{job="megawatch-collector"})\n'
+             '  and on (site) (max by (site) (megawatch_site_meter_trusted{job="megawatch-collector"}) == 1)')
+    non_miner = _collector(" by (site) ", "megawatch_site_non_miner_load_watts")
+    return f"{meter}\nor\n(\n{miners}\n) + on (site) ({non_miner})\nor\n(\n{miners}\n)"
+
 # (comment, record, expr) of a site server: the site totals, the way the collector computes them.
 SITE_RECORDS: tuple[tuple[str, str, str], ...] = (
     ("The agents' series, carried for a while when an agent stops answering (never counted as 0 W).",
@@ -167,10 +175,11 @@ SITE_RECORDS: tuple[tuple[str, str, str], ...] = (
     ("Allocation in force (schedules applied), PUE and aux are config the collector serves; with the collector "
      "down, the last it served.",
      SITE_ALLOCATION, _collector(" by (site) ", "megawatch_site_allocation_watts")),
-    ("", SITE_POWER,
-     f"site:megawatch_miner_power_watts:sum\n"
-     f"  * on (site) ({_collector(' by (site) ', 'megawatch_site_pue_ratio')})\n"
-     f"  + on (site) ({_collector(' by (site) ', 'megawatch_site_aux_power_watts')})"),
+    ("A metered site: its meter while the collector trusts it (fresh, plausible), else the miners' figure "
+     "with the site's declared non-miner load.", SITE_POWER, _metered(
+         f"site:megawatch_miner_power_watts:sum\n"
+         f"  * on (site) ({_collector(' by (site) ', 'megawatch_site_pue_ratio')})\n"
+         f"  + on (site) ({_collector(' by (site) ', 'megawatch_site_aux_power_watts')})")),
     ("", "site:megawatch_utilisation:ratio", f"{SITE_POWER} / on (site) {SITE_ALLOCATION}"),
     ("", "site:megawatch_data_age_seconds:max",
      'time() - min by (site) (last_over_time(megawatch_agent_last_cycle_timestamp_seconds{job="megawatch-agent"}'

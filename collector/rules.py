@@ -265,4 +265,14 @@ _NOTES: dict[str, Notes] = {
     "FleetOverAllocation": _fleet,
     "SiteMinersDown": _miners,
     "SiteDuplicateAgentId": _duplicates,
+    "SiteMeterMismatch": lambda site, t: ("", _meter(site)),
 }
+
+
+def _meter(site: SiteTotals) -> str:
+    m = site.meter
+    if m is None or m.power_w is None or m.miners_facility_power_w is None:
+        return ""
+    return (f"Meter {mw(m.power_w)} ({m.state.value}), miners' figure {mw(m.miners_facility_power_w)} "
+            f"(declared non-miner load {mw(m.non_miner_load_w)} included): "
+            f"{figure(Unit.WATTS, m.reconciliation_w or 0.0, signed=True)} unaccounted for. {_data(site)}")

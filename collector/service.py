@@ -16,8 +16,10 @@ from megawatch.collector.alertmanager import Notifier
 from megawatch.collector.alertstate import load_alerts, save_alerts
 from megawatch.collector.catalogue import ALERTS
 from megawatch.collector.config import CollectorConfig, public_url
+from megawatch.collector.meterclient import MeterReader
 from megawatch.collector.model import AgentObservation, Alert, AlertPhase, FleetTotals
 from megawatch.collector.rules import Evaluation, RuleEngine
+from megawatch.collector.sitemeter import MeterObservation, apply_meters, observe_meter
 from megawatch.collector.sources import AgentReader, observe
 from megawatch.common.daemon import ReloadStatus
 from megawatch.common.logs import get_logger
@@ -53,6 +55,9 @@ class CollectorService:
         self.evaluation = Evaluation(active=(), changes=())
         self.stats = CycleStats()
         self.site_of = {url: s.id for s in config.sites for url in s.agents}
+        self.meters = MeterReader()  # site meters, read in the same cycle as the agents
+        self.meters.configure({s.id: s.meter for s in config.sites if s.meter is not None})
+        self.meter_obs: dict[str, MeterObservation] = {}
         self._log = get_logger()
         self._pending: CollectorConfig | None = None  # a reloaded config, taken before the next cycle
         self._saved: object = None  # what was last written to the state file
@@ -75,8 +80,14 @@ class CollectorService:
             self.apply_config(self._pending)
             self._pending = None
         started = self.clock()
-        results = await self.reader.fetch_all(list(self.site_of))
+        results, meter_results = await asyncio.gather(self.reader.fetch_all(list(self.site_of)),
+                                                      self.meters.read_all())
         now = self.clock()
+        for site_id, meter_result in meter_results.items():
+            site = self.config.site(site_id)
+            if site is not None and site.meter is not None:
+                self.meter_obs[site_id] = observe_meter(self.meter_obs.get(site_id), meter_result, now, site.meter,
+                                                        site.allocation_at(now))
         for result in results:
             site = self.site_of[result.url]
             if result.summary is not None and result.summary.site not in (None, site):
@@ -92,7 +103,7 @@ class CollectorService:
             if prev is not None and prev.up != obs.up:
                 self._log.info("agent_up" if obs.up else "agent_unreachable", site=self.site_of[result.url],
                                agent=public_url(result.url), error=result.error)
-        fleet = aggregate_fleet(self.config, self.observations, now)
+        fleet = apply_meters(aggregate_fleet(self.config, self.observations, now), self.config, self.meter_obs, now)
         self._note_duplicates(fleet)
         evaluation = self.engine.evaluate(fleet, now)
         for alert in evaluation.changes:
@@ -150,6 +161,10 @@ class CollectorService:
         self.stats.fetches = Counter({k: n for k, n in self.stats.fetches.items() if k[0] in self.site_of})
         self.stats.fetch_duration_s = {u: d for u, d in self.stats.fetch_duration_s.items() if u in self.site_of}
         self.reader.timeout_s = new.poll_timeout_s
+        metered = {s.id: s.meter for s in new.sites if s.meter is not None}
+        before = {site: client.config for site, client in self.meters.clients.items()}
+        self.meters.configure(metered)  # a meter moved or remapped starts afresh: its readings are another's
+        self.meter_obs = {site: o for site, o in self.meter_obs.items() if before.get(site) == metered.get(site)}
         self.engine.thresholds = new.thresholds
 
     async def run(self) -> None:

@@ -12,11 +12,14 @@ without the meter. Reconciliation = meter - that figure, for every fresh meter v
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 
+from megawatch.collector.config import CollectorConfig
 from megawatch.collector.meterconfig import MeterConfig
 from megawatch.collector.meters import MeterReading, plausible
+from megawatch.collector.model import Draw, FleetTotals, SiteTotals, add
 
 PLAUSIBLE_MAX_ALLOCATIONS = 10.0  # a meter above 10x the allocation reads with a wrong scale or unit
 MIN_SHARE_OF_MINERS = 0.5
@@ -119,3 +122,46 @@ def judge_meter(obs: MeterObservation | None, config: MeterConfig, miners_w: flo
                      miners_facility_power_w=miners_w, non_miner_load_w=config.non_miner_load_w,
                      reconciliation_w=reconciliation, reconciliation_ratio=ratio, error=obs.last_error,
                      problems=problems)
+
+
+def figure_source(totals: SiteTotals) -> FigureSource:
+    """What the site's facility figure comes from now."""
+    meter = totals.meter
+    return FigureSource.METER if meter is not None and meter.state is MeterState.OK else FigureSource.MINERS
+
+
+def meter_json(meter: SiteMeter | None) -> dict[str, object]:
+    """The meter as /api/v1/sites shows it ({"state": "none"} for a site without one)."""
+    if meter is None:
+        return {"state": MeterState.NONE.value}
+    return {**asdict(meter), "state": meter.state.value, "problems": list(meter.problems)}
+
+
+def _judged(draw: Draw, facility_w: float | None) -> Draw:
+    """`draw` judged on `facility_w`: the figure against the allocation, and what follows from it."""
+    allocation = draw.allocation_w
+    return replace(draw, facility_power_w=facility_w,
+                   utilisation_ratio=facility_w / allocation if facility_w is not None and allocation > 0 else None,
+                   headroom_w=allocation - facility_w if facility_w is not None else None)
+
+
+def apply_meter(totals: SiteTotals, config: MeterConfig, obs: MeterObservation | None, now: float) -> SiteTotals:
+    """A metered site judged on its meter when trusted, else on its miners' figure with the declared load."""
+    miners = totals.draw.facility_power_w
+    miners_w = miners + config.non_miner_load_w if miners is not None else None
+    meter = judge_meter(obs, config, miners_w, now)
+    figure = meter.power_w if meter.state is MeterState.OK else miners_w
+    return replace(totals, draw=_judged(totals.draw, figure), meter=meter)
+
+
+def apply_meters(fleet: FleetTotals, config: CollectorConfig, meters: Mapping[str, MeterObservation],
+                 now: float) -> FleetTotals:
+    """The fleet with every metered site judged on its figure, and the fleet on the sum of those figures."""
+    sites = []
+    for totals in fleet.sites:
+        site = config.site(totals.site_id)
+        meter = site.meter if site is not None else None
+        sites.append(apply_meter(totals, meter, meters.get(totals.site_id), now) if meter is not None else totals)
+    if not any(s.meter is not None for s in sites):
+        return fleet
+    return replace(fleet, sites=tuple(sites), draw=_judged(fleet.draw, add(*(s.draw.facility_power_w for s in sites))))

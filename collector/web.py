@@ -13,8 +13,9 @@ from megawatch.collector.config import Site
 from megawatch.collector.exposition import SiteCollector
 from megawatch.collector.model import Alert, SiteTotals
 from megawatch.collector.service import CollectorService
-from megawatch.common.strictjson import json_response
+from megawatch.collector.sitemeter import figure_source, meter_json
 from megawatch.common.daemon import health
+from megawatch.common.strictjson import json_response
 
 API_VERSION = 1
 SERVICE: web.AppKey[CollectorService] = web.AppKey("service", CollectorService)
@@ -39,6 +40,7 @@ def site_json(t: SiteTotals, site: Site | None) -> dict[str, Any]:
     return {
         "id": t.site_id, "name": t.name, "status": t.status.value, "stale": t.stale,
         "data_age_s": t.data_age_s, **dataclasses.asdict(t.draw), **config,
+        "figure_source": figure_source(t).value, "meter": meter_json(t.meter),
         "agents": [dataclasses.asdict(a) for a in t.agents],
     }
 

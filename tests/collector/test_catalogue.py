@@ -23,9 +23,12 @@ import yaml
 from megawatch.collector.aggregate import aggregate_fleet
 from megawatch.collector.catalogue import ALERTS, COLLECTOR_ALERT_NAMES, AlertPath
 from megawatch.collector.config import ALERT_NAMES, CollectorConfig, load_collector_config
+from megawatch.collector.meterconfig import MeterConfig
+from megawatch.collector.meters import MeterReading
 from megawatch.collector.model import AgentObservation, AlertPhase, FleetTotals
 from megawatch.collector.promrules import render
 from megawatch.collector.rules import RuleEngine
+from megawatch.collector.sitemeter import MeterObservation, apply_meters
 from tests.collector.helpers import MW, make_config, make_site, make_summary, observed
 from tests.collector.test_prometheus_rules import tool
 
@@ -95,6 +98,21 @@ def line_moves(make: Callable[[float], CollectorConfig], fires_at: float, quiet_
     return out[0], out[1]
 
 
+def metered(ratio: float, miners_mw: float = 5.0, meter_mw: float = 5.5) -> Case:
+    """Site a with a fresh meter reading `meter_mw` beside miners reporting `miners_mw` (PUE 1, no aux)."""
+    plain = config(meter_mismatch_ratio=ratio)
+    cfg = replace(plain, sites=(replace(plain.sites[0], meter=MeterConfig("127.0.0.1")),))
+    miners = reporting(power_mw=miners_mw)
+
+    def fleet(c: CollectorConfig) -> FleetTotals:
+        obs = MeterObservation(reading=MeterReading(meter_mw * MW), changed_at=NOW, read_at=NOW, up=True,
+                               answered=True)
+        return apply_meters(miners(c), c, {"a": obs}, NOW)
+
+    ratio_series = 'megawatch_site_reconciliation_ratio{job="megawatch-collector",site="a"}'
+    return Case(cfg, fleet, {**scraped(cfg, power_mw=miners_mw), ratio_series: (meter_mw - miners_mw) / miners_mw})
+
+
 # alert -> (fires, quiet)
 SCENARIOS: dict[str, tuple[Case, Case]] = {
     "SiteOverAllocation": line_moves(lambda mw: config(allocation_mw=mw), 10.0, 11.0, power_mw=10.5),
@@ -111,6 +129,7 @@ SCENARIOS: dict[str, tuple[Case, Case]] = {
         Case(config(), None, scraped(config()))),
     "SiteServerDown": (Case(config(), None, {'up{job="megawatch-federate",instance="b-prom:9090"}': 0.0}),
                        Case(config(), None, {'up{job="megawatch-federate",instance="b-prom:9090"}': 1.0})),
+    "SiteMeterMismatch": (metered(0.05), metered(0.15)),
 }
 
 
