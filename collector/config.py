@@ -9,13 +9,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from megawatch.collector.catalogue import ALERTS, COLLECTOR_ALERT_NAMES
 from megawatch.collector.meterconfig import MeterConfig, check_meter_timeouts, load_meter
 from megawatch.common.configfile import ConfigError, Section
 from megawatch.common.logs import load_log_settings
+from megawatch.common.redact import public_url  # re-exported: the collector's modules import it from here
 from megawatch.common.webconfig import WebConfig, load_web_config
 
 MW = 1e6  # W per MW
@@ -82,16 +83,6 @@ class Thresholds:
 
     def hold_for(self, alertname: str) -> float:
         return dict(self.hold_overrides_s).get(alertname, self.hold_s)
-
-
-def public_url(url: str) -> str:
-    """A URL fit for logs and metric labels: no user:password, query or fragment (tokens live there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True, slots=True)

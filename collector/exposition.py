@@ -8,12 +8,13 @@ A None figure has no sample - unknown is absent, never 0.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from megawatch.collector.config import ALERT_NAMES
+from megawatch.collector.config import ALERT_NAMES, public_url
 from megawatch.collector.model import AlertPhase, Draw, FleetTotals, SiteStatus
 from megawatch.collector.service import CollectorService
 from megawatch.collector.sitemeter import MeterState
@@ -149,10 +150,15 @@ class SiteCollector(Collector):
             _add_draw(fleet_fam, [fleet.name], fleet.draw)
             fleet_sites_stale.add_metric([fleet.name], fleet.sites_stale)
         if svc is not None:
+            # Labelled by the URL without its credentials; two URLs that differ only there count as one agent.
+            counted: Counter[tuple[str, str, str]] = Counter()
             for (url, outcome), n in sorted(svc.stats.fetches.items()):
-                fetches.add_metric([svc.site_of[url], url, outcome], n)
-            for url, seconds in svc.stats.fetch_duration_s.items():
-                fetch_s.add_metric([svc.site_of[url], url], seconds)
+                counted[(svc.site_of[url], public_url(url), outcome)] += n
+            for labels, n in counted.items():
+                fetches.add_metric(list(labels), n)
+            took = {(svc.site_of[url], public_url(url)): s for url, s in svc.stats.fetch_duration_s.items()}
+            for labels, seconds in took.items():
+                fetch_s.add_metric(list(labels), seconds)
             cycles.add_metric([], svc.stats.cycles)
             if svc.stats.last_duration_s is not None:
                 cycle_s.add_metric([], svc.stats.last_duration_s)

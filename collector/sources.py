@@ -20,6 +20,7 @@ import aiohttp
 from megawatch.collector.config import public_url
 from megawatch.collector.model import AgentObservation, AgentSummary
 from megawatch.common.logs import get_logger
+from megawatch.common.redact import redact_url_in
 
 SUMMARY_PATH = "/api/v1/summary"
 # Pages an agent serves: an agent URL ending in one of them was copied from a browser or a Prometheus target.
@@ -203,7 +204,8 @@ class AgentReader:
         except SummaryNotReady:
             summary, error = None, None
         except SummaryError as exc:
-            summary, error = None, str(exc)
+            # A client error may quote the URL; its credentials must not reach the logs or the API.
+            summary, error = None, redact_url_in(str(exc), url)
             hint = page_hint(url)
             if hint:
                 error = f"{error} ({hint})"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from megawatch.agent.model import Pool
+from megawatch.common.redact import public_url, public_user
 
 # Firmware reports hashrate under keys prefixed by its unit: "MHS 5s", "GHS av", rate_unit "GH".
 _HASH_UNITS: dict[str, float] = {
@@ -372,12 +373,18 @@ def _pool(item: Mapping[str, Any], position: int, problems: list[str]) -> Pool |
     active = item.get("Stratum Active")
     return Pool(
         index=index if index is not None else position,
-        url=shared(url),
-        user=text(item.get("User")),  # often one worker name per miner: nothing to share
+        # Firmware shows what was typed in, passwords included: they go here, before anything can export them.
+        url=shared(public_url(url)),
+        user=_user(text(item.get("User"))),
         status=_pool_status(status) if status else None,
         active=active if isinstance(active, bool) else None,
         priority=read(item, "Priority", integer, problems, f"pools[{position}]"),
     )
+
+
+def _user(user: str | None) -> str | None:
+    """The pool user without a password; often one worker name per miner, so nothing to share."""
+    return None if user is None else public_user(user)
 
 
 def _pool_status(status: str) -> str:
