@@ -196,9 +196,12 @@ def meter_families(fleet: FleetTotals | None) -> list[Metric]:
     reconciliation = g("reconciliation_watts", "Site meter minus the miners' figure while the meter is fresh "
                        "(estimate error, unseen load, theft), in watts.")
     ratio = g("reconciliation_ratio", "Site reconciliation divided by the miners' figure (a ratio).")
+    carried = g("meter_carried_unseen_watts", "Load the site meter last showed beyond the miners' figure, added "
+                "to that figure while the meter is not trusted, in watts.")
     energy = CounterMetricFamily("megawatch_site_meter_imported_energy_joules",
                                  "Site meter's import energy register, in joules.", labels=["site"])
-    families: list[Metric] = [power, up, age, trusted, state, miners, non_miner, reconciliation, ratio, energy]
+    families: list[Metric] = [power, up, age, trusted, state, miners, non_miner, reconciliation, ratio, carried,
+                              energy]
     for site in fleet.sites if fleet is not None else ():
         m, labels = site.meter, [site.site_id]
         if m is None:
@@ -213,6 +216,7 @@ def meter_families(fleet: FleetTotals | None) -> list[Metric]:
             if st is not MeterState.NONE:
                 state.add_metric([*labels, st.value], 1.0 if m.state is st else 0.0)
         non_miner.add_metric(labels, m.non_miner_load_w)
+        carried.add_metric(labels, m.carried_unseen_w)
         if m.energy_import_wh is not None:
             energy.add_metric(labels, m.energy_import_wh * 3600.0)
     return families

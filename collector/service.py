@@ -19,7 +19,7 @@ from megawatch.collector.config import CollectorConfig, public_url
 from megawatch.collector.meterclient import MeterReader
 from megawatch.collector.model import AgentObservation, Alert, AlertPhase, FleetTotals
 from megawatch.collector.rules import Evaluation, RuleEngine
-from megawatch.collector.sitemeter import MeterObservation, apply_meters, observe_meter
+from megawatch.collector.sitemeter import MeterObservation, apply_meters, observe_meter, remember_unseen
 from megawatch.collector.sources import AgentReader, observe
 from megawatch.common.daemon import ReloadStatus
 from megawatch.common.logs import get_logger
@@ -104,6 +104,9 @@ class CollectorService:
                 self._log.info("agent_up" if obs.up else "agent_unreachable", site=self.site_of[result.url],
                                agent=public_url(result.url), error=result.error)
         fleet = apply_meters(aggregate_fleet(self.config, self.observations, now), self.config, self.meter_obs, now)
+        for totals in fleet.sites:
+            if totals.meter is not None and totals.site_id in self.meter_obs:
+                self.meter_obs[totals.site_id] = remember_unseen(self.meter_obs[totals.site_id], totals.meter)
         self._note_duplicates(fleet)
         evaluation = self.engine.evaluate(fleet, now)
         for alert in evaluation.changes:

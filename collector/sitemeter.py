@@ -1,13 +1,17 @@
 """Pure: a site's meter readings -> the site's facility figure (meter, else miners) and their reconciliation.
 
-The meter is the figure when it is trusted: its last read succeeded, the power it reports has changed within
-`stale_after_s` (a gateway answering from its cache, or a stuck reading, repeats the same value), and it is
+The meter is the figure when it is trusted: its last read succeeded, its registers have moved within
+`stale_after_s` (power or import counter: a gateway answering from its cache repeats the same image), and it is
 plausible - not above ten times the site's allocation and not below half of what the miners alone account
 for (a meter can read under an estimate, never by half: that is a scale, CT or wiring error, or load that
 bypasses the meter). Otherwise the site falls back to the miners' figure, and `meter.state` says why.
 
 The miners' figure is miner power x PUE + aux + the declared non-miner load: what the site would be judged on
 without the meter. Reconciliation = meter - that figure, for every fresh meter value (believed or not).
+
+Load the meter saw and the miners do not (a positive reconciliation while the meter was trusted) does not stop
+because the meter did: the fallback keeps the last such excess as `carried_unseen_w` until the meter is trusted
+again, so losing the meter never lowers a site's figure below what it last showed.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class MeterObservation:
     last_error: str | None = None
     problems: tuple[str, ...] = ()  # what was wrong with the last answer
     energy_import_wh: float | None = None  # last known import counter
+    unseen_w: float = 0.0  # the last positive reconciliation of a trusted reading (see the module docstring)
 
 
 def observe_meter(prev: MeterObservation | None, result: MeterResult, now: float, config: MeterConfig,
@@ -74,9 +79,12 @@ def observe_meter(prev: MeterObservation | None, result: MeterResult, now: float
     if reading.power_w is None:
         return replace(prev, up=False, answered=True, last_error=None, problems=reading.problems,
                        energy_import_wh=energy)
-    changed = prev.reading is None or prev.reading.power_w != reading.power_w
+    # A steady load may repeat its power reading; a live meter's import counter still moves.
+    changed = (prev.reading is None or prev.reading.power_w != reading.power_w
+               or (reading.energy_import_wh is not None and reading.energy_import_wh != prev.energy_import_wh))
     return MeterObservation(reading=reading, changed_at=now if changed else prev.changed_at, read_at=now, up=True,
-                            answered=True, last_error=None, problems=reading.problems, energy_import_wh=energy)
+                            answered=True, last_error=None, problems=reading.problems, energy_import_wh=energy,
+                            unseen_w=prev.unseen_w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,7 @@ class SiteMeter:
     non_miner_load_w: float
     reconciliation_w: float | None  # meter - miners' figure, while the meter value is fresh
     reconciliation_ratio: float | None  # reconciliation / miners' figure
+    carried_unseen_w: float  # added to the miners' figure while the meter is not trusted
     error: str | None
     problems: tuple[str, ...]
 
@@ -120,7 +129,8 @@ def judge_meter(obs: MeterObservation | None, config: MeterConfig, miners_w: flo
         ratio = reconciliation / miners_w if miners_w > 0 else None
     return SiteMeter(state=state, power_w=power, age_s=age, up=obs.up, energy_import_wh=obs.energy_import_wh,
                      miners_facility_power_w=miners_w, non_miner_load_w=config.non_miner_load_w,
-                     reconciliation_w=reconciliation, reconciliation_ratio=ratio, error=obs.last_error,
+                     reconciliation_w=reconciliation, reconciliation_ratio=ratio,
+                     carried_unseen_w=0.0 if state is MeterState.OK else obs.unseen_w, error=obs.last_error,
                      problems=problems)
 
 
@@ -137,6 +147,13 @@ def meter_json(meter: SiteMeter | None) -> dict[str, object]:
     return {**asdict(meter), "state": meter.state.value, "problems": list(meter.problems)}
 
 
+def remember_unseen(obs: MeterObservation, meter: SiteMeter) -> MeterObservation:
+    """After a cycle: a trusted reading sets the unseen load to carry (its positive reconciliation, or none)."""
+    if meter.state is not MeterState.OK or meter.reconciliation_w is None:
+        return obs
+    return replace(obs, unseen_w=max(0.0, meter.reconciliation_w))
+
+
 def _judged(draw: Draw, facility_w: float | None) -> Draw:
     """`draw` judged on `facility_w`: the figure against the allocation, and what follows from it."""
     allocation = draw.allocation_w
@@ -150,7 +167,8 @@ def apply_meter(totals: SiteTotals, config: MeterConfig, obs: MeterObservation |
     miners = totals.draw.facility_power_w
     miners_w = miners + config.non_miner_load_w if miners is not None else None
     meter = judge_meter(obs, config, miners_w, now)
-    figure = meter.power_w if meter.state is MeterState.OK else miners_w
+    fallback = miners_w + meter.carried_unseen_w if miners_w is not None else None
+    figure = meter.power_w if meter.state is MeterState.OK else fallback
     return replace(totals, draw=_judged(totals.draw, figure), meter=meter)
 
 

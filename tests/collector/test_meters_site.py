@@ -102,6 +102,33 @@ def test_a_reading_that_stops_changing_goes_stale() -> None:
     assert fleet_with(cfg, obs).sites[0].draw.facility_power_w == 9.6e6
 
 
+def test_a_steady_reading_with_a_moving_import_counter_stays_fresh() -> None:
+    obs = observe_meter(None, MeterResult(MeterReading(9.5e6, 1.0e9), None, 0.0), NOW - 40, METER, 10 * MW)
+    for at, wh in ((NOW - 20, 1.0e9 + 52_000), (NOW, 1.0e9 + 104_000)):
+        obs = observe_meter(obs, MeterResult(MeterReading(9.5e6, wh), None, 0.0), at, METER, 10 * MW)
+    a = fleet_with(metered_config(), obs).sites[0]
+    assert a.meter is not None and a.meter.state is MeterState.OK and a.meter.age_s == 0
+
+
+def test_load_only_the_meter_saw_is_carried_when_the_meter_is_lost() -> None:
+    from megawatch.collector.sitemeter import remember_unseen
+
+    cfg = metered_config()
+    obs = read(None, FIGURE_A + 1.2 * MW, NOW - 10)
+    a = fleet_with(cfg, obs).sites[0]
+    assert a.meter is not None and a.meter.reconciliation_w == pytest.approx(1.2 * MW)
+    obs = remember_unseen(obs, a.meter)
+    lost = read(obs, None, NOW, error="connect_failed: refused")
+    a = fleet_with(cfg, lost).sites[0]
+    assert a.meter is not None and a.meter.state is MeterState.DOWN and figure_source(a) is FigureSource.MINERS
+    assert a.meter.carried_unseen_w == pytest.approx(1.2 * MW)
+    assert a.draw.facility_power_w == pytest.approx(FIGURE_A + 1.2 * MW)  # never below what the meter showed
+    # Back, and the load gone: nothing is carried any more.
+    back = read(lost, FIGURE_A * 0.99, NOW + 10)
+    a = fleet_with(cfg, back).sites[0]
+    assert remember_unseen(back, a.meter).unseen_w == 0.0  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("power_w", "problem"), [
     (float("nan"), "power_not_a_number"),
     (-2 * MW, "power_negative"),
