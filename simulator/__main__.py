@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 
 from megawatch.common import daemon
 from megawatch.common.logs import configure_logging, get_logger
-from megawatch.simulator.config import FleetConfig, load_fleet_config
+from megawatch.simulator.config import FleetConfig, is_token, load_fleet_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     daemon.add_config_arguments(parser, "fleet file (configs/sim/*.yaml)")
     daemon.add_log_arguments(parser, in_config=False)
+    parser.add_argument("--control-token", metavar="TOKEN",
+                        help="require 'Authorization: Bearer TOKEN' on the control endpoint (instead of "
+                             "control.token in the fleet file; 16 to 256 characters)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
     if args.check_config:
         print(f"ok: {config.count} miners in {len(config.sites)} sites")
         return daemon.EXIT_OK
+    if args.control_token is not None:
+        if not is_token(args.control_token):
+            print("megawatch simulate: --control-token: expected 16 to 256 printable characters without spaces",
+                  file=sys.stderr)
+            return daemon.EXIT_CONFIG
+        config = dataclasses.replace(config, control=dataclasses.replace(config.control, token=args.control_token))
     configure_logging(args.log_format or "auto", args.log_level or "info")
     return daemon.run_loop(serve(config))
 
@@ -57,7 +67,8 @@ async def _serve(config: FleetConfig, stop: asyncio.Event) -> int:
         return 1
     try:
         try:
-            runner, port = await start_control(backend, config.control.host, config.control.port)
+            runner, port = await start_control(backend, config.control.host, config.control.port,
+                                               config.control.token)
         except OSError as exc:
             print(f"megawatch simulate: control endpoint {config.control.host}:{config.control.port}: "
                   f"{exc.strerror or exc}", file=sys.stderr)

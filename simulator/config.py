@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from megawatch.agent.modeltable import ModelSpec, ModelTable, load_model_table
@@ -94,6 +94,7 @@ class SiteConfig:
 class ControlConfig:
     host: str = "127.0.0.1"
     port: int = 9400
+    token: str | None = field(default=None, repr=False)  # when set, every request needs it as a bearer token
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,11 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def is_token(value: str) -> bool:
+    """A control token the config and the flag accept (long enough not to be guessed in a loopback flood)."""
+    return 16 <= len(value) <= 256 and value.isprintable() and " " not in value
+
+
 def _loopback_v4(text: str) -> ipaddress.IPv4Address:
     address = ipaddress.IPv4Address(text)
     if address not in _LOOPBACK:
@@ -134,6 +140,11 @@ def load_fleet_config(path: str | Path, models: ModelTable | None = None) -> Fle
     control_host = control_section.string("host", "127.0.0.1", check=is_loopback,
                                           expected="a loopback address (127.0.0.0/8, ::1 or localhost)")
     control_port = control_section.integer("port", 9400, minimum=0, maximum=65535)
+    control_token = control_section.string("token", None)
+    if control_token is not None and not is_token(control_token):
+        # The value is not echoed: a near-miss of a secret is still a secret.
+        control_section.error("token", "expected 16 to 256 printable characters without spaces")
+        control_token = None
     control_section.done()
 
     sites: list[SiteConfig] = []
@@ -152,7 +163,7 @@ def load_fleet_config(path: str | Path, models: ModelTable | None = None) -> Fle
         top.error("sites", "expected at least one site")
     top.problems.raise_if_any()
     return FleetConfig(
-        seed=seed, tick_s=tick_s, control=ControlConfig(control_host, control_port), sites=tuple(sites),
+        seed=seed, tick_s=tick_s, control=ControlConfig(control_host, control_port, control_token), sites=tuple(sites),
         miners_per_worker=per_worker,
     )
 
@@ -329,5 +340,6 @@ __all__ = [
     "MeterConfig",
     "SiteConfig",
     "is_loopback",
+    "is_token",
     "load_fleet_config",
 ]

@@ -6,10 +6,17 @@ DELETE /api/v1/faults, POST /api/v1/clock {"freeze": true, "advance": 1},
 POST /api/v1/meters/{site}/fault {"fault": K, <params>}, DELETE /api/v1/meters/{site}/fault,
 POST /api/v1/meters/{site}/extra_load {"kw": 50}.
 Bad requests get a 4xx JSON error naming the problem; nothing a client sends can crash the fleet.
+
+A web page in the operator's browser can reach loopback too. So every request must name a loopback Host
+(a DNS-rebound name is refused, 421), a request with a body must be `application/json` (a cross-origin page
+can send text/plain or a form without asking; JSON makes the browser ask first, and we never say yes: 415),
+and when a token is set every request must carry `Authorization: Bearer <token>` (401).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 from typing import Any, Protocol
 
@@ -101,6 +108,43 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except BadRequest as exc:
         return web.json_response({"error": str(exc)}, status=exc.status)
+
+
+def _loopback_host(header: str | None) -> bool:
+    """Whether a Host header names this machine: localhost, a 127.x address or [::1], any port."""
+    if not header:
+        return False
+    host = header.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guard(token: str | None) -> Any:
+    expected = None if token is None else f"Bearer {token}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not _loopback_host(request.headers.get("Host")):
+            return web.json_response({"error": "the Host header must name a loopback address"}, status=421)
+        if expected is not None and not hmac.compare_digest(
+                request.headers.get("Authorization", "").encode(), expected):
+            return web.json_response({"error": "a bearer token is required (control.token)"}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="megawatch-simulator"'})
+        has_body = request.body_exists or request.method == "POST"
+        if has_body and request.content_type != "application/json":
+            return web.json_response({"error": "the request body must be Content-Type: application/json"},
+                                     status=415)
+        return await handler(request)
+
+    return guard
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -283,8 +327,8 @@ async def get_index(request: web.Request) -> web.Response:
                                    for kind, params in METER_FAULTS.items()}})
 
 
-def make_app(backend: Backend) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
+def make_app(backend: Backend, token: str | None = None) -> web.Application:
+    app = web.Application(middlewares=[_guard(token), _errors], client_max_size=1024 * 1024)
     app[BACKEND] = backend
     app.router.add_get("/", get_index)
     app.router.add_get("/api/v1/truth", get_truth)
@@ -299,11 +343,12 @@ def make_app(backend: Backend) -> web.Application:
     return app
 
 
-async def start_control(backend: Backend, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_control(backend: Backend, host: str, port: int,
+                        token: str | None = None) -> tuple[web.AppRunner, int]:
     """Serve the endpoint; refuses any non-loopback address (it can change what miners report)."""
     if not is_loopback(host):
         raise ValueError(f"control endpoint must bind a loopback address, not {host!r}")
-    runner = web.AppRunner(make_app(backend), access_log=None)
+    runner = web.AppRunner(make_app(backend, token), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -112,7 +112,9 @@ class WorkerPool:
         if problems:
             await self.close()
             raise FleetStartError("; ".join(problems))
-        self._session = aiohttp.ClientSession(timeout=_HTTP_TIMEOUT)
+        token = self.config.control.token  # the workers' own endpoints ask for it too
+        self._session = aiohttp.ClientSession(
+            timeout=_HTTP_TIMEOUT, headers={"Authorization": f"Bearer {token}"} if token is not None else None)
         for row in await self.miners():
             # Learn the real ports of miners configured with port 0.
             planned = self.plan[row["index"]]
@@ -258,7 +260,7 @@ async def _worker(config: FleetConfig, start: int, stop: int, epoch: float, faul
     except FleetStartError as exc:
         pipe.send(("error", str(exc)))
         return
-    runner, port = await start_control(LocalBackend(fleet, plan), "127.0.0.1", 0)
+    runner, port = await start_control(LocalBackend(fleet, plan), "127.0.0.1", 0, config.control.token)
     pipe.send(("ready", port, fleet.startup_s))
     done = asyncio.Event()
     loop = asyncio.get_running_loop()

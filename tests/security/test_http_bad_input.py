@@ -40,19 +40,19 @@ def _requests(path: str) -> list[bytes]:
     big_header = b"X-Big: " + b"h" * 20_000 + b"\r\n"
     many_headers = b"".join(b"X-H%d: v\r\n" % i for i in range(200))
     p = path.encode()
-    reqs = [b"GET " + p + q.encode() + b" HTTP/1.1\r\nHost: t\r\n\r\n" for q in QUERIES]
+    reqs = [b"GET " + p + q.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" for q in QUERIES]
     reqs += [
-        b"GET " + p + b"/" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",  # request line past the limit
-        b"GET " + p + b" HTTP/1.1\r\nHost: t\r\n" + big_header + b"\r\n",  # one header past the limit
-        b"GET " + p + b" HTTP/1.1\r\nHost: t\r\n" + many_headers + b"\r\n",
-        b"GET " + p + b" HTTP/1.1\r\nHost: t\r\nContent-Length: -5\r\n\r\n",
-        b"GET " + p + b" HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n",
-        b"GET " + p + b" HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
-        b"POST " + p + b" HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{broken!",
-        b"POST " + p + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 3000000\r\n\r\n" + b"x" * 3_000_000,
-        b"PUT " + p + b" HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
-        b"BREW " + p + b" HTTP/1.1\r\nHost: t\r\n\r\n",
-        b"GET " + p + b" HTTP/9.9\r\nHost: t\r\n\r\n",
+        b"GET " + p + b"/" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # request line past the limit
+        b"GET " + p + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + big_header + b"\r\n",  # one header past the limit
+        b"GET " + p + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + many_headers + b"\r\n",
+        b"GET " + p + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n",
+        b"GET " + p + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+        b"GET " + p + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST " + p + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n{broken!",
+        b"POST " + p + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3000000\r\n\r\n" + b"x" * 3_000_000,
+        b"PUT " + p + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+        b"BREW " + p + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET " + p + b" HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS hello to a plain port
         b"GET " + p + b"\r\n\r\n",  # HTTP/0.9 style
     ]
@@ -86,7 +86,7 @@ async def _hammer(server: TestServer, paths: tuple[str, ...], healthy_path: str)
     for path in paths:
         for payload in _requests(path):
             status = await _status(port, payload)
-            what = f"{path} {payload[:60]!r}"
+            what = f"{path} {payload[:80]!r}"
             assert status is None or 400 <= status < 500 or status < 300, (what, status)
             if status is not None and status >= 300:
                 seen[what] = status

@@ -179,7 +179,8 @@ async def test_control_endpoint_load_faults_and_bad_requests(sim_fleet):
         for method, path, body, expected in bad:
             status, reply = await control(session, method, base + path, body)
             assert status == expected and isinstance(reply["error"], str), (path, body, reply)
-        status, reply = await control(session, "POST", base + "/faults", data=b"{not json")
+        async with session.post(base + "/faults", data=b"{not json", headers={"Content-Type": "application/json"}) as r:
+            status, reply = r.status, await r.json()
         assert status == 400 and "JSON" in reply["error"]
         assert (await control(session, "GET", base + "/truth"))[0] == 200  # still alive
 
