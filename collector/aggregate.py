@@ -1,13 +1,15 @@
 """Pure: agents' last known summaries -> per-site and fleet totals against allocations.
 
-An agent that is down or stale keeps contributing its last known figures, flagged stale with their age;
-it never turns into 0 W. Only a site no agent has ever answered for has unknown (None) power.
+Fresh agents give measured power and their own allowance. An agent that is stale keeps contributing its
+last known figures, all of them as allowance, never 0 W; an agent never heard from counts at the site's
+unknown-agent allowance. So a site's upper bound never drops because it went out of sight.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from megawatch.collector.config import CollectorConfig, Site, public_url
 from megawatch.collector.model import (
@@ -48,25 +50,85 @@ def _share(estimate_w: float | None, miner_w: float | None) -> float | None:
     return _ratio(estimate_w if estimate_w is not None else 0.0, miner_w)
 
 
-def _status(views: tuple[AgentView, ...]) -> SiteStatus:
+def _status(views: tuple[AgentView, ...], draw: Draw) -> SiteStatus:
+    """Worst first: no_data, stale, dark (all allowance), partial (some), ok (all measured, all agents fresh)."""
     if not any(v.has_data for v in views):
         return SiteStatus.NO_DATA
-    if all(v.up and not v.stale for v in views):
-        return SiteStatus.OK
-    # An agent that just went down still has young data: the site is partial until that data ages out.
-    return SiteStatus.PARTIAL if any(not v.stale for v in views) else SiteStatus.STALE
+    if all(v.stale for v in views):
+        return SiteStatus.STALE
+    allowance = draw.miner_allowance_w or 0.0
+    if allowance > 0 and not draw.miner_power_w:
+        return SiteStatus.DARK
+    if allowance > 0 or not all(v.up and not v.stale for v in views):
+        # An agent that just went down still has young data: partial until that data ages out into allowance.
+        return SiteStatus.PARTIAL
+    return SiteStatus.OK
 
 
-def make_draw(allocation_w: float, parts: Sequence[AgentSummary | Draw],
-              overhead: Callable[[float], float] | None = None) -> Draw:
-    """Add agent summaries (a site) or draws (the fleet) up; `overhead` maps miner power to facility power."""
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One agent's share of a site's figures: fresh parts measure, carried and unknown ones are allowance."""
+
+    hashrate_hs: float | None = None
+    power_firmware_w: float | None = None
+    power_estimate_w: float | None = None
+    power_allowance_w: float | None = None
+    miners_up: int | None = None
+    miners_down: int | None = None
+    miners_stale: int | None = None
+    miners_total: int | None = None
+    miners_power_unknown: int | None = None
+    allowance_last_known: int | None = None
+    allowance_nameplate: int | None = None
+    allowance_default: int | None = None
+    agents_allowed_for: int = 0
+
+
+def _part(summary: AgentSummary | None, stale: bool, unknown_agent_w: float) -> _Part:
+    if summary is None:  # never answered: nothing known but that its miners may be drawing
+        return _Part(power_allowance_w=unknown_agent_w, agents_allowed_for=1)
+    counts = dict(hashrate_hs=summary.hashrate_hs, miners_up=summary.miners_up, miners_down=summary.miners_down,
+                  miners_stale=summary.miners_stale, miners_total=summary.miners_total,
+                  miners_power_unknown=summary.miners_power_unknown)
+    if stale:
+        # Its last figures are carried, never 0 W, but nothing in them is measured now: all of it is allowance.
+        carried = summary.upper_bound_w
+        return _Part(power_allowance_w=carried if carried is not None else unknown_agent_w, agents_allowed_for=1,
+                     **counts)
+    allowed = summary.power_allowance_w
+    if summary.upper_bound_w is None:  # fresh, yet no power figure at all: as good as never heard from
+        allowed = unknown_agent_w
+    return _Part(power_firmware_w=summary.power_firmware_w, power_estimate_w=summary.power_estimate_w,
+                 power_allowance_w=allowed, allowance_last_known=summary.allowance_last_known,
+                 allowance_nameplate=summary.allowance_nameplate, allowance_default=summary.allowance_default,
+                 **counts)
+
+
+def make_draw(allocation_w: float, parts: Sequence[_Part | Draw],
+              overhead: Callable[[float], float] | None = None, pue: float = 1.0) -> Draw:
+    """Add agents' parts (a site) or draws (the fleet) up.
+
+    For a site, `overhead` maps measured miner power to facility power (x PUE + aux) and `pue` scales the
+    allowance (aux is counted once, with the measured figure). A fleet adds its sites' facility figures.
+    """
     firmware_w = add(*(p.power_firmware_w for p in parts))
     estimate_w = add(*(p.power_estimate_w for p in parts))
     miner_w = add(firmware_w, estimate_w)
-    if isinstance(next(iter(parts), None), Draw):
-        facility_w = add(*(p.facility_power_w for p in parts if isinstance(p, Draw)))
+    draws = [p for p in parts if isinstance(p, Draw)]
+    if draws:
+        allowance_w = add(*(d.miner_allowance_w for d in draws))
+        facility_measured = add(*(d.facility_measured_w for d in draws))
+        facility_allowance = add(*(d.facility_allowance_w for d in draws))
     else:
-        facility_w = overhead(miner_w) if overhead is not None and miner_w is not None else miner_w
+        allowance_w = add(*(p.power_allowance_w for p in parts if isinstance(p, _Part)))
+        measured = miner_w if miner_w is not None else 0.0  # nothing measured is 0 W measured, not unknown
+        facility_measured = overhead(measured) if overhead is not None else measured
+        facility_allowance = allowance_w * pue if allowance_w is not None else None
+    upper_w = add(miner_w, allowance_w)
+    facility_upper = add(facility_measured, facility_allowance)
+    # The judged figure starts as the upper bound; a fresh site meter replaces it later (collector/sitemeter.py),
+    # the upper bound staying beside it.
+    facility_w = facility_upper
     return Draw(
         allocation_w=allocation_w,
         hashrate_hs=add(*(p.hashrate_hs for p in parts)),
@@ -82,6 +144,16 @@ def make_draw(allocation_w: float, parts: Sequence[AgentSummary | Draw],
         miners_stale=add(*(p.miners_stale for p in parts)),
         miners_total=add(*(p.miners_total for p in parts)),
         miners_power_unknown=add(*(p.miners_power_unknown for p in parts)),
+        miner_allowance_w=allowance_w,
+        miner_upper_bound_w=upper_w,
+        facility_measured_w=facility_measured,
+        facility_allowance_w=facility_allowance,
+        facility_upper_bound_w=facility_upper,
+        allowance_ratio=_ratio(facility_allowance if facility_allowance is not None else 0.0, facility_upper),
+        allowance_last_known=add(*(p.allowance_last_known for p in parts)),
+        allowance_nameplate=add(*(p.allowance_nameplate for p in parts)),
+        allowance_default=add(*(p.allowance_default for p in parts)),
+        agents_allowed_for=add(*(p.agents_allowed_for for p in parts)),
     )
 
 
@@ -93,11 +165,14 @@ def aggregate_site(site: Site, observations: Mapping[str, AgentObservation], now
     summaries = [o.summary for o in obs if o.summary is not None]
     ages = [v.age_s for v in views if v.age_s is not None]
     ids = Counter(s.agent_id for s in summaries if s.agent_id is not None)
+    unknown_agent_w = site.unknown_agent_w(now)
+    parts = [_part(o.summary, v.stale, unknown_agent_w) for o, v in zip(obs, views, strict=True)]
+    draw = make_draw(site.allocation_at(now), parts, site.facility_power_w, site.pue)
     return SiteTotals(
         site_id=site.id,
         name=site.name,
-        status=_status(views),
-        draw=make_draw(site.allocation_at(now), summaries, site.facility_power_w),
+        status=_status(views, draw),
+        draw=draw,
         data_age_s=max(ages) if ages else None,
         stale=any(v.stale for v in views),
         agents=views,

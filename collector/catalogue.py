@@ -63,6 +63,10 @@ class AlertSpec:
     limit: Callable[[Any], float] | None = None  # the collector's line when it is not a thresholds: value
     paths: frozenset[AlertPath] = frozenset({AlertPath.COLLECTOR, AlertPath.PROMETHEUS})
     only_prometheus: str = ""  # why the collector cannot raise it, when it is not in AlertPath.COLLECTOR
+    # For a power figure judged on its upper bound: the {measured} and {allowance} fields of the text, as PromQL
+    # series of the subject (Prometheus) and the collector's figures for it.
+    parts: tuple[str, str] | None = None
+    measure_parts: Callable[[Any], tuple[float | None, float | None]] | None = None
 
     @property
     def threshold(self) -> str | None:
@@ -101,27 +105,54 @@ def _down_ratio(site: SiteTotals) -> float | None:
 AGENT_CARRY = "10m"
 COLLECTOR_CARRY = "1d"
 
-SITE_POWER = "site:megawatch_facility_power_watts:sum"  # what a site draws at the grid, as judged
+# What a site draws at the grid, as judged: its upper bound, measured plus allowance (docs/accounting.md).
+SITE_POWER = "site:megawatch_facility_power_watts:sum"
+SITE_MEASURED = "site:megawatch_facility_measured_watts:sum"
+SITE_ALLOWANCE = "site:megawatch_facility_allowance_watts:sum"
 SITE_ALLOCATION = "site:megawatch_allocation_watts:max"
 FLEET_POWER = "fleet:megawatch_facility_power_watts:sum"
+FLEET_MEASURED = "fleet:megawatch_facility_measured_watts:sum"
+FLEET_ALLOWANCE = "fleet:megawatch_facility_allowance_watts:sum"
 FLEET_ALLOCATION = "fleet:megawatch_allocation_watts:max"
+UPPER_BOUND_CARRY = "1d"  # an agent's upper bound outlives its answers: losing sight of a site never lowers it
+
+
+def _draw_parts(subject: Any) -> tuple[float | None, float | None]:
+    return subject.draw.facility_measured_w, subject.draw.facility_allowance_w
 
 ALERTS: dict[str, AlertSpec] = {a.name: a for a in (
     AlertSpec(
         "SiteOverAllocation", Severity.CRITICAL, Subject.SITE, "site_over_allocation",
-        means="The site draws more than the allocation in force (its schedule applied), facility overhead "
-              "included.",
-        summary="{who} draws {value} against its {line} allocation ({excess}, {ratio}).",
+        means="The site may draw more than the allocation in force (its schedule applied), facility overhead "
+              "included: judged on its upper bound, measured plus the allowance for miners whose draw is not "
+              "known now, so losing sight of miners never clears it.",
+        summary="{who} draws up to {value} against its {line} allocation ({excess}, {ratio}): {measured} measured, "
+                "{allowance} allowed for.",
         action="Shed at least the excess now; the alert clears below {clear}.",
         value=SITE_POWER, unit=Unit.WATTS, line=SITE_ALLOCATION, source="sites[].allocation_mw",
-        hysteresis=True, measure=lambda s: s.draw.facility_power_w, limit=lambda s: s.draw.allocation_w),
+        hysteresis=True, measure=lambda s: s.draw.facility_power_w, limit=lambda s: s.draw.allocation_w,
+        parts=(SITE_MEASURED, SITE_ALLOWANCE), measure_parts=_draw_parts),
     AlertSpec(
         "SiteNearAllocation", Severity.WARNING, Subject.SITE, "site_near_allocation",
-        means="The site draws `near_ratio` of its allocation or more: little headroom is left.",
-        summary="{who} is at {value} of its allocation (warning at {line}).",
+        means="The site's upper bound (measured plus allowance) is `near_ratio` of its allocation or more: little "
+              "headroom is left.",
+        summary="{who} is at up to {value} of its allocation (warning at {line}): {measured} measured, {allowance} "
+                "allowed for.",
         action="Hold back load increases; the warning clears below {clear}.",
         value="site:megawatch_utilisation:ratio", unit=Unit.RATIO, op=">=", line="{near_ratio}",
-        source="thresholds.near_ratio", hysteresis=True, measure=lambda s: s.draw.utilisation_ratio),
+        source="thresholds.near_ratio", hysteresis=True, measure=lambda s: s.draw.utilisation_ratio,
+        parts=(SITE_MEASURED, SITE_ALLOWANCE), measure_parts=_draw_parts),
+    AlertSpec(
+        "SiteUnknownShareHigh", Severity.WARNING, Subject.SITE, "site_unknown_share_high",
+        means="More than `unknown_share_ratio` of the site's figure is allowance (miners or agents whose draw is not "
+              "known now), not measured: too much of it is assumed to trust the figure.",
+        summary="{who}: {value} of its figure is allowance, not measured (warning above {line}): {measured} "
+                "measured, {allowance} allowed for.",
+        action="Find why miners do not answer (hung APIs, a switch, a down agent) and whether their power is "
+               "still on; the over-allocation alerts count them at their allowance meanwhile.",
+        value="site:megawatch_allowance:ratio", unit=Unit.RATIO, line="{unknown_share_ratio}",
+        source="thresholds.unknown_share_ratio", hysteresis=True, measure=lambda s: s.draw.allowance_ratio,
+        parts=(SITE_MEASURED, SITE_ALLOWANCE), measure_parts=_draw_parts),
     AlertSpec(
         "SiteDataStale", Severity.WARNING, Subject.SITE, "site_data_stale",
         means="Some of the site's agent data is older than `stale_after_s`; its last known figures are still "
@@ -138,11 +169,13 @@ ALERTS: dict[str, AlertSpec] = {a.name: a for a in (
         value='up{job="megawatch-agent"} == 0', unit=Unit.COUNT, measure=lambda a: 0.0 if a.up else 1.0),
     AlertSpec(
         "FleetOverAllocation", Severity.CRITICAL, Subject.FLEET, "fleet_over_allocation",
-        means="All sites together draw more than the fleet's allocation.",
-        summary="{who} draws {value} against its {line} allocation ({excess}, {ratio}).",
+        means="All sites together may draw more than the fleet's allocation (their upper bounds added up).",
+        summary="{who} draws up to {value} against its {line} allocation ({excess}, {ratio}): {measured} measured, "
+                "{allowance} allowed for.",
         action="Shed load at the sites with the least headroom; the alert clears below {clear}.",
         value=FLEET_POWER, unit=Unit.WATTS, line=FLEET_ALLOCATION, source="fleet.allocation_mw", hysteresis=True,
         measure=lambda f: f.draw.facility_power_w, limit=lambda f: f.draw.allocation_w,
+        parts=(FLEET_MEASURED, FLEET_ALLOWANCE), measure_parts=_draw_parts,
         paths=frozenset({AlertPath.COLLECTOR, AlertPath.PROMETHEUS, AlertPath.CENTRAL})),
     AlertSpec(
         "SiteMinersDown", Severity.WARNING, Subject.SITE, "site_miners_down",

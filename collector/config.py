@@ -60,6 +60,7 @@ class Site:
     agents: tuple[str, ...]  # base URLs of the agent shards polling this site; their totals add up
     schedule: tuple[ScheduleWindow, ...] = ()
     meter: MeterConfig | None = None  # the site's feeder meter, read over Modbus TCP
+    unknown_agent_allowance_w: float | None = None  # miner draw counted for an agent never heard from
 
     def allocation_at(self, at_s: float) -> float:
         """The allocation in force at `at_s`: the strictest window that applies, else the base allocation."""
@@ -68,6 +69,15 @@ class Site:
 
     def facility_power_w(self, miner_power_w: float) -> float:
         return miner_power_w * self.pue + self.aux_w
+
+    def unknown_agent_w(self, at_s: float) -> float:
+        """Miner draw counted for one agent that never answered: the configured figure, else the agent's share
+        of the allocation in force net of aux (a site nobody has heard from is taken to draw its allocation)."""
+        if self.unknown_agent_allowance_w is not None:
+            return self.unknown_agent_allowance_w
+        allocation = self.allocation_at(at_s)
+        net = allocation - self.aux_w if allocation > self.aux_w else allocation
+        return net / self.pue / len(self.agents)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,7 @@ class Thresholds:
     stale_after_s: float = 60.0
     miners_down_ratio: float = 0.2
     meter_mismatch_ratio: float = 0.05  # SiteMeterMismatch: |meter - miners' figure| / miners' figure above this
+    unknown_share_ratio: float = 0.1  # SiteUnknownShareHigh: allowance / upper bound above this
 
     def hold_for(self, alertname: str) -> float:
         return dict(self.hold_overrides_s).get(alertname, self.hold_s)
@@ -182,6 +193,7 @@ def _load_site(item: Section) -> Site | None:
     allocation_mw = item.number("allocation_mw", exclusive_minimum=0)
     pue = item.number("pue", 1.0, minimum=1.0, maximum=3.0)
     aux_mw = item.number("aux_mw", 0.0, minimum=0.0)
+    unknown_agent_mw = item.number("unknown_agent_allowance_mw", None, exclusive_minimum=0)
     agents = item.strings("agents")
     for url in agents or ():
         if not _is_url(url):
@@ -197,7 +209,8 @@ def _load_site(item: Section) -> Site | None:
             item.error("agents", "expected at least one agent URL")
         return None
     return Site(id=site_id, name=name or site_id, allocation_w=allocation_mw * MW, pue=pue, aux_w=aux_mw * MW,
-                agents=tuple(u.rstrip("/") for u in agents), schedule=windows, meter=meter)
+                agents=tuple(u.rstrip("/") for u in agents), schedule=windows, meter=meter,
+                unknown_agent_allowance_w=unknown_agent_mw * MW if unknown_agent_mw is not None else None)
 
 
 def _load_thresholds(sec: Section) -> Thresholds:
@@ -218,12 +231,14 @@ def _load_thresholds(sec: Section) -> Thresholds:
     stale = sec.number("stale_after_s", d.stale_after_s, exclusive_minimum=0)
     down = sec.number("miners_down_ratio", d.miners_down_ratio, exclusive_minimum=0, maximum=1)
     mismatch = sec.number("meter_mismatch_ratio", d.meter_mismatch_ratio, exclusive_minimum=0, maximum=1)
+    unknown = sec.number("unknown_share_ratio", d.unknown_share_ratio, exclusive_minimum=0, maximum=1)
     sec.done()
     if near is not None and hysteresis is not None and near * (1 - hysteresis) <= 0:
         sec.error("hysteresis_ratio", "leaves no room below near_ratio")
     return Thresholds(near_ratio=near, hysteresis_ratio=hysteresis, hold_s=hold,
                       hold_overrides_s=tuple(overrides), stale_after_s=stale, miners_down_ratio=down,
-                      meter_mismatch_ratio=mismatch)
+                      meter_mismatch_ratio=mismatch,
+                      unknown_share_ratio=unknown)
 
 
 def _load_alerting(sec: Section) -> Alerting:

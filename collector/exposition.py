@@ -31,9 +31,23 @@ def _gauges(prefix: str, labels: list[str]) -> dict[str, GaugeMetricFamily]:
         return GaugeMetricFamily(f"megawatch_{prefix}_{name}", f"{what} {help_}", labels=[*labels, *extra])
 
     return {
-        "facility": g("facility_power_watts", "draw at the grid: miner power x PUE + auxiliary load, in watts."),
-        "miner": g("miner_power_watts", "miner power over all agents by source (firmware or estimate), in watts.",
-                   ("source",)),
+        "facility": g("facility_power_watts", "draw at the grid as judged against the allocation: the facility "
+                      "upper bound (measured plus allowance), in watts."),
+        "facility_measured": g("facility_measured_watts", "draw at the grid from measured miner power: "
+                               "measured x PUE + auxiliary load, in watts."),
+        "facility_allowance": g("facility_allowance_watts", "draw at the grid allowed for miners and agents "
+                                "whose draw is not known now: allowance x PUE, in watts."),
+        "facility_upper": g("facility_upper_bound_watts",
+                            "draw at the grid at most: facility measured plus facility allowance, in watts."),
+        "miner": g("miner_power_watts", "miner power measured now over all agents by source (firmware or "
+                   "estimate), in watts.", ("source",)),
+        "miner_allowance": g("miner_allowance_watts", "miner power allowed for miners and agents whose draw "
+                             "is not known now (last known, nameplate or default; never 0), in watts."),
+        "miner_upper": g("miner_upper_bound_watts", "miner power measured plus allowance, in watts."),
+        "allowance_ratio": g("allowance_ratio", "share of the facility upper bound that is allowance, not "
+                             "measured (a ratio)."),
+        "allowance_miners": g("allowance_miners", "miners counted in the allowance by basis (last_known, "
+                              "nameplate, default), a count of miners.", ("basis",)),
         "allocation": g("allocation_watts", "power allocation in force now, in watts."),
         "utilisation": g("utilisation_ratio", "facility power divided by the allocation in force (a ratio)."),
         "headroom": g("headroom_watts", "allocation minus facility power (negative when over), in watts."),
@@ -51,6 +65,15 @@ def _add_draw(fam: dict[str, GaugeMetricFamily], labels: list[str], d: Draw) -> 
             fam[key].add_metric([*labels, *extra], value)
 
     put("facility", d.facility_power_w)
+    put("facility_measured", d.facility_measured_w)
+    put("facility_allowance", d.facility_allowance_w)
+    put("facility_upper", d.facility_upper_bound_w)
+    put("miner_allowance", d.miner_allowance_w)
+    put("miner_upper", d.miner_upper_bound_w)
+    put("allowance_ratio", d.allowance_ratio)
+    for basis, count in (("last_known", d.allowance_last_known), ("nameplate", d.allowance_nameplate),
+                         ("default", d.allowance_default)):
+        put("allowance_miners", count, (basis,))
     put("miner", d.power_firmware_w, ("firmware",))
     put("miner", d.power_estimate_w, ("estimate",))
     put("allocation", d.allocation_w)
@@ -91,7 +114,7 @@ class SiteCollector(Collector):
                 ["site"])
         stale = g("site_stale", "1 if some of the site's figures are carried from stale agent data (a flag).",
                   ["site"])
-        status = g("site_status", "Site data status: 1 for the current one of ok, partial, stale, no_data.",
+        status = g("site_status", "Site data status: 1 for the current one of ok, partial, dark, stale, no_data.",
                    ["site", "status"])
         agents = g("site_agents", "The site's agents by state (up, down, stale, no_data), a count of agents.",
                    ["site", "state"])
@@ -196,11 +219,11 @@ def meter_families(fleet: FleetTotals | None) -> list[Metric]:
     reconciliation = g("reconciliation_watts", "Site meter minus the miners' figure while the meter is fresh "
                        "(estimate error, unseen load, theft), in watts.")
     ratio = g("reconciliation_ratio", "Site reconciliation divided by the miners' figure (a ratio).")
-    carried = g("meter_carried_unseen_watts", "Load the site meter last showed beyond the miners' figure, added "
-                "to that figure while the meter is not trusted, in watts.")
+    unseen = g("meter_unseen_watts", "Load the site meter last showed beyond the miners' figure while trusted, "
+               "added to that figure whenever the meter is not trusted, in watts.")
     energy = CounterMetricFamily("megawatch_site_meter_imported_energy_joules",
                                  "Site meter's import energy register, in joules.", labels=["site"])
-    families: list[Metric] = [power, up, age, trusted, state, miners, non_miner, reconciliation, ratio, carried,
+    families: list[Metric] = [power, up, age, trusted, state, miners, non_miner, reconciliation, ratio, unseen,
                               energy]
     for site in fleet.sites if fleet is not None else ():
         m, labels = site.meter, [site.site_id]
@@ -216,7 +239,7 @@ def meter_families(fleet: FleetTotals | None) -> list[Metric]:
             if st is not MeterState.NONE:
                 state.add_metric([*labels, st.value], 1.0 if m.state is st else 0.0)
         non_miner.add_metric(labels, m.non_miner_load_w)
-        carried.add_metric(labels, m.carried_unseen_w)
+        unseen.add_metric(labels, m.unseen_w)
         if m.energy_import_wh is not None:
             energy.add_metric(labels, m.energy_import_wh * 3600.0)
     return families

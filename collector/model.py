@@ -29,11 +29,22 @@ class AgentSummary:
     miners_down: int | None
     miners_stale: int | None
     miners_total: int | None
+    # Allowance for the agent's miners whose draw it does not know now (docs/accounting.md). An agent older
+    # than the allowance gives none: parse_summary counts its power_unknown miners at a default instead.
+    power_allowance_w: float | None = None
+    allowance_last_known: int | None = None  # miners in the allowance, by basis
+    allowance_nameplate: int | None = None
+    allowance_default: int | None = None
 
     @property
     def power_w(self) -> float | None:
-        """Miner power from both sources; None when neither is known (never 0 for unknown)."""
+        """Measured miner power from both sources; None when neither is known (never 0 for unknown)."""
         return add(self.power_firmware_w, self.power_estimate_w)
+
+    @property
+    def upper_bound_w(self) -> float | None:
+        """Measured plus allowance: the most this agent's miners may be drawing."""
+        return add(self.power_w, self.power_allowance_w)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +61,13 @@ class AgentObservation:
 
 
 class SiteStatus(StrEnum):
-    OK = "ok"  # every agent answered and its data is fresh
-    PARTIAL = "partial"  # some agents fresh, others down, stale or never heard from
-    STALE = "stale"  # no agent fresh; figures are carried from the last known values
-    NO_DATA = "no_data"  # no agent has ever answered
+    """How much of a site's figure is measured now, worst first (docs/accounting.md)."""
+
+    NO_DATA = "no_data"  # no agent has ever answered: the figure is the unknown-agent allowance alone
+    STALE = "stale"  # no agent fresh: every figure is carried from the last known values, as allowance
+    DARK = "dark"  # agents answer, but no miner's draw is measured: the figure is all allowance
+    PARTIAL = "partial"  # part of the figure is allowance, or some agent is down, stale or never heard from
+    OK = "ok"  # every agent answered with fresh data and every miner's draw is measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,22 +83,39 @@ class AgentView:
 
 @dataclass(frozen=True, slots=True)
 class Draw:
-    """Power and hashrate against an allocation; shared by a site and the fleet."""
+    """Power and hashrate against an allocation; shared by a site and the fleet.
+
+    Power comes in three figures (docs/accounting.md): measured (fresh readings of fresh agents), allowance
+    (miners and agents whose draw is not known now, never 0 W) and upper bound = measured + allowance, each
+    for the miners and at the facility. Facility measured = miner measured x PUE + aux (aux is declared, so
+    known); facility allowance = miner allowance x PUE. `facility_power_w` is the figure judged against the
+    allocation: the facility upper bound, or a fresh site meter's reading instead (collector/sitemeter.py).
+    """
 
     allocation_w: float
     hashrate_hs: float | None
-    power_firmware_w: float | None
-    power_estimate_w: float | None
-    miner_power_w: float | None
-    facility_power_w: float | None  # what the grid sees: miner power with the facility overhead
+    power_firmware_w: float | None  # measured
+    power_estimate_w: float | None  # measured
+    miner_power_w: float | None  # measured: firmware + estimate
+    facility_power_w: float | None  # the site's figure for its allocation: the upper bound, or a fresh meter
     utilisation_ratio: float | None  # facility power / allocation
     headroom_w: float | None  # allocation - facility power; negative when over
-    estimated_power_ratio: float | None  # share of miner power that is our estimate, not firmware-reported
+    estimated_power_ratio: float | None  # share of measured miner power that is our estimate
     miners_up: int | None
     miners_down: int | None
     miners_stale: int | None
     miners_total: int | None
     miners_power_unknown: int | None
+    miner_allowance_w: float | None = None
+    miner_upper_bound_w: float | None = None
+    facility_measured_w: float | None = None
+    facility_allowance_w: float | None = None
+    facility_upper_bound_w: float | None = None
+    allowance_ratio: float | None = None  # facility allowance / facility upper bound: the unknown share
+    allowance_last_known: int | None = None  # miners in the allowance, by basis
+    allowance_nameplate: int | None = None
+    allowance_default: int | None = None
+    agents_allowed_for: int | None = None  # agents whose whole figure is allowance (stale or never answered)
 
 
 @dataclass(frozen=True, slots=True)

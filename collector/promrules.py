@@ -25,10 +25,15 @@ from megawatch.collector.catalogue import (
     ALERTS,
     COLLECTOR_CARRY,
     FLEET_ALLOCATION,
+    FLEET_ALLOWANCE,
+    FLEET_MEASURED,
     FLEET_POWER,
     SITE_ALLOCATION,
+    SITE_ALLOWANCE,
+    SITE_MEASURED,
     SITE_POWER,
     STALL_CYCLES,
+    UPPER_BOUND_CARRY,
     AlertPath,
     AlertSpec,
     Subject,
@@ -108,6 +113,9 @@ def _fields(spec: AlertSpec, t: Thresholds, config: CollectorConfig) -> dict[str
             clear=_queried(spec, f"{band:g} * {spec.line}", spec.unit),
             excess=_queried(spec, f"{spec.value} - {_on(spec)}{spec.line}", spec.unit, signed=True),
             ratio=_queried(spec, f"{spec.value} / {_on(spec)}{spec.line}", Unit.RATIO))
+    if spec.parts is not None:
+        measured, allowance = spec.parts
+        fields.update(measured=_queried(spec, measured, Unit.WATTS), allowance=_queried(spec, allowance, Unit.WATTS))
     return fields
 
 
@@ -157,34 +165,60 @@ def _collector(by: str, series: str) -> str:
     return f"max{by}({selector}) or max{by}(last_over_time({selector}[{COLLECTOR_CARRY}]))"
 
 
+def _pue_aux(series: str) -> str:
+    return (f"{series}\n  * on (site) ({_collector(' by (site) ', 'megawatch_site_pue_ratio')})\n"
+            f"  + on (site) ({_collector(' by (site) ', 'megawatch_site_aux_power_watts')})")
+
+
+def _pue(series: str) -> str:
+    return f"{series}\n  * on (site) ({_collector(' by (site) ', 'megawatch_site_pue_ratio')})"
+
+
 def _metered(miners: str) -> str:
-    """The site's figure: the meter's reading while the collector trusts it, else `miners` (+ declared non-miner
-    load on metered sites). With the collector down its meter series go stale at once: miners it is."""
+    """The site's figure: the meter's reading while the collector trusts it, else `miners` plus, on a metered
+    site, the declared non-miner load and the load only the meter saw (carried like the config series). With the
+    collector down its meter readings go stale at once: the fallback it is."""
     meter = ('max by (site) (megawatch_site_meter_power_watts{job="megawatch-collector"})\n'
              '  and on (site) (max by (site) (megawatch_site_meter_trusted{job="megawatch-collector"}) == 1)')
-    non_miner = _collector(" by (site) ", "megawatch_site_non_miner_load_watts")
-    return f"{meter}\nor\n(\n{miners}\n) + on (site) ({non_miner})\nor\n(\n{miners}\n)"
+    extra = (f"({_collector(' by (site) ', 'megawatch_site_non_miner_load_watts')})\n  + on (site) "
+             f"({_collector(' by (site) ', 'megawatch_site_meter_unseen_watts')})")
+    return f"{meter}\nor\n(\n{miners}\n) + on (site) (\n{extra}\n)\nor\n(\n{miners}\n)"
+
+
+_UPPER = "site:megawatch_miner_upper_bound_watts:sum"
+_MEASURED = "site:megawatch_miner_power_watts:sum"
+# Measured where an agent answers now, 0 W measured where none does (the upper bound says the site is there).
+_MEASURED_OR_0 = f"({_MEASURED} or 0 * {_UPPER})"
 
 # (comment, record, expr) of a site server: the site totals, the way the collector computes them.
 SITE_RECORDS: tuple[tuple[str, str, str], ...] = (
-    ("The agents' series, carried for a while when an agent stops answering (never counted as 0 W).",
-     "site:megawatch_miner_power_watts:sum", f"sum by (site) ({_agent('megawatch_site_power_watts')})"),
+    ("Measured: the agents answering now (a scrape that fails leaves no sample, so a dark agent measures "
+     "nothing).", _MEASURED, 'sum by (site) (megawatch_site_power_watts{job="megawatch-agent"})'),
+    (f"Upper bound: measured plus the agents' allowance for miners whose draw is not known now; an agent that "
+     f"stops answering keeps its last upper bound for {UPPER_BOUND_CARRY}, as allowance, so losing sight of a "
+     f"site never lowers it.",
+     _UPPER, f"sum by (site) (last_over_time(megawatch_site_power_upper_bound_watts{{job=\"megawatch-agent\"}}"
+             f"[{UPPER_BOUND_CARRY}]))"),
+    ("", "site:megawatch_miner_allowance_watts:sum", f"{_UPPER} - on (site) {_MEASURED_OR_0}"),
     ("", "site:megawatch_hashrate_hashes_per_second:sum",
      f"sum by (site) ({_agent('megawatch_site_hashrate_hashes_per_second')})"),
     ("", "site:megawatch_miners:sum", f"sum by (site, state) ({_agent('megawatch_site_miners')})"),
     ("Allocation in force (schedules applied), PUE and aux are config the collector serves; with the collector "
      "down, the last it served.",
      SITE_ALLOCATION, _collector(" by (site) ", "megawatch_site_allocation_watts")),
-    ("A metered site: its meter while the collector trusts it (fresh, plausible), else the miners' figure "
-     "with the site's declared non-miner load.", SITE_POWER, _metered(
-         f"site:megawatch_miner_power_watts:sum\n"
-         f"  * on (site) ({_collector(' by (site) ', 'megawatch_site_pue_ratio')})\n"
-         f"  + on (site) ({_collector(' by (site) ', 'megawatch_site_aux_power_watts')})")),
+    ("Facility figures as the collector's: measured x PUE + aux, allowance x PUE; the judged figure is the upper "
+     "bound.", SITE_MEASURED, _pue_aux(_MEASURED_OR_0)),
+    ("", SITE_ALLOWANCE, _pue("site:megawatch_miner_allowance_watts:sum")),
+    ("A metered site: its meter while the collector trusts it (fresh, plausible), else the miners' upper bound "
+     "with the site's declared non-miner load.", SITE_POWER, _metered(_pue_aux(_UPPER))),
+    ("", "site:megawatch_allowance:ratio", f"{SITE_ALLOWANCE} / on (site) {SITE_POWER}"),
     ("", "site:megawatch_utilisation:ratio", f"{SITE_POWER} / on (site) {SITE_ALLOCATION}"),
     ("", "site:megawatch_data_age_seconds:max",
      'time() - min by (site) (last_over_time(megawatch_agent_last_cycle_timestamp_seconds{job="megawatch-agent"}'
      '[1h]))'),
     ("", FLEET_POWER, f"sum({SITE_POWER})"),
+    ("", FLEET_MEASURED, f"sum({SITE_MEASURED})"),
+    ("", FLEET_ALLOWANCE, f"sum({SITE_ALLOWANCE})"),
     ("", FLEET_ALLOCATION, _collector("", "megawatch_fleet_allocation_watts")),
 )
 
@@ -203,7 +237,11 @@ CENTRAL_RECORDS: tuple[tuple[str, str, str], ...] = (
      f"sum(max by (site) (last_over_time(site:megawatch_hashrate_hashes_per_second:sum{_FED})))"),
     ("", "fleet:megawatch_miners:sum",
      f"sum by (state) (max by (site, state) (last_over_time(site:megawatch_miners:sum{_FED})))"),
-    ("", FLEET_POWER, f"sum(max by (site) (last_over_time({SITE_POWER}{_FED})))"),
+    (f"A site's upper bound is carried for {UPPER_BOUND_CARRY}, as the site servers carry their agents': losing "
+     f"sight of a site never lowers the fleet's figure. What is measured is only what arrives now; the rest is "
+     f"allowance.", FLEET_POWER, f"sum(max by (site) (last_over_time({SITE_POWER}[{UPPER_BOUND_CARRY}])))"),
+    ("", FLEET_MEASURED, f"sum(max by (site) ({SITE_MEASURED})) or 0 * {FLEET_POWER}"),
+    ("", FLEET_ALLOWANCE, f"{FLEET_POWER} - {FLEET_MEASURED}"),
     ("Every site server serves the fleet allocation from the collector: one figure, max() not sum().",
      FLEET_ALLOCATION, f"max(last_over_time(megawatch_fleet_allocation_watts[{COLLECTOR_CARRY}]))"),
     ("", "fleet:megawatch_utilisation:ratio", f"{FLEET_POWER} / on () {FLEET_ALLOCATION}"),

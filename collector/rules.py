@@ -168,6 +168,10 @@ class RuleEngine:
             fields.update(line=setting(spec.unit, line), clear=setting(spec.unit, line * (1 - t.hysteresis_ratio)))
         elif spec.line:
             line = float(spec.line)
+        if spec.measure_parts is not None:
+            measured, allowance = spec.measure_parts(subject)
+            fields.update(measured=figure(Unit.WATTS, measured) if measured is not None else "nothing",
+                          allowance=figure(Unit.WATTS, allowance) if allowance is not None else "nothing")
         note, detail = _NOTES.get(spec.name, _nothing)(subject, t)
         # An infinite figure (data never received) reads as such in the text; the alert's JSON value stays valid.
         return Check(spec.name, labels, spec.severity, self._holds(spec, labels, value, line),
@@ -213,11 +217,25 @@ def _nothing(subject: Any, t: Thresholds) -> tuple[str, str]:
     return "", ""
 
 
+def _allowed(d: Any) -> str:
+    """What the allowance is made of, when there is one."""
+    if not d.facility_allowance_w:
+        return ""
+    bases = [f"{n} at {what}" for n, what in ((d.allowance_last_known, "last known draw"),
+                                               (d.allowance_nameplate, "nameplate"),
+                                               (d.allowance_default, "the default")) if n]
+    parts = [f"miners {', '.join(bases)}"] if bases else []
+    if d.agents_allowed_for:
+        parts.append(f"{d.agents_allowed_for} agent(s) not heard from now, at their last or a default figure")
+    return f"; allowed for: {'; '.join(parts)}" if parts else ""
+
+
 def _data(site: SiteTotals) -> str:
     d = site.draw
     return (f"Data: {site.status.value}, oldest {duration(site.data_age_s or 0)} old"
-            + (f"; {d.estimated_power_ratio:.0%} of miner power is estimated"
-               if d.estimated_power_ratio is not None and d.estimated_power_ratio > 0 else "") + ".")
+            + (f"; {d.estimated_power_ratio:.0%} of measured miner power is estimated"
+               if d.estimated_power_ratio is not None and d.estimated_power_ratio > 0 else "")
+            + _allowed(d) + ".")
 
 
 def _near(site: SiteTotals, t: Thresholds) -> tuple[str, str]:
@@ -229,7 +247,8 @@ def _near(site: SiteTotals, t: Thresholds) -> tuple[str, str]:
 def _stale(site: SiteTotals, t: Thresholds) -> tuple[str, str]:
     stale = [a for a in site.agents if a.stale]
     power = site.draw.facility_power_w
-    counted = (f"its last known {mw(power)} is still counted" if power is not None
+    counted = (f"its last known figures are counted as allowance (site upper bound {mw(power)})"
+               if power is not None
                else "no power figure is known for it")
     agents = "; ".join(f"{a.url} ({'never answered' if not a.has_data else duration(a.age_s or 0) + ' old'}"
                        f"{', ' + a.last_error if a.last_error else ''})" for a in stale)
@@ -265,6 +284,7 @@ _NOTES: dict[str, Notes] = {
     "FleetOverAllocation": _fleet,
     "SiteMinersDown": _miners,
     "SiteDuplicateAgentId": _duplicates,
+    "SiteUnknownShareHigh": lambda site, t: ("", _data(site)),
     "SiteMeterMismatch": lambda site, t: ("", _meter(site)),
 }
 

@@ -45,9 +45,17 @@ SUMMARY_FIELDS: Mapping[str, tuple[str, ...]] = {
     "miners_down": ("miners", "down"),
     "miners_stale": ("miners", "stale"),
     "miners_total": ("miners", "configured"),
+    "power_allowance_w": ("totals", "power_allowance_w"),
+    "allowance_last_known": ("totals", "allowance_miners", "last_known"),
+    "allowance_nameplate": ("totals", "allowance_miners", "nameplate"),
+    "allowance_default": ("totals", "allowance_miners", "default"),
 }
 _TEXT = ("agent_id", "site")
-_COUNTS = ("miners_power_unknown", "miners_up", "miners_down", "miners_stale", "miners_total")
+_COUNTS = ("miners_power_unknown", "miners_up", "miners_down", "miners_stale", "miners_total",
+           "allowance_last_known", "allowance_nameplate", "allowance_default")
+# An agent that predates the allowance names only how many miners' power it does not know: each counts at the
+# agent's default unknown_miner_w (docs/accounting.md), never 0 W.
+LEGACY_UNKNOWN_MINER_W = 3500.0
 
 
 class SummaryError(Exception):
@@ -71,7 +79,8 @@ def _at(doc: Any, path: tuple[str, ...]) -> Any:
 MAX_AGENT_W = 2e9
 MAX_AGENT_HS = 1e20
 MAX_AGENT_MINERS = 1_000_000
-_LIMITS = {"power_firmware_w": MAX_AGENT_W, "power_estimate_w": MAX_AGENT_W, "hashrate_hs": MAX_AGENT_HS}
+_LIMITS = {"power_firmware_w": MAX_AGENT_W, "power_estimate_w": MAX_AGENT_W, "hashrate_hs": MAX_AGENT_HS,
+           "power_allowance_w": MAX_AGENT_W}
 _POWER = ("power_firmware_w", "power_estimate_w")
 
 
@@ -99,6 +108,13 @@ def parse_summary(doc: Any, rejected: list[str] | None = None) -> AgentSummary:
         values[name] = value
     if dropped.intersection(_POWER) and values["miners_total"] is not None:
         values["miners_power_unknown"] = values["miners_total"]
+    unknown = values["miners_power_unknown"]
+    if unknown is not None and (values["power_allowance_w"] is None or dropped.intersection(_POWER)) \
+            and _at(doc, ("totals", "power_w")) is not None:
+        # No allowance given (an older agent, or one dropped above), or a power figure that lied: every miner
+        # whose draw is not known counts at the default, or the agent's own allowance if that is larger.
+        values["power_allowance_w"] = max(unknown * LEGACY_UNKNOWN_MINER_W, values["power_allowance_w"] or 0.0)
+        values.update(allowance_default=unknown, allowance_last_known=None, allowance_nameplate=None)
     summary = AgentSummary(**values)
     if summary.cycle_ts is None and summary.power_w is None and summary.hashrate_hs is None:
         raise SummaryNotReady("no poll cycle finished yet")

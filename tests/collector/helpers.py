@@ -24,11 +24,13 @@ def make_config(*sites: Site, fleet_mw: float = 100.0, **thresholds: Any) -> Col
 
 
 def make_summary(power_w: float | None = 1e6, estimate_w: float | None = 0.0, hashrate_hs: float | None = 1e17,
-                 up: int = 100, down: int = 0, total: int | None = None, age_s: float = 0.0) -> AgentSummary:
+                 up: int = 100, down: int = 0, total: int | None = None, age_s: float = 0.0,
+                 allowance_w: float | None = 0.0, unknown: int = 0) -> AgentSummary:
     return AgentSummary(agent_id="agent", site="a", cycle_ts=None, age_at_fetch_s=age_s, hashrate_hs=hashrate_hs,
-                        power_firmware_w=power_w, power_estimate_w=estimate_w, miners_power_unknown=0,
+                        power_firmware_w=power_w, power_estimate_w=estimate_w, miners_power_unknown=unknown,
                         miners_up=up, miners_down=down, miners_stale=0,
-                        miners_total=total if total is not None else up + down)
+                        miners_total=total if total is not None else up + down, power_allowance_w=allowance_w,
+                        allowance_last_known=unknown if allowance_w is not None else None)
 
 
 def observed(url: str, summary: AgentSummary | None, at: float, up: bool = True) -> AgentObservation:

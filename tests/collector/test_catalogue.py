@@ -53,14 +53,14 @@ def config(allocation_mw: float = 10.0, fleet_mw: float = 100.0, agents: int = 1
 
 
 def reporting(power_mw: float = 5.0, down: int = 0, age_s: float = 0.0, up: bool = True,
-              ids: tuple[str, ...] = ("agent",)) -> Callable[[CollectorConfig], FleetTotals]:
+              ids: tuple[str, ...] = ("agent",), allowance_mw: float = 0.0) -> Callable[[CollectorConfig], FleetTotals]:
     """The collector's view: each of site a's agents (one per id) reports an equal share of `power_mw`."""
     def fleet(cfg: CollectorConfig) -> FleetTotals:
         urls = cfg.sites[0].agents
         obs: dict[str, AgentObservation] = {}
         for url, agent_id in zip(urls, ids, strict=True):
-            summary = replace(make_summary(power_w=power_mw * MW / len(urls), up=100 - down, down=down, age_s=age_s),
-                              agent_id=agent_id)
+            summary = replace(make_summary(power_w=power_mw * MW / len(urls), up=100 - down, down=down, age_s=age_s,
+                                           allowance_w=allowance_mw * MW / len(urls)), agent_id=agent_id)
             obs[url] = observed(url, summary, NOW, up=up)
         return aggregate_fleet(cfg, obs, NOW)
 
@@ -68,12 +68,13 @@ def reporting(power_mw: float = 5.0, down: int = 0, age_s: float = 0.0, up: bool
 
 
 def scraped(cfg: CollectorConfig, power_mw: float = 5.0, down: int = 0, age_s: float = 0.0, up: bool = True,
-            duplicates: int = 0) -> dict[str, float]:
+            duplicates: int = 0, allowance_mw: float = 0.0) -> dict[str, float]:
     """Prometheus's view of the same: the agent's series and the collector's config series for cfg."""
     site, collector = cfg.sites[0], 'job="megawatch-collector"'
     agent = 'job="megawatch-agent",instance="127.0.0.1:9100"'
     return {
         f'megawatch_site_power_watts{{{agent},site="a",source="firmware"}}': power_mw * MW,
+        f'megawatch_site_power_upper_bound_watts{{{agent},site="a"}}': (power_mw + allowance_mw) * MW,
         f'megawatch_site_miners{{{agent},site="a",state="up"}}': 100 - down,
         f'megawatch_site_miners{{{agent},site="a",state="down"}}': down,
         f'megawatch_agent_last_cycle_timestamp_seconds{{{agent},site="a"}}': 120 - age_s,  # judged at 2m
@@ -120,6 +121,8 @@ SCENARIOS: dict[str, tuple[Case, Case]] = {
     "SiteDataStale": line_moves(lambda s: config(stale_after_s=s), 30.0, 60.0, age_s=40.0),
     "FleetOverAllocation": line_moves(lambda mw: config(allocation_mw=20, fleet_mw=mw), 20.0, 22.0, power_mw=21.0),
     "SiteMinersDown": line_moves(lambda r: config(miners_down_ratio=r), 0.2, 0.3, down=25),
+    "SiteUnknownShareHigh": line_moves(lambda r: config(unknown_share_ratio=r), 0.1, 0.3, power_mw=8.0,
+                                       allowance_mw=2.0),
     "AgentDown": (Case(config(), reporting(up=False), scraped(config(), up=False)),
                   Case(config(), reporting(), scraped(config()))),
     "SiteDuplicateAgentId": (Case(config(agents=2), reporting(ids=("x", "x")), scraped(config(), duplicates=1)),

@@ -117,7 +117,8 @@ async def test_over_allocation_alert_flows_to_alertmanager_and_resolves(rig: Rig
         names = {(x["labels"]["alertname"], x["labels"]["site"]) for x in batch}
         assert ("SiteOverAllocation", "a") in names and all(site == "a" for _, site in names)
         over = next(x for x in batch if x["labels"]["alertname"] == "SiteOverAllocation")
-        assert "draws 11.20 MW against its 10.00 MW allocation (+1.20 MW, 112.0%)" in over["annotations"]["summary"]
+        summary = over["annotations"]["summary"]
+        assert "draws up to 11.20 MW against its 10.00 MW allocation (+1.20 MW, 112.0%)" in summary
         a1.power_firmware_w = 4 * MW
         clock.t += 5
         await service.poll_once()
@@ -139,7 +140,8 @@ async def test_killed_agent_is_carried_stale_not_zero(rig: Rig) -> None:
     await service.poll_once()
     sites = {s["id"]: s for s in (await (await client.get("/api/v1/sites")).json())["sites"]}
     a = sites["a"]
-    assert a["miner_power_w"] == 8 * MW  # a2's 3 MW still counted
+    # a2's 3 MW still counted: as allowance, since nothing in it is measured now.
+    assert a["miner_power_w"] == 5 * MW and a["miner_allowance_w"] == 3 * MW and a["miner_upper_bound_w"] == 8 * MW
     assert a["allocation_w"] == a["base_allocation_w"] == 10 * MW and a["pue"] == 1.1 and a["schedule"] == []
     assert a["status"] == "partial" and a["stale"] is True and a["data_age_s"] > 30
     assert [x["up"] for x in a["agents"]] == [True, False]
@@ -158,8 +160,12 @@ async def test_unknown_is_absent_from_metrics() -> None:
         await service.poll_once()
         async with TestClient(TestServer(make_app(service))) as client:
             m = samples(await (await client.get("/metrics")).text())
-    assert ("megawatch_site_facility_power_watts", (("site", "a"),)) not in m
+    assert ("megawatch_site_miner_power_watts", (("site", "a"), ("source", "firmware"))) not in m
+    assert ("megawatch_site_total_hashrate_hashes_per_second", (("site", "a"),)) not in m
     assert m[("megawatch_site_allocation_watts", (("site", "a"),))] == MW
+    # Never heard from: taken to draw its allocation, all of it allowance; never 0 W.
+    assert m[("megawatch_site_facility_power_watts", (("site", "a"),))] == MW
+    assert m[("megawatch_site_allowance_ratio", (("site", "a"),))] == 1.0
     assert m[("megawatch_site_status", (("site", "a"), ("status", "no_data")))] == 1
 
 

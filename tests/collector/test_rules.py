@@ -88,7 +88,8 @@ def test_message_names_site_draw_allocation_excess_and_since() -> None:
     engine = RuleEngine(cfg.thresholds)
     evs = run(engine, cfg, [(1_795_820_400, 10.5), (1_795_820_400 + 45, 10.5)])
     alert = next(a for a in evs[1].active if a.name == "SiteOverAllocation")
-    assert alert.summary == "Site a (Site A) draws 10.50 MW against its 10.00 MW allocation (+500.0 kW, 105.0%)."
+    assert alert.summary == ("Site a (Site A) draws up to 10.50 MW against its 10.00 MW allocation "
+                             "(+500.0 kW, 105.0%): 10.50 MW measured, 0.0 kW allowed for.")
     assert alert.description.startswith("Since 2026-11-27 23:00:00 UTC (45s ago). ")
     assert "Shed at least the excess now" in alert.description and "clears below 9.80 MW" in alert.description
 
@@ -100,7 +101,8 @@ def test_near_allocation_warns_at_95_percent_by_default() -> None:
     assert [firing(e, "SiteNearAllocation") for e in evs] == [False, False, False, True, True, False]
     near = next(a for a in evs[3].active if a.name == "SiteNearAllocation")
     assert near.severity is Severity.WARNING
-    assert near.summary == "Site a (Site A) is at 95.0% of its allocation (warning at 95%)."
+    assert near.summary == ("Site a (Site A) is at up to 95.0% of its allocation (warning at 95%): 9.50 MW measured, "
+                            "0.0 kW allowed for.")
     assert "500.0 kW headroom left of 10.00 MW" in near.description
     assert not firing(evs[3])  # near is not over
 
@@ -125,7 +127,7 @@ def test_stale_agent_fires_stale_and_keeps_counting_its_power() -> None:
     assert [firing(e, "SiteDataStale") for e in evs] == [False, False, False, True]  # stale from 20 s
     assert firing(evs[-1])  # the carried 11 MW still counts against the 10 MW allocation
     stale = next(a for a in evs[-1].active if a.name == "SiteDataStale")
-    assert "its last known 11.00 MW is still counted" in stale.summary
+    assert "its last known figures are counted as allowance (site upper bound 11.00 MW)" in stale.summary
     assert "connection refused" in stale.description
 
 
@@ -136,7 +138,7 @@ def test_fleet_over_allocation() -> None:
     assert [firing(e, "FleetOverAllocation", site="") for e in evs] == [False, False, False]  # no site label
     fleet = [a for a in evs[2].active if a.name == "FleetOverAllocation"]
     assert len(fleet) == 1 and fleet[0].phase is AlertPhase.FIRING and fleet[0].labels == (("fleet", "test-fleet"),)
-    assert "draws 21.00 MW against its 20.00 MW allocation (+1.00 MW" in fleet[0].summary
+    assert "draws up to 21.00 MW against its 20.00 MW allocation (+1.00 MW" in fleet[0].summary
 
 
 def test_many_miners_down() -> None:
@@ -209,3 +211,37 @@ def test_an_agent_never_heard_from_makes_its_site_stale_with_a_json_safe_value()
     assert stale.phase is AlertPhase.FIRING and stale.value is None
     assert stale.summary.startswith("Site a (Site A) data is stale (oldest: never answered; stale after 1m 00s).")
     assert "http://127.0.0.1:9101 (never answered)" in stale.description
+
+
+def _hung(cfg: CollectorConfig, now: float, measured_mw: float, allowance_mw: float, hung: int) -> FleetTotals:
+    """Site a's agent answers, but `hung` of its 100 miners do not: their last known draw is its allowance."""
+    a, b = cfg.sites[0].agents[0], cfg.sites[1].agents[0]
+    summary = make_summary(power_w=measured_mw * MW, up=100 - hung, down=hung, allowance_w=allowance_mw * MW,
+                           unknown=hung)
+    return aggregate_fleet(cfg, {a: observed(a, summary, at=now), b: observed(b, make_summary(power_w=5 * MW), at=now)},
+                           now)
+
+
+def test_a_site_going_dark_never_resolves_its_over_allocation() -> None:
+    cfg = config()
+    engine = RuleEngine(cfg.thresholds)
+    steps = [(0, 10.5, 0.0, 0), (30, 10.5, 0.0, 0), (60, 3.0, 7.5, 70), (90, 0.0, 10.5, 100), (600, 0.0, 10.5, 100)]
+    evs = [engine.evaluate(_hung(cfg, now, m, a, h), now) for now, m, a, h in steps]
+    assert [firing(e) for e in evs] == [False, True, True, True, True]
+    assert not any(c.phase is AlertPhase.RESOLVED for e in evs for c in e.changes)
+    over = next(x for x in evs[-1].active if x.name == "SiteOverAllocation")
+    assert over.summary.endswith(": 0.0 kW measured, 10.50 MW allowed for.")
+    assert "Data: dark" in over.description and "miners 100 at last known draw" in over.description
+    # The unknown share says how little of that figure is seen; it fires after its own hold.
+    assert [firing(e, "SiteUnknownShareHigh") for e in evs] == [False, False, False, True, True]
+    share = next(x for x in evs[-1].active if x.name == "SiteUnknownShareHigh")
+    assert share.summary.startswith(
+        "Site a (Site A): 100.0% of its figure is allowance, not measured (warning above 10%)")
+
+
+def test_unknown_share_follows_its_threshold() -> None:
+    cfg = config(unknown_share_ratio=0.5, hold_s=0.0)
+    ev = RuleEngine(cfg.thresholds).evaluate(_hung(cfg, 0, 6.0, 4.0, 40), 0)
+    assert not firing(ev, "SiteUnknownShareHigh")
+    ev = RuleEngine(cfg.thresholds).evaluate(_hung(cfg, 0, 4.0, 6.0, 60), 0)
+    assert firing(ev, "SiteUnknownShareHigh")

@@ -73,7 +73,7 @@ async def test_fake_agents_over_allocation_resolve_and_stale(procs: Procs, http:
         print(f"fake agents: SiteOverAllocation in Alertmanager {took:.2f} s after the push")
         assert took >= HOLD_S * 0.9, f"fired after {took:.1f} s, before the {HOLD_S} s hold time"
         summary = over[0]["annotations"]["summary"]
-        assert "draws 11.00 MW against its 10.00 MW allocation (+1.00 MW, 110.0%)" in summary
+        assert "draws up to 11.00 MW against its 10.00 MW allocation (+1.00 MW, 110.0%)" in summary
         assert over[0]["labels"]["severity"] == "critical" and over[0]["labels"]["source"] == "collector"
         assert not for_site(await alertmanager_alerts(http, am, "SiteOverAllocation"), "site-b")
 
@@ -91,10 +91,11 @@ async def test_fake_agents_over_allocation_resolve_and_stale(procs: Procs, http:
     # Both fake agents are gone now (servers closed): their sites turn stale, power carried, not 0.
     stale = await wait_until(lambda: _alerts_for(http, am, "SiteDataStale", "site-a"),
                              STALE_S + HOLD_S + 2 * POLL_S + 2.0, "SiteDataStale for site-a")
-    assert "its last known 9.00 MW is still counted" in stale[0]["annotations"]["summary"]
+    assert "counted as allowance (site upper bound 9.00 MW)" in stale[0]["annotations"]["summary"]
     view = await site_view(http, collector, "site-a")
     assert view["status"] == "stale" and view["stale"] is True
-    assert view["miner_power_w"] == 9 * MW and view["facility_power_w"] == 9 * MW
+    # Nothing of it is measured now: carried as allowance, never 0 W.
+    assert view["miner_power_w"] is None and view["facility_power_w"] == 9 * MW and view["allowance_ratio"] == 1
     assert await wait_until(lambda: _alerts_for(http, am, "AgentDown", "site-a"), HOLD_S + 2 * POLL_S + 2.0,
                             "AgentDown for site-a")
     assert collector.alive()
