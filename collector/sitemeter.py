@@ -10,7 +10,7 @@ The miners' figure is miner power x PUE + aux + the declared non-miner load: wha
 without the meter. Reconciliation = meter - that figure, for every fresh meter value (believed or not).
 
 Load the meter saw and the miners do not (a positive reconciliation while the meter was trusted) does not stop
-because the meter did: the fallback keeps the last such excess as `carried_unseen_w` until the meter is trusted
+because the meter did: the fallback adds the last such excess (`unseen_w`) until the meter is trusted
 again, so losing the meter never lowers a site's figure below what it last showed.
 """
 
@@ -100,7 +100,7 @@ class SiteMeter:
     non_miner_load_w: float
     reconciliation_w: float | None  # meter - miners' figure, while the meter value is fresh
     reconciliation_ratio: float | None  # reconciliation / miners' figure
-    carried_unseen_w: float  # added to the miners' figure while the meter is not trusted
+    unseen_w: float  # the meter's last excess over the miners' figure; added to it while the meter is not trusted
     error: str | None
     problems: tuple[str, ...]
 
@@ -130,7 +130,7 @@ def judge_meter(obs: MeterObservation | None, config: MeterConfig, miners_w: flo
     return SiteMeter(state=state, power_w=power, age_s=age, up=obs.up, energy_import_wh=obs.energy_import_wh,
                      miners_facility_power_w=miners_w, non_miner_load_w=config.non_miner_load_w,
                      reconciliation_w=reconciliation, reconciliation_ratio=ratio,
-                     carried_unseen_w=0.0 if state is MeterState.OK else obs.unseen_w, error=obs.last_error,
+                     unseen_w=obs.unseen_w, error=obs.last_error,
                      problems=problems)
 
 
@@ -167,7 +167,7 @@ def apply_meter(totals: SiteTotals, config: MeterConfig, obs: MeterObservation |
     miners = totals.draw.facility_power_w
     miners_w = miners + config.non_miner_load_w if miners is not None else None
     meter = judge_meter(obs, config, miners_w, now)
-    fallback = miners_w + meter.carried_unseen_w if miners_w is not None else None
+    fallback = miners_w + meter.unseen_w if miners_w is not None else None
     figure = meter.power_w if meter.state is MeterState.OK else fallback
     return replace(totals, draw=_judged(totals.draw, figure), meter=meter)
 

@@ -121,7 +121,7 @@ def test_load_only_the_meter_saw_is_carried_when_the_meter_is_lost() -> None:
     lost = read(obs, None, NOW, error="connect_failed: refused")
     a = fleet_with(cfg, lost).sites[0]
     assert a.meter is not None and a.meter.state is MeterState.DOWN and figure_source(a) is FigureSource.MINERS
-    assert a.meter.carried_unseen_w == pytest.approx(1.2 * MW)
+    assert a.meter.unseen_w == pytest.approx(1.2 * MW)
     assert a.draw.facility_power_w == pytest.approx(FIGURE_A + 1.2 * MW)  # never below what the meter showed
     # Back, and the load gone: nothing is carried any more.
     back = read(lost, FIGURE_A * 0.99, NOW + 10)
