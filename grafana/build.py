@@ -166,7 +166,8 @@ def fleet() -> Json:
     panels = [
         row("Fleet against its national allocation"),
         stat("Fleet draw", [target("max(megawatch_fleet_facility_power_watts)", "draw")], "watt",
-             description="Facility draw of every site (miner power x PUE + auxiliary load)."),
+             description="Facility draw of every site as judged against the allocations: measured plus the "
+                         "allowance for miners whose draw is not known now (miner power x PUE + auxiliary load)."),
         stat("National allocation", [target("max(megawatch_fleet_allocation_watts)", "allocation")], "watt",
              description="The fleet's total grid allocation in force now."),
         stat("Headroom", [target("max(megawatch_fleet_headroom_watts)", "headroom")], "watt",
@@ -200,6 +201,19 @@ def fleet() -> Json:
             options={"xField": "site", "orientation": "vertical", "groupWidth": 0.7, "barWidth": 0.9,
                      "showValue": "auto", "legend": {"displayMode": "list", "placement": "bottom"}},
             description="Facility draw beside the allocation in force, per site (MW)."),
+        series("Fleet draw: measured, allowance and upper bound", [
+            target("max(megawatch_fleet_facility_measured_watts)", "measured"),
+            target("max(megawatch_fleet_facility_allowance_watts)", "allowance"),
+            target("max(megawatch_fleet_facility_upper_bound_watts)", "upper bound"),
+            target("max(megawatch_fleet_allocation_watts)", "national allocation"),
+        ], "watt", overrides=[override("national allocation", **DASHED)],
+            description="Measured: fresh readings. Allowance: miners and agents not seen now, at their last known "
+                        "draw, nameplate or a default. The upper bound is what the allocation is judged on."),
+        series("Share of each site's figure allowed for, not measured", [
+            target("max by (site) (megawatch_site_allowance_ratio)", "{{site}}"),
+        ], "percentunit", links=site_link(by_site), steps=thresholds((0.1, "orange")),
+            custom={"thresholdsStyle": {"mode": "line"}, "fillOpacity": 0},
+            description="SiteUnknownShareHigh warns past thresholds.unknown_share_ratio (10 % by default)."),
         row("Sites"),
         table("Sites (most utilised first; click a site)", [
             target("max by (site) (megawatch_site_utilisation_ratio)", instant=True, table=True),
@@ -211,6 +225,7 @@ def fleet() -> Json:
             target('max by (site) (megawatch_site_total_miners{state="total"})', instant=True, table=True),
             target("max by (site) (megawatch_site_estimated_power_ratio)", instant=True, table=True),
             target("max by (site) (megawatch_site_data_age_seconds)", instant=True, table=True),
+            target("max by (site) (megawatch_site_allowance_ratio)", instant=True, table=True),
         ], "watt", sort_by="Utilisation", h=9, overrides=[
             override("site", links=site_link("${__value.raw}"), unit="none"),
             override("Value #A", displayName="Utilisation", unit="percentunit",
@@ -222,6 +237,7 @@ def fleet() -> Json:
             override("Value #G", displayName="Miners", unit="none"),
             override("Value #H", displayName="Estimated power", unit="percentunit"),
             override("Value #I", displayName="Data age", unit="s"),
+            override("Value #J", displayName="Allowed for", unit="percentunit"),
         ]),
         series("Draw vs allocation per site", [
             target("max by (site) (megawatch_site_facility_power_watts)", "{{site}} draw"),
@@ -297,7 +313,8 @@ def site() -> Json:
     panels = [
         row("$site against its allocation"),
         stat("Draw", [target(f"max(megawatch_site_facility_power_watts{{{SITE}}})", "draw")], "watt",
-             description="Facility draw: miner power x PUE + auxiliary load."),
+             description="Facility draw as judged against the allocation: measured plus allowance (miner power x "
+                         "PUE + auxiliary load), or the site meter while it is trusted."),
         stat("Allocation in force", [target(f"max(megawatch_site_allocation_watts{{{SITE}}})", "allocation")],
              "watt", description="Follows the site's schedule (e.g. lower at evening peak)."),
         stat("Utilisation", [target(f"max(megawatch_site_utilisation_ratio{{{SITE}}})", "utilisation")],
@@ -308,7 +325,8 @@ def site() -> Json:
              "Hs"),
         stat("Data status", [target(f"max by (status) (megawatch_site_status{{{SITE}}}) == 1", "{{status}}")],
              "none", w=2, options={"textMode": "name", "graphMode": "none"},
-             description="ok, partial (some agents stale or down), stale or no_data."),
+             description="ok (all measured), partial (part allowance, or an agent down), dark (agents answer, no "
+                         "miner does: all allowance), stale (no agent fresh) or no_data."),
         stat("Data age", [target(f"max(megawatch_site_data_age_seconds{{{SITE}}})", "age")], "s", w=2,
              steps=thresholds((60, "red")), options={"graphMode": "none"},
              description="Age of the oldest agent data in the site's totals."),
@@ -318,6 +336,19 @@ def site() -> Json:
             target(f"max(megawatch_site_allocation_watts{{{SITE}}})", "allocation"),
             target(f"max(megawatch_site_base_allocation_watts{{{SITE}}})", "base allocation"),
         ], "watt", overrides=[override("allocation", **DASHED)]),
+        series("Measured, allowance and upper bound", [
+            target(f"max(megawatch_site_facility_measured_watts{{{SITE}}})", "measured"),
+            target(f"max(megawatch_site_facility_allowance_watts{{{SITE}}})", "allowance"),
+            target(f"max(megawatch_site_facility_upper_bound_watts{{{SITE}}})", "upper bound"),
+            target(f"max(megawatch_site_allocation_watts{{{SITE}}})", "allocation"),
+        ], "watt", overrides=[override("allocation", **DASHED)],
+            description="Facility figures: measured (fresh readings, x PUE + aux), allowance for miners and agents "
+                        "not seen now (x PUE) and their sum, the upper bound the allocation is judged on."),
+        series("Miners allowed for, by basis", [
+            target(f"max by (basis) (megawatch_site_allowance_miners{{{SITE}}})", "{{basis}}"),
+        ], "none", custom={"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 40},
+            description="last_known: their last draw (for accounting.last_known_horizon_s); nameplate: the model's "
+                        "nominal power; default: accounting.unknown_miner_w."),
         series("Hashrate", [
             target(f"max(megawatch_site_total_hashrate_hashes_per_second{{{SITE}}})", "site"),
             target(f"sum by (instance) (megawatch_site_hashrate_hashes_per_second{{{SITE}}})", "agent {{instance}}"),
