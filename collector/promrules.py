@@ -174,15 +174,17 @@ def _pue(series: str) -> str:
     return f"{series}\n  * on (site) ({_collector(' by (site) ', 'megawatch_site_pue_ratio')})"
 
 
-def _metered(miners: str) -> str:
-    """The site's figure: the meter's reading while the collector trusts it, else `miners` plus, on a metered
-    site, the declared non-miner load and the load only the meter saw (carried like the config series). With the
-    collector down its meter readings go stale at once: the fallback it is."""
-    meter = ('max by (site) (megawatch_site_meter_power_watts{job="megawatch-collector"})\n'
-             '  and on (site) (max by (site) (megawatch_site_meter_trusted{job="megawatch-collector"}) == 1)')
-    extra = (f"({_collector(' by (site) ', 'megawatch_site_non_miner_load_watts')})\n  + on (site) "
-             f"({_collector(' by (site) ', 'megawatch_site_meter_unseen_watts')})")
-    return f"{meter}\nor\n(\n{miners}\n) + on (site) (\n{extra}\n)\nor\n(\n{miners}\n)"
+_METER_W = 'max by (site) (megawatch_site_meter_power_watts{job="megawatch-collector"})'
+_TRUSTED = 'on (site) (max by (site) (megawatch_site_meter_trusted{job="megawatch-collector"}) == 1)'
+_NON_MINER = _collector(" by (site) ", "megawatch_site_non_miner_load_watts")
+_UNSEEN = _collector(" by (site) ", "megawatch_site_meter_unseen_watts")
+
+
+def _metered(miners: str, trusted: str, extra: str) -> str:
+    """A facility figure of a site: `trusted` while the collector trusts its meter, else `miners` plus, on a metered
+    site, `extra` (the declared non-miner load, the load only the meter saw; carried like the config series).
+    With the collector down its meter readings go stale at once: the fallback it is."""
+    return f"{trusted}\n  and {_TRUSTED}\nor\n(\n{miners}\n) + on (site) ({extra})\nor\n(\n{miners}\n)"
 
 
 _UPPER = "site:megawatch_miner_upper_bound_watts:sum"
@@ -207,10 +209,11 @@ SITE_RECORDS: tuple[tuple[str, str, str], ...] = (
      "down, the last it served.",
      SITE_ALLOCATION, _collector(" by (site) ", "megawatch_site_allocation_watts")),
     ("Facility figures as the collector's: measured x PUE + aux, allowance x PUE; the judged figure is the upper "
-     "bound.", SITE_MEASURED, _pue_aux(_MEASURED_OR_0)),
-    ("", SITE_ALLOWANCE, _pue("site:megawatch_miner_allowance_watts:sum")),
-    ("A metered site: its meter while the collector trusts it (fresh, plausible), else the miners' upper bound "
-     "with the site's declared non-miner load.", SITE_POWER, _metered(_pue_aux(_UPPER))),
+     "bound. A metered site: all measured by its meter while the collector trusts it, else the declared "
+     "non-miner load is measured too and the load only the meter saw is allowance.",
+     SITE_MEASURED, _metered(_pue_aux(_MEASURED_OR_0), _METER_W, _NON_MINER)),
+    ("", SITE_ALLOWANCE, _metered(_pue("site:megawatch_miner_allowance_watts:sum"), f"0 * {_METER_W}", _UNSEEN)),
+    ("", SITE_POWER, _metered(_pue_aux(_UPPER), _METER_W, f"{_NON_MINER}\n  + on (site) ({_UNSEEN})")),
     ("", "site:megawatch_allowance:ratio", f"{SITE_ALLOWANCE} / on (site) {SITE_POWER}"),
     ("", "site:megawatch_utilisation:ratio", f"{SITE_POWER} / on (site) {SITE_ALLOCATION}"),
     ("", "site:megawatch_data_age_seconds:max",

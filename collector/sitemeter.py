@@ -154,22 +154,31 @@ def remember_unseen(obs: MeterObservation, meter: SiteMeter) -> MeterObservation
     return replace(obs, unseen_w=max(0.0, meter.reconciliation_w))
 
 
-def _judged(draw: Draw, facility_w: float | None) -> Draw:
-    """`draw` judged on `facility_w`: the figure against the allocation, and what follows from it."""
+def _judged(draw: Draw, measured_w: float | None, allowance_w: float | None) -> Draw:
+    """`draw` at the facility re-based on `measured_w` + `allowance_w`: the figure against the allocation and
+    what follows from it. The miners' own figures (miner_*) stay as the miners report them."""
+    upper = add(measured_w, allowance_w)
     allocation = draw.allocation_w
-    return replace(draw, facility_power_w=facility_w,
-                   utilisation_ratio=facility_w / allocation if facility_w is not None and allocation > 0 else None,
-                   headroom_w=allocation - facility_w if facility_w is not None else None)
+    return replace(draw, facility_measured_w=measured_w, facility_allowance_w=allowance_w,
+                   facility_upper_bound_w=upper, facility_power_w=upper,
+                   allowance_ratio=(allowance_w or 0.0) / upper if upper is not None and upper > 0 else None,
+                   utilisation_ratio=upper / allocation if upper is not None and allocation > 0 else None,
+                   headroom_w=allocation - upper if upper is not None else None)
 
 
 def apply_meter(totals: SiteTotals, config: MeterConfig, obs: MeterObservation | None, now: float) -> SiteTotals:
-    """A metered site judged on its meter when trusted, else on its miners' figure with the declared load."""
-    miners = totals.draw.facility_power_w
-    miners_w = miners + config.non_miner_load_w if miners is not None else None
-    meter = judge_meter(obs, config, miners_w, now)
-    fallback = miners_w + meter.unseen_w if miners_w is not None else None
-    figure = meter.power_w if meter.state is MeterState.OK else fallback
-    return replace(totals, draw=_judged(totals.draw, figure), meter=meter)
+    """A metered site judged on its meter when trusted (all of it measured), else on its miners' figure with the
+    declared non-miner load (known, like aux) and the load only the meter saw (an allowance: not measured now)."""
+    d = totals.draw
+    miners = d.facility_power_w
+    meter = judge_meter(obs, config, miners + config.non_miner_load_w if miners is not None else None, now)
+    if meter.state is MeterState.OK:
+        draw = _judged(d, meter.power_w, 0.0)
+    else:
+        measured = d.facility_measured_w + config.non_miner_load_w if d.facility_measured_w is not None else None
+        allowance = add(d.facility_allowance_w, meter.unseen_w if meter.unseen_w > 0 else None)
+        draw = _judged(d, measured, allowance)
+    return replace(totals, draw=draw, meter=meter)
 
 
 def apply_meters(fleet: FleetTotals, config: CollectorConfig, meters: Mapping[str, MeterObservation],
@@ -182,4 +191,6 @@ def apply_meters(fleet: FleetTotals, config: CollectorConfig, meters: Mapping[st
         sites.append(apply_meter(totals, meter, meters.get(totals.site_id), now) if meter is not None else totals)
     if not any(s.meter is not None for s in sites):
         return fleet
-    return replace(fleet, sites=tuple(sites), draw=_judged(fleet.draw, add(*(s.draw.facility_power_w for s in sites))))
+    draw = _judged(fleet.draw, add(*(s.draw.facility_measured_w for s in sites)),
+                   add(*(s.draw.facility_allowance_w for s in sites)))
+    return replace(fleet, sites=tuple(sites), draw=draw)

@@ -123,6 +123,9 @@ def test_load_only_the_meter_saw_is_carried_when_the_meter_is_lost() -> None:
     assert a.meter is not None and a.meter.state is MeterState.DOWN and figure_source(a) is FigureSource.MINERS
     assert a.meter.unseen_w == pytest.approx(1.2 * MW)
     assert a.draw.facility_power_w == pytest.approx(FIGURE_A + 1.2 * MW)  # never below what the meter showed
+    # Declared load is known (measured, like aux); what only the meter saw is an allowance now.
+    assert a.draw.facility_measured_w == pytest.approx(FIGURE_A)
+    assert a.draw.facility_allowance_w == pytest.approx(1.2 * MW)
     # Back, and the load gone: nothing is carried any more.
     back = read(lost, FIGURE_A * 0.99, NOW + 10)
     a = fleet_with(cfg, back).sites[0]
@@ -152,6 +155,8 @@ def test_mismatch_alert_fires_past_the_ratio_and_allocation_is_judged_on_the_met
     assert "Meter 10.50 MW (ok), miners' figure 9.50 MW" in active["SiteMeterMismatch"].description
     assert "+1.00 MW unaccounted for" in active["SiteMeterMismatch"].description
     assert active["SiteOverAllocation"].value == 10.5 * MW
+    # The meter measures the whole site: nothing of the figure is allowance.
+    assert "10.50 MW measured, 0.0 kW allowed for" in active["SiteOverAllocation"].summary
 
 
 # ---- the sites file -----------------------------------------------------------------------------------

@@ -145,6 +145,7 @@ async def test_metered_site_judged_on_its_meter_reconciled_and_falling_back(proc
     print(f"metered site: meter {view['facility_power_w']:.0f} W, truth {true_w:.0f} W, "
           f"miners' figure {miners_w:.0f} W ({(miners_w - true_w) / true_w:+.2%} estimate error)")
     assert view["facility_power_w"] == pytest.approx(true_w, rel=0.01)
+    assert view["facility_measured_w"] == view["facility_power_w"] and view["facility_allowance_w"] == 0
     assert view["utilisation_ratio"] == pytest.approx(view["facility_power_w"] / view["allocation_w"])
     assert abs(view["meter"]["reconciliation_ratio"]) < MISMATCH, view["meter"]
     assert not await alerts_in_am(http, am, "SiteMeterMismatch")
@@ -195,6 +196,7 @@ async def test_metered_site_judged_on_its_meter_reconciled_and_falling_back(proc
     unseen = view["meter"]["unseen_w"]
     assert unseen == pytest.approx(extra_kw * 1000, rel=0.5), view["meter"]  # the hall, give or take estimates
     assert view["facility_power_w"] == pytest.approx(view["meter"]["miners_facility_power_w"] + unseen)
+    assert view["facility_allowance_w"] >= unseen  # not measured now: allowed for
     assert view["facility_power_w"] > allocation_w
     metrics = await (await http.get(collector.url + "/metrics")).text()
     assert f'megawatch_site_meter_up{{site="{SITE}"}} 0.0' in metrics
