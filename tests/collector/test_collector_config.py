@@ -37,6 +37,9 @@ BAD = {
     "bad_site_id": (3, "sites[0].id: expected a site id"),
     "bad_alertmanager_url": (7, "alerting.alertmanager_urls: expected a list of http(s) URLs"),
     "shutdown_timeout_zero": (7, "alerting.shutdown_timeout_s: expected a number > 0, got 0"),
+    # Counting an agent never heard from at 0 W would be the optimism the allowance exists to prevent.
+    "unknown_agent_allowance_zero": (5, "sites[0].unknown_agent_allowance_mw: expected a number > 0, got 0"),
+    "unknown_share_over_one": (7, "thresholds.unknown_share_ratio: expected a number > 0 <= 1, got 1.5"),
 }
 
 
