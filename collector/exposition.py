@@ -208,7 +208,8 @@ def meter_families(fleet: FleetTotals | None) -> list[Metric]:
 
     power = g("meter_power_watts", "Site meter's last good power reading (import positive), in watts.")
     up = g("meter_up", "1 if the site meter's last read answered with a usable power, else 0 (a flag).")
-    age = g("meter_age_seconds", "Time since the site meter's power reading last changed, in seconds.")
+    age = g("meter_age_seconds", "Time since the site meter's registers last moved (power or import counter), "
+            "in seconds.")
     trusted = g("meter_trusted", "1 if the site meter's reading is the site's figure for its allocation "
                 "(fresh and plausible), 0 if the site falls back to its miners' figure (a flag).")
     state = g("meter_state", "Site meter state: 1 for the current one of ok, stale, down, rejected.", ("state",))
