@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from megawatch.collector.config import CollectorConfig, Site, public_url
 from megawatch.collector.model import (
@@ -87,21 +87,20 @@ class _Part:
 def _part(summary: AgentSummary | None, stale: bool, unknown_agent_w: float) -> _Part:
     if summary is None:  # never answered: nothing known but that its miners may be drawing
         return _Part(power_allowance_w=unknown_agent_w, agents_allowed_for=1)
-    counts = dict(hashrate_hs=summary.hashrate_hs, miners_up=summary.miners_up, miners_down=summary.miners_down,
-                  miners_stale=summary.miners_stale, miners_total=summary.miners_total,
-                  miners_power_unknown=summary.miners_power_unknown)
+    counted = _Part(hashrate_hs=summary.hashrate_hs, miners_up=summary.miners_up, miners_down=summary.miners_down,
+                    miners_stale=summary.miners_stale, miners_total=summary.miners_total,
+                    miners_power_unknown=summary.miners_power_unknown)
     if stale:
         # Its last figures are carried, never 0 W, but nothing in them is measured now: all of it is allowance.
         carried = summary.upper_bound_w
-        return _Part(power_allowance_w=carried if carried is not None else unknown_agent_w, agents_allowed_for=1,
-                     **counts)
+        return replace(counted, power_allowance_w=carried if carried is not None else unknown_agent_w,
+                       agents_allowed_for=1)
     allowed = summary.power_allowance_w
     if summary.upper_bound_w is None:  # fresh, yet no power figure at all: as good as never heard from
         allowed = unknown_agent_w
-    return _Part(power_firmware_w=summary.power_firmware_w, power_estimate_w=summary.power_estimate_w,
-                 power_allowance_w=allowed, allowance_last_known=summary.allowance_last_known,
-                 allowance_nameplate=summary.allowance_nameplate, allowance_default=summary.allowance_default,
-                 **counts)
+    return replace(counted, power_firmware_w=summary.power_firmware_w, power_estimate_w=summary.power_estimate_w,
+                   power_allowance_w=allowed, allowance_last_known=summary.allowance_last_known,
+                   allowance_nameplate=summary.allowance_nameplate, allowance_default=summary.allowance_default)
 
 
 def make_draw(allocation_w: float, parts: Sequence[_Part | Draw],
