@@ -6,7 +6,7 @@
     unit_id: 1                 # the RS-485 address behind a gateway; what the device wants otherwise
     map: sunspec               # sunspec | sdm630 | pm5100 | generic
     timeout_s: 2               # one deadline over a whole reading (connect and every request)
-    stale_after_s: 60          # a power reading that has not changed for this long is not trusted
+    stale_after_s: 60          # registers (power, import counter) that have not moved this long: not trusted
     non_miner_load_mw: 0.5     # load on the same allocation that no miner reports (a GPU hall)
     invert: false              # true when the meter counts the site's draw as negative
     registers:                 # map: generic only
