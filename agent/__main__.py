@@ -75,15 +75,20 @@ class AgentProgram:
 
         from megawatch.agent.exposition import FleetCollector
         from megawatch.agent.poller import Poller
+        from megawatch.agent.resources import ShortageCollector
         from megawatch.agent.state import FleetState
         from megawatch.agent.web import make_app
+        from megawatch.common.httplimits import check_fd_limit
 
+        # One socket per poll in flight (a reload that raises poll.concurrency is not checked again).
+        check_fd_limit(self.name, polls=min(config.poll.concurrency, len(config.miners)))
         state = FleetState(config.site, len(config.miners))
         registry = CollectorRegistry()
         registry.register(FleetCollector(state))
         registry.register(daemon.ReloadCollector(self.name, reload_status))
         ProcessCollector(registry=registry)  # RSS and CPU of the agent, for the 200 MB budget
         poller = Poller(config, state)
+        registry.register(ShortageCollector(config.site, poller.shortage))
         # The poller runs in the app's cleanup_ctx: it starts with the server and stops with it.
         yield _AgentDaemon(make_app(config, state, registry, poller=poller), poller)
 

@@ -22,8 +22,9 @@ from megawatch.agent import plausibility
 from megawatch.agent.config import AgentConfig, MinerTarget
 from megawatch.agent.model import MinerReading
 from megawatch.agent.modeltable import estimate_power, replace_reading
-from megawatch.agent.protocol.errors import CommandRejected, ErrorKind, MinerError
+from megawatch.agent.protocol.errors import CommandRejected, ErrorKind, LocalShortage, MinerError
 from megawatch.agent.protocol.framing import reply_notes
+from megawatch.agent.resources import Shortage
 from megawatch.agent.state import (
     OK,
     OUTCOMES,
@@ -78,6 +79,7 @@ class _Track:
     last_error: ErrorKind | None = None
     bug_logged: bool = False  # an internal error was logged; the next is logged only after a success
     implausible: tuple[str, ...] = ()  # fields dropped from the latest reading, logged when they change
+    missed: bool = False  # the latest poll never left the agent (no descriptor): the reading is not fresh
 
 
 class Poller:
@@ -127,6 +129,7 @@ class Poller:
         self._overruns = 0
         self._polls = dict.fromkeys(OUTCOMES, 0)
         self._implausible = dict.fromkeys(plausibility.FIELDS, 0)
+        self.shortage = Shortage(self._log)
 
     @property
     def cycle(self) -> int:
@@ -171,6 +174,7 @@ class Poller:
         finished_s = self._clock.time()
         self._cycles += 1
         self._note_overrun(cycle, duration)
+        self.shortage.cycle_done(cycle)
         miners = tuple(self._miner_state(t, finished_s) for t in self._tracks)
         snapshot = FleetSnapshot(
             site=self._config.site,
@@ -230,7 +234,7 @@ class Poller:
         self._overrunning = overran
 
     def _miner_state(self, track: _Track, now_s: float) -> MinerState:
-        status, age = classify(bool(track.ok), track.reading, track.last_success_s, now_s,
+        status, age = classify(bool(track.ok) and not track.missed, track.reading, track.last_success_s, now_s,
                                self._settings.stale_grace_s)
         return MinerState(
             target=track.target, status=status, reading=track.reading, last_success_s=track.last_success_s,
@@ -280,6 +284,11 @@ class Poller:
             return
         except MinerError as exc:
             self._record_failure(track, exc.kind, t0, exc.message)
+            return
+        except LocalShortage as exc:
+            # Our failure, not the miner's: no miner_down, no failure count, no backoff.
+            track.missed = True
+            self.shortage.missed(track.target.name, exc.message)
             return
         except TimeoutError:
             self._record_failure(track, ErrorKind.TIMEOUT, t0, "whole-poll deadline passed")
@@ -376,6 +385,7 @@ class Poller:
         if version is not None:
             track.firmware_version = version
         track.ok, track.failures, track.last_error, track.skip_until = True, 0, None, 0
+        track.missed = False
         track.bug_logged = False
         track.reading, track.last_success_s, track.last_poll_s = reading, now, now
         track.poll_duration_s = self._clock.monotonic() - t0
@@ -385,7 +395,7 @@ class Poller:
         if track.ok is not False or track.last_error != kind:
             event = "miner_down" if track.ok is not False else "miner_failure_changed"
             self._log.warning(event, miner=track.target.name, error=kind.value, message=message)
-        track.ok, track.last_error = False, kind
+        track.ok, track.last_error, track.missed = False, kind, False
         track.failures += 1
         track.last_poll_s = self._clock.time()
         track.poll_duration_s = self._clock.monotonic() - t0

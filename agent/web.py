@@ -182,7 +182,8 @@ def _running_config(app: web.Application) -> AgentConfig:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 while cycles keep finishing; 503 when the poller died or no cycle ended for 3 intervals."""
+    """200 while cycles keep finishing; 503 when the poller died, no cycle ended for 3 intervals, or the
+    agent had no file descriptor for some polls in its latest cycle (its own failure, not the miners')."""
     app = request.app
     snap = app[STATE].snapshot
     config = _running_config(app)
@@ -192,6 +193,9 @@ async def healthz(request: web.Request) -> web.Response:
     problem = _poller_failure(app)
     if problem is None and age is not None and age > limit:
         problem = f"no poll cycle finished for {age:.0f} s (limit {limit:.0f} s)"
+    poller = app.get(POLLER)
+    if problem is None and poller is not None:
+        problem = poller.shortage.problem()
     return health(problem, cycle=snap.cycle, last_cycle_age_s=age, poll_interval_s=config.poll.interval_s,
                   stall_limit_s=limit)
 

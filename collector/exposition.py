@@ -180,8 +180,8 @@ class SiteCollector(Collector):
             for labels, n in counted.items():
                 fetches.add_metric(list(labels), n)
             took = {(svc.site_of[url], public_url(url)): s for url, s in svc.stats.fetch_duration_s.items()}
-            for labels, seconds in took.items():
-                fetch_s.add_metric(list(labels), seconds)
+            for (site_id, agent), seconds in took.items():
+                fetch_s.add_metric([site_id, agent], seconds)
             cycles.add_metric([], svc.stats.cycles)
             if svc.stats.last_duration_s is not None:
                 cycle_s.add_metric([], svc.stats.last_duration_s)

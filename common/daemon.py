@@ -33,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from megawatch.common.configfile import ConfigError, ConfigProblem
+from megawatch.common.httplimits import KEEPALIVE_S, TLS_HANDSHAKE_S, ConnectionCap
 from megawatch.common.logs import FORMATS, LEVELS, configure_logging, get_logger
 from megawatch.common.strictjson import json_response
 from megawatch.common.webconfig import WebConfig, load_web_config, protect
@@ -194,15 +195,23 @@ def add_arguments(parser: argparse.ArgumentParser, program: Program[Any]) -> Non
     add_log_arguments(parser)
 
 
+def unexpected(path: str, exc: BaseException) -> str:
+    """A loader's own fault as one problem line: the exception's kind and short text, never its traceback
+    (whose frames could hold the file's contents)."""
+    return f"{path}: cannot load the file: {type(exc).__name__}: {str(exc)[:200] or 'no detail'}"
+
+
 def load_or_report(*loads: tuple[Callable[[str], Any], str | None]) -> list[Any] | None:
     """Each (loader, path) loaded (a None path gives None); every problem of every file printed, then None."""
     loaded: list[Any] = []
-    problems: list[ConfigProblem] = []
+    problems: list[ConfigProblem | str] = []
     for load, path in loads:
         try:
             loaded.append(None if path is None else load(path))
         except ConfigError as exc:
             problems.extend(exc.problems)
+        except Exception as exc:  # a fault of ours: still one line and exit 2, never a traceback
+            problems.append(unexpected(str(path), exc))
     for problem in problems:
         print(problem, file=sys.stderr)
     return None if problems else loaded
@@ -274,17 +283,21 @@ class Reloader(Generic[C]):
         try:
             # In a thread: expanding a large fleet's address blocks must not stall the event loop.
             new = await asyncio.to_thread(program.load, running.path)
+            # The command line still overrides the file; what differs from the running settings needs a restart.
+            wanted = self.overrides.apply(program.settings(new))
+            keys = dict(zip(("host", "port"), program.listen_keys, strict=True)) | {
+                "web": "web_config_file", "log_format": "log.format", "log_level": "log.level"}
+            needs_restart = [key for field, key in keys.items() if getattr(running, field) != getattr(wanted, field)]
+            applied, own = program.restart_only(self.current, program.with_settings(new, running))
+            self.daemon.apply(applied)
         except ConfigError as exc:
             self.status.successful = False
             self._log.error("config_reload_failed", path=running.path, problems=[str(p) for p in exc.problems])
             return False
-        # The command line still overrides the file; what differs from the running settings needs a restart.
-        wanted = self.overrides.apply(program.settings(new))
-        keys = dict(zip(("host", "port"), program.listen_keys, strict=True)) | {
-            "web": "web_config_file", "log_format": "log.format", "log_level": "log.level"}
-        needs_restart = [key for field, key in keys.items() if getattr(running, field) != getattr(wanted, field)]
-        applied, own = program.restart_only(self.current, program.with_settings(new, running))
-        self.daemon.apply(applied)
+        except Exception as exc:  # a fault of ours (RecursionError, MemoryError...) fails the reload, not the daemon
+            self.status.successful = False
+            self._log.error("config_reload_failed", path=running.path, problems=[unexpected(running.path, exc)])
+            return False
         self.current = applied
         self.status.successful = True
         self._log.info("config_reloaded", path=running.path, needs_restart=[*needs_restart, *own] or None,
@@ -336,24 +349,33 @@ async def serve(program: Program[C], config: C, overrides: Overrides | None = No
 
             with stop_signals(stop.set, on_hup):
                 protect(daemon.app, settings.web)
-                runner = web.AppRunner(daemon.app, access_log=None, handle_signals=False)
+                cap = ConnectionCap()
+                daemon.app.middlewares.insert(0, cap.track)
+                runner = web.AppRunner(daemon.app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_S)
                 await runner.setup()
+                listening: asyncio.Server | None = None
                 try:
+                    # Our own listener rather than a SockSite: connections are capped where they are accepted.
+                    cap.server = runner.server
                     ssl_context = settings.web.ssl_context if settings.web is not None else None
-                    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
-                    code = await _run(program, config, settings, daemon, runner, stop)
+                    listening = await asyncio.get_running_loop().create_server(
+                        cap, sock=sock, ssl=ssl_context,
+                        ssl_handshake_timeout=TLS_HANDSHAKE_S if ssl_context is not None else None)
+                    code = await _run(program, config, settings, daemon, sock, stop)
                 finally:
                     await _cancel(*reloads)
+                    if listening is not None:
+                        listening.close()
                     await runner.cleanup()
     log.info(f"{name}_stopped")
     return code
 
 
-async def _run(program: Program[C], config: C, settings: Settings, daemon: Daemon[C], runner: web.AppRunner,
+async def _run(program: Program[C], config: C, settings: Settings, daemon: Daemon[C], sock: socket.socket,
                stop: asyncio.Event) -> int:
     """Announce where the daemon answers, then wait for a stop or for the daemon's work to end."""
     log, name = get_logger(), program.name
-    bound = [list(a[:2]) for a in runner.addresses]
+    bound = [list(sock.getsockname()[:2])]
     host, port = bound[0]
     scheme = settings.web.scheme if settings.web is not None else "http"
     url = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"

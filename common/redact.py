@@ -38,7 +38,7 @@ def public_user(user: str) -> str:
 
 def redact_url_in(text: str, url: str) -> str:
     """`text` (an error message that may quote `url`) with `url`'s credentials and query replaced by `***`."""
-    scheme, sep, rest = url.partition("://")
+    _, sep, rest = url.partition("://")
     rest = rest if sep else url
     at = rest.rfind("@")
     secrets = [rest[:at]] if at > 0 else []

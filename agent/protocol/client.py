@@ -1,7 +1,8 @@
 """One request per TCP connection to a miner's CGMiner-style API (port 4028): deadlines, byte cap, errors.
 
 Contract: `query` and `request_raw` raise nothing but MinerError subclasses (and PrivilegedCommandRefused,
-before any connection is opened); CancelledError propagates. Every failure is mapped to the MinerError tree
+before any connection is opened, and LocalShortage when the agent has no descriptor left for the socket:
+our failure, not the miner's); CancelledError propagates. Every failure is mapped to the MinerError tree
 in this module only:
 - refused, unreachable, reset before any reply byte -> ConnectFailed
 - connect not done within `connect_s` (or the whole deadline) -> PollTimeout(phase="connect")
@@ -22,6 +23,7 @@ one miner within seconds on a real network).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import socket
@@ -35,6 +37,7 @@ from megawatch.agent.protocol.errors import (
     CommandRejected,
     ConnectFailed,
     EmptyReply,
+    LocalShortage,
     MinerError,
     PollTimeout,
     PrivilegedCommandRefused,
@@ -272,6 +275,8 @@ async def request_raw(
         except TimeoutError:  # the kernel's own connect timeout (ETIMEDOUT maps to TimeoutError)
             raise PollTimeout(f"connect to {host}:{port} timed out in the kernel", "connect") from None
         except OSError as exc:
+            if exc.errno in _SHORTAGES:
+                raise LocalShortage(f"no socket for {host}:{port}: {_reason(exc)}", exc.errno) from None
             raise ConnectFailed(f"connect to {host}:{port} failed: {_reason(exc)}") from None
         return await exchange.done
     finally:
@@ -352,6 +357,10 @@ def _encode_request(names: tuple[str, ...], parameter: str | int | float | None)
     if len(payload) > MAX_REQUEST_BYTES:
         raise ValueError(f"request is {len(payload)} bytes; cgminer reads at most {MAX_REQUEST_BYTES}")
     return payload
+
+
+# Our own process or host ran short (too many open files here or system-wide, no buffer space): not the miner.
+_SHORTAGES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS})
 
 
 def _reason(exc: OSError) -> str:

@@ -24,6 +24,18 @@ class MinerError(Exception):
         self.message = message
 
 
+class LocalShortage(Exception):
+    """The agent itself ran out of something (file descriptors): the poll never reached the miner.
+
+    Not a MinerError: the miner is not to blame, is not marked down and is not backed off.
+    """
+
+    def __init__(self, message: str, errno: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errno = errno
+
+
 class ConnectFailed(MinerError):
     kind = ErrorKind.UNREACHABLE
 
