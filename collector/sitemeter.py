@@ -2,9 +2,10 @@
 
 The meter is the figure when it is trusted: its last read succeeded, its registers have moved within
 `stale_after_s` (power or import counter: a gateway answering from its cache repeats the same image), and it is
-plausible - not above ten times the site's allocation and not below half of what the miners alone account
-for (a meter can read under an estimate, never by half: that is a scale, CT or wiring error, or load that
-bypasses the meter). Otherwise the site falls back to the miners' figure, and `meter.state` says why.
+plausible - not above ten times the site's allocation, and not below what the miners measure drawing right
+now (x PUE + aux + declared load) by more than `thresholds.meter_mismatch_ratio`: a meter lower than that is a
+scale, CT or wiring error, a stuck reading, or load fed from before the meter, and judging on it would be
+optimistic. Otherwise the site falls back to the miners' figure, and `meter.state` says why.
 
 The miners' figure is miner power x PUE + aux + the declared non-miner load: what the site would be judged on
 without the meter. Reconciliation = meter - that figure, for every fresh meter value (believed or not).
@@ -26,7 +27,6 @@ from megawatch.collector.meters import MeterReading, plausible
 from megawatch.collector.model import Draw, FleetTotals, SiteTotals, add
 
 PLAUSIBLE_MAX_ALLOCATIONS = 10.0  # a meter above 10x the allocation reads with a wrong scale or unit
-MIN_SHARE_OF_MINERS = 0.5
 NEGATIVE_TOLERANCE = 0.01  # of the allocation: an idle feeder may read a little below 0 (noise, a little export)
 
 
@@ -105,9 +105,10 @@ class SiteMeter:
     problems: tuple[str, ...]
 
 
-def judge_meter(obs: MeterObservation | None, config: MeterConfig, miners_w: float | None,
-                now: float) -> SiteMeter:
-    """Where the meter stands now, against the miners' figure `miners_w` (non-miner load included)."""
+def judge_meter(obs: MeterObservation | None, config: MeterConfig, miners_w: float | None, now: float,
+                floor_w: float | None = None) -> SiteMeter:
+    """Where the meter stands now, against the miners' figure `miners_w` (non-miner load included); a reading
+    below `floor_w` (what the miners measure, less the mismatch tolerance) is not believed."""
     obs = obs or MeterObservation()
     power = obs.reading.power_w if obs.reading is not None else None
     age = now - obs.changed_at if obs.changed_at is not None else None
@@ -119,8 +120,8 @@ def judge_meter(obs: MeterObservation | None, config: MeterConfig, miners_w: flo
         state = MeterState.REJECTED
     elif not fresh:
         state = MeterState.STALE
-    elif miners_w is not None and power is not None and power < MIN_SHARE_OF_MINERS * miners_w:
-        state, problems = MeterState.REJECTED, (*problems, "power_below_half_of_miners")
+    elif floor_w is not None and power is not None and power < floor_w:
+        state, problems = MeterState.REJECTED, (*problems, "power_below_miners_measured")
     else:
         state = MeterState.OK
     reconciliation = ratio = None
@@ -166,16 +167,18 @@ def _judged(draw: Draw, measured_w: float | None, allowance_w: float | None) -> 
                    headroom_w=allocation - upper if upper is not None else None)
 
 
-def apply_meter(totals: SiteTotals, config: MeterConfig, obs: MeterObservation | None, now: float) -> SiteTotals:
+def apply_meter(totals: SiteTotals, config: MeterConfig, obs: MeterObservation | None, now: float,
+                tolerance: float = 0.05) -> SiteTotals:
     """A metered site judged on its meter when trusted (all of it measured), else on its miners' figure with the
     declared non-miner load (known, like aux) and the load only the meter saw (an allowance: not measured now)."""
     d = totals.draw
     miners = d.facility_power_w
-    meter = judge_meter(obs, config, miners + config.non_miner_load_w if miners is not None else None, now)
+    measured = d.facility_measured_w + config.non_miner_load_w if d.facility_measured_w is not None else None
+    meter = judge_meter(obs, config, miners + config.non_miner_load_w if miners is not None else None, now,
+                        measured * (1 - tolerance) if measured is not None else None)
     if meter.state is MeterState.OK:
         draw = _judged(d, meter.power_w, 0.0)
     else:
-        measured = d.facility_measured_w + config.non_miner_load_w if d.facility_measured_w is not None else None
         allowance = add(d.facility_allowance_w, meter.unseen_w if meter.unseen_w > 0 else None)
         draw = _judged(d, measured, allowance)
     return replace(totals, draw=draw, meter=meter)
@@ -188,7 +191,9 @@ def apply_meters(fleet: FleetTotals, config: CollectorConfig, meters: Mapping[st
     for totals in fleet.sites:
         site = config.site(totals.site_id)
         meter = site.meter if site is not None else None
-        sites.append(apply_meter(totals, meter, meters.get(totals.site_id), now) if meter is not None else totals)
+        tolerance = config.thresholds.meter_mismatch_ratio
+        sites.append(apply_meter(totals, meter, meters.get(totals.site_id), now, tolerance) if meter is not None
+                     else totals)
     if not any(s.meter is not None for s in sites):
         return fleet
     draw = _judged(fleet.draw, add(*(s.draw.facility_measured_w for s in sites)),

@@ -102,6 +102,20 @@ def test_a_reading_that_stops_changing_goes_stale() -> None:
     assert fleet_with(cfg, obs).sites[0].draw.facility_power_w == 9.6e6
 
 
+def test_a_dark_site_is_judged_on_its_meter_not_on_its_allowance() -> None:
+    cfg = metered_config()
+    # Every miner of site a is hung: nothing measured, 8 MW allowed for (their last known draw).
+    summary = make_summary(power_w=None, estimate_w=None, allowance_w=8.0 * MW, unknown=100)
+    obs = {url: observed(url, summary, NOW) for s in cfg.sites for url in s.agents}
+    plain = aggregate_fleet(cfg, obs, NOW)
+    assert plain.sites[0].draw.facility_power_w == pytest.approx(MINERS_A)
+    fleet = apply_meters(plain, cfg, {"a": read(None, 9.1 * MW, NOW)}, NOW)
+    a = fleet.sites[0]
+    assert a.meter is not None and a.meter.state is MeterState.OK, a.meter
+    assert a.draw.facility_power_w == 9.1 * MW and a.draw.facility_allowance_w == 0.0
+    assert a.status.value == "dark"  # the miners' own status still says they are out of sight
+
+
 def test_a_steady_reading_with_a_moving_import_counter_stays_fresh() -> None:
     obs = observe_meter(None, MeterResult(MeterReading(9.5e6, 1.0e9), None, 0.0), NOW - 40, METER, 10 * MW)
     for at, wh in ((NOW - 20, 1.0e9 + 52_000), (NOW, 1.0e9 + 104_000)):
@@ -136,7 +150,7 @@ def test_load_only_the_meter_saw_is_carried_when_the_meter_is_lost() -> None:
     (float("nan"), "power_not_a_number"),
     (-2 * MW, "power_negative"),
     (150 * MW, "power_above_plausible_maximum"),  # 10x the allocation: a scale or unit set wrong
-    (4 * MW, "power_below_half_of_miners"),
+    (8.5 * MW, "power_below_miners_measured"),  # under 9.5 MW measured by more than 5%
 ])
 def test_implausible_meter_is_rejected_and_named(power_w: float, problem: str) -> None:
     a = fleet_with(metered_config(), read(None, power_w, NOW)).sites[0]
