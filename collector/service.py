@@ -84,10 +84,10 @@ class CollectorService:
                                                       self.meters.read_all())
         now = self.clock()
         for site_id, meter_result in meter_results.items():
-            site = self.config.site(site_id)
-            if site is not None and site.meter is not None:
-                self.meter_obs[site_id] = observe_meter(self.meter_obs.get(site_id), meter_result, now, site.meter,
-                                                        site.allocation_at(now))
+            metered = self.config.site(site_id)
+            if metered is not None and metered.meter is not None:
+                self.meter_obs[site_id] = observe_meter(self.meter_obs.get(site_id), meter_result, now,
+                                                        metered.meter, metered.allocation_at(now))
         for result in results:
             site = self.site_of[result.url]
             if result.summary is not None and result.summary.site not in (None, site):
