@@ -42,7 +42,8 @@ PER_MINER = '{__name__=~"megawatch_miner_.*"}'
 FEDERATED = {"site:megawatch_miner_power_watts:sum", "site:megawatch_hashrate_hashes_per_second:sum",
              "site:megawatch_miners:sum", "site:megawatch_allocation_watts:max",
              "site:megawatch_facility_power_watts:sum", "site:megawatch_utilisation:ratio",
-             "site:megawatch_data_age_seconds:max"}
+             "site:megawatch_data_age_seconds:max", "site:megawatch_facility_measured_watts:sum",
+             "site:megawatch_facility_allowance_watts:sum", "site:megawatch_allowance:ratio"}
 
 
 def fast_rules(path: Path, interval: str) -> str:
