@@ -148,3 +148,25 @@ def test_request_limits_are_aiohttp_defaults() -> None:
     # The limits the tests above rely on (8 KiB lines and headers, 1 MiB bodies) are aiohttp's defaults;
     # if a future aiohttp changes them, this says where to look.
     assert web.Application()._client_max_size == 1024**2
+
+
+@pytest.mark.slow
+async def test_bad_requests_leave_no_traceback_in_the_agents_log(tmp_path: Path) -> None:
+    from tests.chaos.harness import start_agent, write_agent_config
+    from tests.e2e.processes import Procs
+
+    procs = Procs(tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            config = write_agent_config(tmp_path / "agent.yaml", "s1", [("127.1.0.1", 1)])
+            agent = await start_agent(procs, config, http)
+            port = int(agent.url.rsplit(":", 1)[1])
+            for payload in _requests("/metrics"):
+                await _status(port, payload)
+            async with http.get(agent.url + "/healthz") as resp:  # still serving; its log is up to date
+                assert resp.status in (200, 503)
+    finally:
+        procs.stop_all()
+    lines = agent.log.read_text().splitlines()
+    assert lines and not [line for line in lines if not line.startswith("{")], lines  # one JSON line each
+    assert "Traceback" not in agent.log.read_text()
