@@ -31,6 +31,7 @@ from megawatch.collector.catalogue import (
 )
 from megawatch.collector.config import Thresholds
 from megawatch.collector.model import Alert, AlertPhase, FleetTotals, Severity, SiteTotals
+from megawatch.collector.sitemeter import MeterState
 
 Labels = tuple[tuple[str, str], ...]
 RESOLVED_KEPT = 100  # resolved alerts remembered for /api/v1/alerts
@@ -241,7 +242,7 @@ def _data(site: SiteTotals) -> str:
 def _near(site: SiteTotals, t: Thresholds) -> tuple[str, str]:
     d = site.draw
     headroom = f"{mw(d.headroom_w)} headroom left of {mw(d.allocation_w)}. " if d.headroom_w is not None else ""
-    return "", headroom + _data(site)
+    return "", headroom + _data(site) + _figure(site)
 
 
 def _stale(site: SiteTotals, t: Thresholds) -> tuple[str, str]:
@@ -277,7 +278,7 @@ def _duplicates(site: SiteTotals, t: Thresholds) -> tuple[str, str]:
 
 
 _NOTES: dict[str, Notes] = {
-    "SiteOverAllocation": lambda site, t: ("", _data(site)),
+    "SiteOverAllocation": lambda site, t: ("", _data(site) + _figure(site)),
     "SiteNearAllocation": _near,
     "SiteDataStale": _stale,
     "AgentDown": _agent,
@@ -287,6 +288,19 @@ _NOTES: dict[str, Notes] = {
     "SiteUnknownShareHigh": lambda site, t: ("", _data(site)),
     "SiteMeterMismatch": lambda site, t: ("", _meter(site)),
 }
+
+
+def _figure(site: SiteTotals) -> str:
+    """Where a metered site's figure comes from now, for the alerts judged on it."""
+    m = site.meter
+    if m is None:
+        return ""
+    if m.state is MeterState.OK:
+        beside = m.miners_facility_power_w
+        return " Judged on the site meter" + (f"; the miners' figure is {mw(beside)}." if beside is not None else ".")
+    why = f" ({m.error})" if m.error else f" ({', '.join(m.problems)})" if m.problems else ""
+    unseen = f", plus {mw(m.unseen_w)} the meter last showed beyond it" if m.unseen_w > 0 else ""
+    return f" The site meter is {m.state.value}{why}: judged on the miners' figure{unseen}."
 
 
 def _meter(site: SiteTotals) -> str:

@@ -28,6 +28,7 @@ from megawatch.collector.sitemeter import (
     apply_meters,
     figure_source,
     observe_meter,
+    remember_unseen,
 )
 from megawatch.collector.web import make_app
 from megawatch.common.configfile import ConfigError
@@ -125,8 +126,6 @@ def test_a_steady_reading_with_a_moving_import_counter_stays_fresh() -> None:
 
 
 def test_load_only_the_meter_saw_is_carried_when_the_meter_is_lost() -> None:
-    from megawatch.collector.sitemeter import remember_unseen
-
     cfg = metered_config()
     obs = read(None, FIGURE_A + 1.2 * MW, NOW - 10)
     a = fleet_with(cfg, obs).sites[0]
@@ -171,6 +170,14 @@ def test_mismatch_alert_fires_past_the_ratio_and_allocation_is_judged_on_the_met
     assert active["SiteOverAllocation"].value == 10.5 * MW
     # The meter measures the whole site: nothing of the figure is allowance.
     assert "10.50 MW measured, 0.0 kW allowed for" in active["SiteOverAllocation"].summary
+    assert "Judged on the site meter; the miners' figure is 9.50 MW." in active["SiteOverAllocation"].description
+    # The meter drops out: the alert stays (the unseen 1.0 MW is carried) and says what it is judged on now.
+    obs = remember_unseen(read(None, 10.5 * MW, NOW), fleet.sites[0].meter)  # type: ignore[arg-type]
+    lost = read(obs, None, NOW + 1, error="timeout: no answer within 2 s")
+    active = {a.name: a for a in engine.evaluate(fleet_with(cfg, lost), NOW + 1).active}
+    assert active["SiteOverAllocation"].value == pytest.approx(10.5 * MW)
+    assert ("The site meter is down (timeout: no answer within 2 s): judged on the miners' figure, plus 1.00 MW "
+            "the meter last showed beyond it.") in active["SiteOverAllocation"].description
 
 
 # ---- the sites file -----------------------------------------------------------------------------------
