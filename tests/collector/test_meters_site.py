@@ -276,3 +276,19 @@ async def test_service_reads_the_meter_with_the_agents_and_shows_both() -> None:
     assert got[("megawatch_site_meter_imported_energy_joules_total", site_a)] == pytest.approx(5e9 * 3600)
     assert got[("megawatch_site_facility_power_watts", site_a)] == pytest.approx(9.1e6)
     assert got[("megawatch_site_meter_state", (("site", "a"), ("state", "ok")))] == 1.0
+
+
+async def test_reload_keeps_an_unchanged_meter_and_starts_a_changed_one_afresh() -> None:
+    async with aiohttp.ClientSession() as session:
+        site = replace(make_site("a"), meter=MeterConfig("127.0.0.1", 1502))
+        cfg = make_config(site)
+        service = CollectorService(cfg, session, "http://x/api/v1/alerts")
+        service.meter_obs["a"] = read(None, 9e6, NOW)
+        client = service.meters.clients["a"]
+        service.apply_config(replace(cfg, thresholds=replace(cfg.thresholds, hold_s=5.0)))
+        assert service.meters.clients["a"] is client and "a" in service.meter_obs
+        # Another meter (or the same one remapped): its readings are not the old one's.
+        service.apply_config(replace(cfg, sites=(replace(site, meter=MeterConfig("127.0.0.1", 1503)),)))
+        assert service.meters.clients["a"] is not client and "a" not in service.meter_obs
+        service.apply_config(replace(cfg, sites=(replace(site, meter=None),)))
+        assert not service.meters.clients and not service.meter_obs
