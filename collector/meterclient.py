@@ -12,6 +12,7 @@ Failures come back as one of MeterErrorKind (connect_failed, timeout, device_err
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 
@@ -24,6 +25,14 @@ from megawatch.collector.sitemeter import MeterResult
 from megawatch.common.logs import get_logger
 
 
+def _quiet_pymodbus() -> None:
+    """pymodbus logs every refused connect and timeout itself, each cycle; meter_read_failed says it once."""
+    library = logging.getLogger("pymodbus")
+    if not any(isinstance(h, logging.NullHandler) for h in library.handlers):
+        library.addHandler(logging.NullHandler())
+    library.propagate = False
+
+
 class MeterClient:
     """One site meter: its connection, its map (SunSpec remembers where its meter model is) and its deadline."""
 
@@ -33,6 +42,7 @@ class MeterClient:
         self.clock = clock
         self.map = make_map(config)
         self._client: AsyncModbusTcpClient | None = None
+        _quiet_pymodbus()
 
     def _connection(self) -> AsyncModbusTcpClient:
         if self._client is None:
