@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import re
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,13 @@ REALM = "megawatch"
 _CACHE_SIZE = 256
 # Concurrent bcrypt checks: a flood of wrong passwords may take this many threads, never the event loop.
 _CHECKS_IN_FLIGHT = 2
+# Per client address: bcrypt checks waiting or running, and a budget of failed checks (a burst, refilled one
+# every few seconds). Past either, the request gets 429 without a check: a flood from one address queues at
+# most two checks, so another client's first login waits for a few checks at most, not for the whole flood.
+_PER_SOURCE_IN_FLIGHT = 2
+_FAILURE_BURST = 10
+_FAILURE_REFILL_S = 6.0
+_SOURCES_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,17 +119,31 @@ def _server_context(tls: Section, cert: Path, key: Path, min_version: str) -> ss
     return context
 
 
-class BasicAuth:
-    """Checks `Authorization: Basic` headers against bcrypt hashes, off the event loop, with a bounded cache."""
+@dataclass(slots=True)
+class _Source:
+    """One client address's share of the bcrypt work."""
 
-    def __init__(self, users: Mapping[str, bytes]) -> None:
+    tokens: float
+    at: float  # monotonic time `tokens` was last refilled
+    in_flight: int = 0
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic` headers against bcrypt hashes, off the event loop, with a bounded cache.
+
+    `allows` answers True, False (401) or None: too many checks from that address (429, no check made).
+    """
+
+    def __init__(self, users: Mapping[str, bytes], clock: Callable[[], float] = time.monotonic) -> None:
         self._users = users
         self._ok: OrderedDict[bytes, None] = OrderedDict()
         self._slots = asyncio.Semaphore(_CHECKS_IN_FLIGHT)
         # Unknown users are checked against a real hash too, so "no such user" takes as long as "wrong password".
         self._decoy = next(iter(users.values()), None)
+        self._sources: OrderedDict[str, _Source] = OrderedDict()
+        self._clock = clock
 
-    async def allows(self, header: str | None) -> bool:
+    async def allows(self, header: str | None, source: str = "") -> bool | None:
         credentials = _parse_basic(header)
         if credentials is None:
             return False
@@ -134,14 +156,36 @@ class BasicAuth:
         against = hashed if hashed is not None else self._decoy
         if against is None:
             return False
-        async with self._slots:
-            ok = await asyncio.to_thread(_checkpw, password, against)
+        src = self._source(source)
+        if src.in_flight >= _PER_SOURCE_IN_FLIGHT or src.tokens < 1:
+            return None
+        src.in_flight += 1
+        try:
+            async with self._slots:
+                ok = await asyncio.to_thread(_checkpw, password, against)
+        finally:
+            src.in_flight -= 1
         if not ok or hashed is None:
+            src.tokens -= 1
             return False
         self._ok[digest] = None
         if len(self._ok) > _CACHE_SIZE:
             self._ok.popitem(last=False)
         return True
+
+
+    def _source(self, address: str) -> _Source:
+        now = self._clock()
+        src = self._sources.get(address)
+        if src is None:
+            src = self._sources[address] = _Source(float(_FAILURE_BURST), now)
+            if len(self._sources) > _SOURCES_KEPT:  # bounded: forget the address seen longest ago
+                self._sources.popitem(last=False)
+        else:
+            src.tokens = min(float(_FAILURE_BURST), src.tokens + (now - src.at) / _FAILURE_REFILL_S)
+            src.at = now
+            self._sources.move_to_end(address)
+        return src
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
@@ -179,7 +223,11 @@ def make_auth_middleware(users: Mapping[str, bytes]) -> Middleware:
 
     @web.middleware
     async def require_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not await auth.allows(request.headers.get("Authorization")):
+        allowed = await auth.allows(request.headers.get("Authorization"), request.remote or "")
+        if allowed is None:
+            raise web.HTTPTooManyRequests(text="429 Too Many Requests: too many failed logins from this address\n",
+                                          headers={"Retry-After": str(int(_FAILURE_REFILL_S))})
+        if not allowed:
             raise web.HTTPUnauthorized(text="401 Unauthorized\n",
                                        headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
         return await handler(request)

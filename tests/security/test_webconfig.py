@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
+import time
 from pathlib import Path
 
 import aiohttp
@@ -145,3 +147,41 @@ def test_the_shipped_example_loads_as_plain_http() -> None:
     example = Path(__file__).resolve().parents[2] / "configs" / "web-config.yml"
     config = load_web_config(example)
     assert config.ssl_context is None and not config.users
+
+
+async def test_a_flood_of_wrong_passwords_does_not_delay_another_clients_login(tmp_path: Path) -> None:
+    """Bcrypt work is bounded per client address: 100 wrong passwords at once from one address (at a real
+    cost of 10) cost a handful of checks, and a valid, not yet cached login from another address is quick."""
+    path = tmp_path / "web-config.yml"
+    path.write_text(f"basic_auth_users:\n  prometheus: '{bcrypt_hash('s3cret', cost=10)}'\n")
+    config = load_web_config(path)
+    app = _app()
+    protect(app, config)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base = f"http://127.0.0.1:{server.port}/metrics"
+    flood_statuses: list[int] = []
+
+    async def wrong(http: aiohttp.ClientSession, i: int) -> None:
+        async with http.get(base, headers={"Authorization": _basic("prometheus", f"guess{i}")}) as resp:
+            flood_statuses.append(resp.status)
+
+    try:
+        timeout = aiohttp.ClientTimeout(total=120)
+        attacker = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0), limit=0)
+        async with (aiohttp.ClientSession(connector=attacker, timeout=timeout) as flood,
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0)),
+                                          timeout=timeout) as scraper):
+            attack = asyncio.gather(*(wrong(flood, i) for i in range(100)))
+            await asyncio.sleep(0.2)  # the flood is in: every one of its requests has arrived or is arriving
+            started = time.monotonic()
+            async with scraper.get(base, headers={"Authorization": _basic("prometheus", "s3cret")}) as resp:
+                assert resp.status == 200
+            waited = time.monotonic() - started
+            await attack
+    finally:
+        await server.close()
+    assert waited < 2.0, f"a valid login waited {waited:.2f} s behind the flood"
+    assert set(flood_statuses) <= {401, 429} and flood_statuses.count(401) <= 12, flood_statuses
+    print(f"valid login during a 100-request flood: {waited * 1000:.0f} ms; flood: "
+          f"{flood_statuses.count(401)} checked (401), {flood_statuses.count(429)} refused unchecked (429)")
