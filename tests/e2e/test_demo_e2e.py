@@ -83,7 +83,9 @@ async def test_small_demo_runs_every_process_and_ctrl_c_stops_them_all(http: aio
         sites = (await get_json(http, collector + "/api/v1/sites"))["sites"]
         assert [s["id"] for s in sites] == SITES
         for s in sites:
-            assert s["status"] == "ok" and s["facility_power_w"] > 0 and s["allocation_w"] > 0, s
+            # The demo fleet has a few hung miners: allowed for (partial), a small share of the figure.
+            assert s["status"] in ("ok", "partial") and s["allowance_ratio"] < 0.1, s
+            assert s["facility_power_w"] > 0 and s["allocation_w"] > 0, s
             if s["id"] != DRIFT_SITE:  # the drift site may already be moving (--drift-after 0)
                 assert s["utilisation_ratio"] < 1, f"{s['id']} over its allocation: {s}"
         children = descendants(demo.pid)
