@@ -13,9 +13,10 @@ from pathlib import Path
 
 from megawatch.agent.dialects import DIALECTS
 from megawatch.agent.modeltable import DEFAULT_MODELS_PATH, ModelTable, load_model_table
-from megawatch.common.configfile import ConfigError, Section
+from megawatch.common.configfile import ConfigError, Section, describe
 from megawatch.common.logs import load_log_settings
 from megawatch.common.webconfig import WebConfig, load_web_config
+from megawatch.common.yamlfile import file_problem
 
 DEFAULT_PORT = 4028
 # A typo such as /8 instead of /28 would make the agent poll 16 million addresses; refuse it at load.
@@ -111,7 +112,7 @@ class _Entry:
 
 def load_agent_config(path: str | Path) -> AgentConfig:
     """Load and validate an agent config; raise ConfigError listing every problem."""
-    top = Section.of_file(path)
+    top = Section.of_file(path, "agent config")
     site = top.string("site", check=_is_label, expected="a non-empty name without spaces")
     agent_id = top.string("agent_id", None, check=_is_label, expected="a non-empty name without spaces")
     poll = _load_poll(top.section("poll"))
@@ -224,8 +225,9 @@ def _is_ip(value: str) -> bool:
 
 
 def _load_models(top: Section, models_path: Path) -> ModelTable | None:
-    if not models_path.is_file():
-        top.error("models_file", f"no such file: {str(models_path)!r}")
+    problem = file_problem(models_path)
+    if problem is not None:
+        top.error("models_file", f"{problem}: {str(models_path)!r}")
         return None
     try:
         return load_model_table(models_path)
@@ -257,15 +259,16 @@ def _load_entry(item: Section, models: ModelTable | None) -> _Entry | None:
     kind = kinds[0]
     value = item.data[kind]
     if not isinstance(value, str):
-        item.error(kind, f"expected a string, got {value!r}")
+        item.error(kind, f"expected a string, got {describe(value)}")
         return None
     parsed = _parse_addresses(kind, value.strip())
     if isinstance(parsed, str):
         item.error(kind, parsed)
         return None
     addresses, version = parsed
-    if len(addresses) > MAX_MINERS_PER_ENTRY:
-        item.error(kind, f"{value!r} holds {len(addresses):,} addresses; at most {MAX_MINERS_PER_ENTRY:,} "
+    count = addresses.stop - addresses.start  # not len(): an IPv6 /64 holds more than a C integer can count
+    if count > MAX_MINERS_PER_ENTRY:
+        item.error(kind, f"{describe(value)} holds {count:,} addresses; at most {MAX_MINERS_PER_ENTRY:,} "
                          f"per entry")
         return None
     return _Entry(item.key(kind), item.line_of(kind), f"{kind} {value}", addresses, version, port, model,
@@ -278,13 +281,13 @@ def _parse_addresses(kind: str, value: str) -> tuple[range, int] | str:
         try:
             ip = ipaddress.ip_address(value)
         except ValueError:
-            return f"{value!r} is not an IP address"
+            return f"{describe(value)} is not an IP address"
         return range(int(ip), int(ip) + 1), ip.version
     if kind == "cidr":
         try:
             net = ipaddress.ip_network(value, strict=True)
         except ValueError as exc:
-            return f"{value!r} is not a CIDR block ({exc})"
+            return f"{describe(value)} is not a CIDR block ({exc})"
         # Network and broadcast addresses are not hosts, except in /31 and /32 blocks.
         start, end = int(net.network_address), int(net.broadcast_address)
         if net.num_addresses > 2:
@@ -292,13 +295,13 @@ def _parse_addresses(kind: str, value: str) -> tuple[range, int] | str:
         return range(start, end + 1), net.version
     lo_text, sep, hi_text = value.partition("-")
     if not sep:
-        return f"{value!r} is not a range (expected FIRST-LAST, e.g. 127.1.0.1-127.1.0.200)"
+        return f"{describe(value)} is not a range (expected FIRST-LAST, e.g. 127.1.0.1-127.1.0.200)"
     try:
         lo, hi = ipaddress.ip_address(lo_text.strip()), ipaddress.ip_address(hi_text.strip())
     except ValueError as exc:
-        return f"{value!r} is not a range ({exc})"
+        return f"{describe(value)} is not a range ({exc})"
     if lo.version != hi.version or int(hi) < int(lo):
-        return f"{value!r} is not a range (the last address must not be before the first)"
+        return f"{describe(value)} is not a range (the last address must not be before the first)"
     return range(int(lo), int(hi) + 1), lo.version
 
 

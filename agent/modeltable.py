@@ -62,7 +62,7 @@ class ModelTable:
 
 def load_model_table(path: str | Path = DEFAULT_MODELS_PATH) -> ModelTable:
     """Load and validate the model table; raises ConfigError naming file, line and key."""
-    top = Section.of_file(path)
+    top = Section.of_file(path, "model table")
     specs: list[ModelSpec] = []
     by_key: dict[str, ModelSpec] = {}
     for item in top.sections("models", required=True):

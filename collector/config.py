@@ -5,7 +5,10 @@ Every MW figure is converted to W here, once; the rest of the collector works in
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from pathlib import Path
@@ -15,15 +18,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from megawatch.collector.catalogue import ALERTS, COLLECTOR_ALERT_NAMES
 from megawatch.collector.meterconfig import MeterConfig, check_meter_timeouts, load_meter
 from megawatch.common.configfile import ConfigError, Section
+from megawatch.common import yamlfile
 from megawatch.common.logs import load_log_settings
 from megawatch.common.redact import public_url as public_url  # the collector's modules import it from here
 from megawatch.common.webconfig import WebConfig, load_web_config
+from megawatch.common.yamlfile import YamlFileError, file_problem
 
 MW = 1e6  # W per MW
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index = datetime.weekday()
 ALERT_NAMES = COLLECTOR_ALERT_NAMES  # the alerts the collector itself raises (collector/catalogue.py)
 _SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+MIN_POLL_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +275,7 @@ def _load_alerting(sec: Section) -> Alerting:
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
     """Load and validate a sites file; raises ConfigError with one line per problem."""
-    top = Section.of_file(path)
+    top = Section.of_file(path, "collector config")
     fleet = top.section("fleet", required=True)
     fleet_name, fleet_mw, oversubscribe = None, None, False
     if top.has("fleet"):  # a missing section is one problem, not one per key inside it
@@ -300,12 +307,14 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     thresholds = _load_thresholds(top.section("thresholds"))
     alerting = _load_alerting(top.section("alerting"))
     listen = top.section("listen")
-    address = listen.string("address", "127.0.0.1")
+    address = listen.string("address", "127.0.0.1", check=is_host,
+                            expected="an IP address or a host name such as 'localhost'")
     port = listen.integer("port", 9300, minimum=0, maximum=65535)
     listen.done()
     log_format, log_level = load_log_settings(top.section("log"))
     poll = top.section("poll")
-    interval = poll.number("interval_s", 15.0, exclusive_minimum=0)
+    # Each cycle fetches every agent and logs: below this a typo (0.001) becomes a flood of both.
+    interval = poll.number("interval_s", 15.0, minimum=MIN_POLL_INTERVAL_S)
     timeout = poll.number("timeout_s", 5.0, exclusive_minimum=0)
     poll.done()
     check_meter_timeouts(top, interval)
@@ -314,6 +323,8 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     state_file = top.string("state_file", None)
     agent_client = _load_agent_client(top.section("agent_client"), here)
     top.done()
+    if state_file is not None:
+        _check_state_file(top, Path(path), here / state_file)
     web = None
     if web_file is not None:
         try:
@@ -339,22 +350,58 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     )
 
 
+def is_host(value: str) -> bool:
+    """An IP address or a well-formed host name (RFC 1123); checked by its form only, no DNS at load time."""
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        pass
+    name = value[:-1] if value.endswith(".") else value
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
+
+
+def _check_state_file(top: Section, config: Path, state: Path) -> None:
+    """The alert state is written beside `state` and renamed over it: refuse what that would break."""
+    try:
+        found = state.stat()
+    except OSError:
+        found = None
+    if found is not None:
+        if stat.S_ISDIR(found.st_mode):
+            top.error("state_file", f"{str(state)!r} is a directory; expected a file name")
+            return
+        if not stat.S_ISREG(found.st_mode):
+            top.error("state_file", f"{str(state)!r} is not a regular file")
+            return
+        if os.path.samefile(state, config):
+            top.error("state_file", "is this config file itself; the collector would overwrite it with its "
+                                    "alert state")
+            return
+    folder = state.parent
+    if not folder.is_dir():
+        top.error("state_file", f"its directory {str(folder)!r} does not exist")
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        top.error("state_file", f"its directory {str(folder)!r} is not writable (the state is written there "
+                                "and renamed)")
+
+
 def _load_agent_client(sec: Section, here: Path) -> AgentClient:
     ca = sec.string("ca_file", None)
     username = sec.string("username", None)
     password_file = sec.string("password_file", None)
     sec.done()
     ca_path = here / ca if ca is not None else None
-    if ca_path is not None and not ca_path.is_file():
-        sec.error("ca_file", f"no such file: {str(ca_path)!r}")
+    problem = file_problem(ca_path) if ca_path is not None else None
+    if problem is not None:
+        sec.error("ca_file", f"{problem}: {str(ca_path)!r}")
     if (username is None) != (password_file is None):
         sec.error("username" if username is None else "password_file",
                   "required with " + ("password_file" if username is None else "username"))
     password = None
     if password_file is not None:
-        try:
-            password = (here / password_file).read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            sec.error("password_file", f"cannot read {str(here / password_file)!r}: "
-                                       f"{getattr(exc, 'strerror', None) or exc}")
+        try:  # as carefully as a config file (a FIFO, /dev/zero); its contents are never shown
+            password = yamlfile.decode(yamlfile.read_bytes(here / password_file, 64 << 10)).rstrip("\r\n")
+        except YamlFileError as exc:
+            sec.error("password_file", f"{str(here / password_file)!r}: {exc.message}")
     return AgentClient(ca_path, username, password)

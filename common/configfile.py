@@ -10,12 +10,15 @@ from __future__ import annotations
 import difflib
 import enum
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar, overload
 
-import yaml
+from megawatch.common import yamlfile
+from megawatch.common.yamlfile import Map as _Map
+from megawatch.common.yamlfile import YamlFileError
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -28,6 +31,8 @@ class _Missing(enum.Enum):
 
 
 _MISSING: Final = _Missing.MISSING
+_SHOWN: Final = 60  # the longest value an error line shows
+_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")  # what a key of ours could be a typo of
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,72 +55,20 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _located(loader: _UniqueKeyLoader, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        out = _Map(line=node.start_mark.line + 1)
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark
-                )
-            seen[key] = key_node.start_mark.line + 1
-            out[key] = _located(loader, value_node)
-            out.lines[key] = value_node.start_mark.line + 1
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        seq = _Seq(_located(loader, n) for n in node.value)
-        seq.line = node.start_mark.line + 1
-        seq.lines = [n.start_mark.line + 1 for n in node.value]
-        return seq
-    return loader.construct_object(node, deep=True)
-
-
-class _Map(dict[Any, Any]):
-    """A YAML mapping that remembers where each value stood."""
-
-    def __init__(self, line: int) -> None:
-        super().__init__()
-        self.line = line
-        self.lines: dict[Any, int] = {}
-
-
-class _Seq(list[Any]):
-    line: int = 0
-    lines: list[int]
-
-
 def parse_yaml(text: str, path: str) -> Any:
-    """Parse YAML text into dicts/lists that keep line numbers; raise ConfigError on bad syntax."""
-    loader = _UniqueKeyLoader(text)
+    """Parse YAML text into dicts/lists that keep line numbers; raise ConfigError on bad syntax or a bomb."""
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        return _located(loader, node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or "invalid YAML"
-        raise ConfigError([ConfigProblem(path, line, "", f"invalid YAML: {problem}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([ConfigProblem(path, None, "", f"invalid YAML: {exc}")]) from None
-    finally:
-        loader.dispose()
+        return yamlfile.load(text)
+    except YamlFileError as exc:
+        raise ConfigError([ConfigProblem(path, exc.line, "", exc.message)]) from None
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file; a missing or unreadable file is a ConfigError, not a traceback."""
+    """Read a YAML file within the limits of common/yamlfile; any problem is a ConfigError, not a traceback."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([ConfigProblem(str(path), None, "", f"cannot read file: {reason}")]) from None
+        text = yamlfile.decode(yamlfile.read_bytes(path))
+    except YamlFileError as exc:
+        raise ConfigError([ConfigProblem(str(path), exc.line, "", exc.message)]) from None
     return parse_yaml(text, str(path))
 
 
@@ -134,10 +87,19 @@ class Problems:
             raise ConfigError(self.items)
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A value for an error line: its repr, cut short (a config line, never a screenful), or what it is."""
     if isinstance(value, (dict, list)):
         return "a mapping" if isinstance(value, dict) else "a list"
-    return repr(value)
+    text = repr(value)
+    return text if len(text) <= _SHOWN else f"{text[:_SHOWN - 3]}..."
+
+
+def _kind(value: Any) -> str:
+    """What a value is, without showing it: for a file that may be the wrong one (a key file, a password file)."""
+    if isinstance(value, (dict, list)):
+        return describe(value)
+    return {str: "text", bool: "true or false", int: "a number", float: "a number"}.get(type(value), "a value")
 
 
 class Section:
@@ -156,16 +118,30 @@ class Section:
         if data is None:
             data, self.valid = _Map(line=line or 0), True
         elif not self.valid:
-            problems.add(self.line, key_path or "(top level)", f"expected a mapping, got {_describe(data)}")
+            problems.add(self.line, key_path or "(top level)", f"expected a mapping, got {describe(data)}")
             data = _Map(line=line or 0)
         self.data: dict[Any, Any] = data
         self._used: set[Any] = set()
+        self.what = ""  # a whole file's top level: what it should be ("agent config"), for "not a valid ..."
 
     @classmethod
-    def of_file(cls, path: str | Path) -> Section:
-        """Read a file and return its top-level section (raises ConfigError on syntax errors)."""
+    def of_file(cls, path: str | Path, what: str = "config file") -> Section:
+        """Read a file and return its top-level section (raises ConfigError on syntax errors).
+
+        A file that is not a mapping is most likely the wrong file (a key naming /etc/passwd, a certificate):
+        it is called "not a valid `what`" and nothing of it is shown.
+        """
         data = read_yaml(path)
-        return cls(Problems(str(path)), data, "", 1)
+        problems = Problems(str(path))
+        if data is not None and not isinstance(data, dict):
+            problems.add(getattr(data, "line", None), "",
+                         f"not a valid {what} (expected a YAML mapping of settings, got {_kind(data)})")
+            sec = cls(problems, None, "", 1)
+            sec.valid = False
+            return sec
+        sec = cls(problems, data, "", 1)
+        sec.what = what
+        return sec
 
     def key(self, name: str | int) -> str:
         if isinstance(name, int):
@@ -195,10 +171,10 @@ class Section:
 
     @overload
     def get(self, name: str, kind: Callable[[Any], T], default: _Missing = ..., *, expected: str,
-            check: Callable[[T], bool] | None = None) -> T | None: ...
+            check: Callable[[T], bool] | None = None, secret: bool = ...) -> T | None: ...
     @overload
     def get(self, name: str, kind: Callable[[Any], T], default: D, *, expected: str,
-            check: Callable[[T], bool] | None = None) -> T | D: ...
+            check: Callable[[T], bool] | None = None, secret: bool = ...) -> T | D: ...
     def get(
         self,
         name: str,
@@ -207,6 +183,7 @@ class Section:
         *,
         expected: str,
         check: Callable[[T], bool] | None = None,
+        secret: bool = False,
     ) -> Any:
         """Read `name`, convert with `kind` (raising ValueError/TypeError on bad input), then `check`.
 
@@ -219,21 +196,24 @@ class Section:
         try:
             converted = kind(value)
             ok = check is None or check(converted)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of 400 digits as a float
             ok, converted = False, None
         if not ok:
-            self.error(name, f"expected {expected}, got {_describe(value)}")
+            got = f"{_kind(value)} (not shown: it may be a password)" if secret else describe(value)
+            self.error(name, f"expected {expected}, got {got}")
             return default if default is not _MISSING else None
         return converted
 
     @overload
-    def string(self, name: str, *, check: Callable[[str], bool] | None = None, expected: str = ...) -> str | None: ...
+    def string(self, name: str, *, check: Callable[[str], bool] | None = None, expected: str = ...,
+               secret: bool = ...) -> str | None: ...
     @overload
     def string(self, name: str, default: D, *, check: Callable[[str], bool] | None = None,
-               expected: str = ...) -> str | D: ...
+               expected: str = ..., secret: bool = ...) -> str | D: ...
     def string(self, name: str, default: Any = _MISSING, *, check: Callable[[str], bool] | None = None,
-               expected: str = "a non-empty string") -> Any:
-        return self.get(name, as_str, default, expected=expected, check=check)
+               expected: str = "a non-empty string", secret: bool = False) -> Any:
+        """`secret`: a bad value is described, never shown (a password where its hash belongs)."""
+        return self.get(name, as_str, default, expected=expected, check=check, secret=secret)
 
     @overload
     def number(self, name: str, *, minimum: float | None = None, exclusive_minimum: float | None = None,
@@ -299,7 +279,7 @@ class Section:
         if value is None:
             return
         if not isinstance(value, list):
-            self.error(name, f"expected a list, got {_describe(value)}")
+            self.error(name, f"expected a list, got {describe(value)}")
             return
         lines = getattr(value, "lines", [self.line_of(name)] * len(value))
         for i, item in enumerate(value):
@@ -314,22 +294,36 @@ class Section:
         if name not in self.data:
             return value
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            self.error(name, f"expected a list of strings, got {_describe(value)}")
+            self.error(name, f"expected a list of strings, got {describe(value)}")
             return ()
         return tuple(value)
 
     def done(self) -> None:
-        """Report keys that no getter asked for, suggesting the closest known key."""
+        """Report keys that no getter asked for, suggesting the closest known key.
+
+        A key that is not a name (a line of /etc/shadow parses as one) is not shown, nor is any key of a file
+        none of whose keys is known: that is the wrong file, and its contents stay out of the error.
+        """
         if not self.valid:
+            return
+        used = [str(k) for k in self._used]
+        if self.what and self.data and not any(
+                key in self._used or difflib.get_close_matches(str(key)[:_SHOWN], used, n=1) for key in self.data):
+            known = ", ".join(sorted(used))
+            self.problems.add(self.line, "", f"not a valid {self.what} (none of its keys is one of: {known})")
             return
         for key in self.data:
             if key in self._used:
+                continue
+            if not isinstance(key, str) or not _NAME.match(key):
+                self.problems.add(self.line_of(key), self.key_path or "(top level)",
+                                  "an unknown key that is not a name (not shown)")
                 continue
             hint = difflib.get_close_matches(str(key), [str(k) for k in self._used], n=1)
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
             known = ", ".join(sorted(str(k) for k in self._used))
             allowed = f"; known keys: {known}" if known and not hint else ""
-            self.problems.add(self.line_of(key), self.key(str(key)), f"unknown key{suggestion}{allowed}")
+            self.problems.add(self.line_of(key), self.key(key), f"unknown key{suggestion}{allowed}")
 
 
 def as_str(value: Any) -> str:

@@ -33,6 +33,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from megawatch.common.configfile import Section
+from megawatch.common.yamlfile import file_problem
 
 TLS_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 # $2a$/$2b$/$2y$ (htpasswd -B writes 2y), cost, 53 characters of salt and hash.
@@ -70,7 +71,7 @@ class WebConfig:
 
 def load_web_config(path: str | Path) -> WebConfig:
     """Read and check a web-config file, loading the certificate and key; raise ConfigError on any problem."""
-    top = Section.of_file(path)
+    top = Section.of_file(path, "web config file")
     base = Path(path).parent
     tls = top.section("tls_server_config")
     cert_file = key_file = min_version = None
@@ -83,7 +84,7 @@ def load_web_config(path: str | Path) -> WebConfig:
     users_section = top.section("basic_auth_users")
     users: dict[str, bytes] = {}
     for user in list(users_section.data):
-        hashed = users_section.string(str(user), check=lambda v: bool(_BCRYPT.match(v)),
+        hashed = users_section.string(str(user), check=lambda v: bool(_BCRYPT.match(v)), secret=True,
                                       expected="a bcrypt hash such as '$2b$10$...' (not the password itself)")
         if not isinstance(user, str) or not user or ":" in user:
             users_section.error(str(user), "expected a user name without ':'")
@@ -102,8 +103,9 @@ def load_web_config(path: str | Path) -> WebConfig:
 
 def _server_context(tls: Section, cert: Path, key: Path, min_version: str) -> ssl.SSLContext | None:
     for name, file in (("cert_file", cert), ("key_file", key)):
-        if not file.is_file():
-            tls.error(name, f"no such file: {str(file)!r}")
+        problem = file_problem(file)
+        if problem is not None:
+            tls.error(name, f"{problem}: {str(file)!r}")
     if tls.problems.items:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -111,10 +113,12 @@ def _server_context(tls: Section, cert: Path, key: Path, min_version: str) -> ss
     try:
         context.load_cert_chain(cert, key)
     except ssl.SSLError as exc:
-        tls.error("cert_file", f"cannot load the certificate and key pair: {exc.reason or exc}")
+        tls.error("cert_file", f"cannot load the certificate and key pair ({str(cert)!r}, {str(key)!r}): "
+                               f"{exc.reason or exc}")
         return None
     except OSError as exc:
-        tls.error("cert_file", f"cannot read the certificate or key: {exc.strerror or exc}")
+        tls.error("cert_file", f"cannot read the certificate or key ({str(cert)!r}, {str(key)!r}): "
+                               f"{exc.strerror or exc}")
         return None
     return context
 

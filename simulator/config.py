@@ -132,7 +132,7 @@ def _loopback_v4(text: str) -> ipaddress.IPv4Address:
 def load_fleet_config(path: str | Path, models: ModelTable | None = None) -> FleetConfig:
     """Load and validate a fleet file; raises ConfigError listing every problem, one line each."""
     table = models if models is not None else load_model_table()
-    top = Section.of_file(path)
+    top = Section.of_file(path, "simulator fleet config")
     seed = top.integer("seed", 1, minimum=0)
     tick_s = top.number("tick_s", 5.0, exclusive_minimum=0, maximum=3600)
     per_worker = top.integer("miners_per_worker", DEFAULT_MINERS_PER_WORKER, minimum=1, maximum=19_000)

@@ -96,7 +96,7 @@ sites:
   - id: a
     allocation_mw: %s
     agents: [http://127.0.0.1:9]
-poll: {interval_s: 0.2, timeout_s: 0.1}
+poll: {interval_s: 0.5, timeout_s: 0.4}
 listen: {address: 127.0.0.1, port: 0}
 """
 

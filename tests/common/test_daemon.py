@@ -66,7 +66,7 @@ AGENT = Case(
 COLLECTOR = Case(
     "collector",
     "fleet: {{name: f, allocation_mw: 100}}\nsites:\n  - id: a\n    allocation_mw: 10\n"
-    "    agents: [http://127.0.0.1:9]\npoll: {{interval_s: 0.2, timeout_s: 0.1}}\n"
+    "    agents: [http://127.0.0.1:9]\npoll: {{interval_s: 0.5, timeout_s: 0.4}}\n"
     "listen: {{address: 127.0.0.1, port: {port}}}\nlog: {{format: console, level: {level}}}\n",
     "ok: fleet f, 1 sites, 1 agents\n",
     ("allocation_mw: 10\n", "allocation_mw: 10MW\n"),
