@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from megawatch.collector.config import ALERT_NAMES, public_url
+from megawatch.collector.meterclient import MeterReader
 from megawatch.collector.model import AlertPhase, Draw, FleetTotals, SiteStatus
 from megawatch.collector.service import CollectorService
 from megawatch.collector.sitemeter import MeterState
@@ -146,7 +147,7 @@ class SiteCollector(Collector):
                                   *fleet_fam.values(), fleet_sites_stale, agent_up, agent_age, fetch_s, fetches,
                                   cycles, cycle_s, last, alerts, pending, target_up, sent]
         families += reload_families("collector", svc.reload_status if svc is not None else ReloadStatus())
-        families += meter_families(svc.fleet if svc is not None else None)
+        families += meter_families(svc.fleet if svc is not None else None, svc.meters if svc is not None else None)
         config = (svc or self._service).config
         for site in config.sites:
             pue.add_metric([site.id], site.pue)
@@ -201,7 +202,7 @@ class SiteCollector(Collector):
         yield from families
 
 
-def meter_families(fleet: FleetTotals | None) -> list[Metric]:
+def meter_families(fleet: FleetTotals | None, reader: MeterReader | None) -> list[Metric]:
     """The site meters beside the miners' figures (collector/sitemeter.py); metered sites only."""
     def g(name: str, help_: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
         return GaugeMetricFamily(f"megawatch_site_{name}", help_, labels=["site", *extra])
@@ -224,8 +225,18 @@ def meter_families(fleet: FleetTotals | None) -> list[Metric]:
                "added to that figure whenever the meter is not trusted, in watts.")
     energy = CounterMetricFamily("megawatch_site_meter_imported_energy_joules",
                                  "Site meter's import energy register, in joules.", labels=["site"])
+    reads = CounterMetricFamily("megawatch_collector_meter_reads", "Site meter readings by outcome (ok, "
+                                "connect_failed, timeout, device_error, layout), a count of readings.",
+                                labels=["site", "outcome"])
+    read_s = GaugeMetricFamily("megawatch_collector_meter_read_duration_seconds",
+                               "Time the site meter's last reading took, in seconds.", labels=["site"])
     families: list[Metric] = [power, up, age, trusted, state, miners, non_miner, reconciliation, ratio, unseen,
-                              energy]
+                              energy, reads, read_s]
+    if reader is not None:
+        for (site_id, outcome), n in sorted(reader.reads.items()):
+            reads.add_metric([site_id, outcome], n)
+        for site_id, seconds in reader.duration_s.items():
+            read_s.add_metric([site_id], seconds)
     for site in fleet.sites if fleet is not None else ():
         m, labels = site.meter, [site.site_id]
         if m is None:

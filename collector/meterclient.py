@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -108,6 +109,8 @@ class MeterReader:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.clients: dict[str, MeterClient] = {}
+        self.reads: Counter[tuple[str, str]] = Counter()  # (site, ok or an error kind) -> reads
+        self.duration_s: dict[str, float] = {}  # site -> how long its last reading took
         self._failing: dict[str, str] = {}  # site -> error kind it started failing with
         self._log = get_logger()
 
@@ -118,6 +121,8 @@ class MeterReader:
                 client.close()
                 del self.clients[site]
                 self._failing.pop(site, None)
+                self.duration_s.pop(site, None)
+                self.reads = Counter({k: n for k, n in self.reads.items() if k[0] != site})
         for site, config in meters.items():
             if site not in self.clients:
                 self.clients[site] = MeterClient(site, config, self.clock)
@@ -127,6 +132,8 @@ class MeterReader:
         results = await asyncio.gather(*(self.clients[s].read() for s in sites))
         for site, result in zip(sites, results, strict=True):
             self._note(site, result)
+            self.reads[(site, "ok" if result.error is None else result.error.split(":", 1)[0])] += 1
+            self.duration_s[site] = result.duration_s
         return dict(zip(sites, results, strict=True))
 
     def _note(self, site: str, result: MeterResult) -> None:

@@ -276,6 +276,9 @@ async def test_service_reads_the_meter_with_the_agents_and_shows_both() -> None:
     assert got[("megawatch_site_meter_imported_energy_joules_total", site_a)] == pytest.approx(5e9 * 3600)
     assert got[("megawatch_site_facility_power_watts", site_a)] == pytest.approx(9.1e6)
     assert got[("megawatch_site_meter_state", (("site", "a"), ("state", "ok")))] == 1.0
+    assert got[("megawatch_collector_meter_reads_total", (("outcome", "device_error"), ("site", "a")))] == 1.0
+    assert got[("megawatch_collector_meter_reads_total", (("outcome", "ok"), ("site", "a")))] == 1.0
+    assert 0 < got[("megawatch_collector_meter_read_duration_seconds", site_a)] < 1.0
 
 
 async def test_reload_keeps_an_unchanged_meter_and_starts_a_changed_one_afresh() -> None:
