@@ -218,7 +218,8 @@ ALERTS: dict[str, AlertSpec] = {a.name: a for a in (
         "SiteMeterMismatch", Severity.WARNING, Subject.SITE, "site_meter_mismatch",
         means="The site's meter and its miners' figure (miner power x PUE + aux + declared non-miner load) "
               "differ by more than `meter_mismatch_ratio`: estimates or PUE off, load nobody declared, a meter "
-              "set up wrong, or power taken past the miners. The site is judged on the meter meanwhile.",
+              "set up wrong, or power taken past the miners. A trusted meter stays the site's figure; one below "
+              "what the miners measure by more than the ratio is not trusted (docs/meters.md).",
         summary="{who}: its meter and its miners' figure differ by {value} (warning at {line}).",
         action="Compare meter and miners' figure (/api/v1/sites); correct PUE, aux or non_miner_load_mw, check "
                "the meter's scale and wiring, and look for load that should not be on the feeder.",
