@@ -120,7 +120,7 @@ class Snapshot:
 
 
 def snapshot(ident: Identity, *, seed: int, tick: int, tick_s: float, load: float, boot_tick: int,
-             booted_fresh: bool, fault: Fault | None) -> Snapshot:
+             booted_fresh: bool, fault: Fault | None, stopped: float = 0.0) -> Snapshot:
     """Compute what `ident` reports in `tick`.
 
     `boot_tick` is the tick the miner (re)started in; `booted_fresh` is False until its first reboot,
@@ -142,6 +142,8 @@ def snapshot(ident: Identity, *, seed: int, tick: int, tick_s: float, load: floa
         elif kind == "overheat":
             hot = True
 
+    if stopped:  # boards stopped by a write command: idle, like a fault that took them all
+        drop = 1.0 - (1.0 - drop) * (1.0 - stopped)
     nominal = spec.nominal_hashrate_hs
     steady = nominal * load * ident.quality * (1.0 - drop)
     # ±1 % tick-to-tick noise on the short window; longer windows wander less.

@@ -299,6 +299,11 @@ class Fleet:
         except OSError as exc:
             self._log.error("miner_listen_failed", miner=miner.identity.address, error=str(exc))
 
+    def control_changed(self, miner: Miner) -> None:
+        """A write command stopped or restarted boards: every cached reply and snapshot is out of date."""
+        self.generation += 1
+        self._log.info("miner_control_changed", miner=miner.identity.address, stopped=miner.control.stopped)
+
     def privileged_seen(self, miner: Miner, name: str) -> None:
         self._log.warning("privileged_command", miner=miner.identity.address, command=name)
 
@@ -356,7 +361,7 @@ class Fleet:
                 "listening": miner.listening, "serving": miner.serving,
                 "reports_power": miner.firmware.reports_power, "allow_control": ident.allow_control,
                 "joins": ident.joins,
-                "privileged_commands": miner.privileged,
+                "privileged_commands": miner.privileged, "stopped": miner.control.stopped,
                 "true_power_w": true_draw_w(miner, tick),
             })
         return rows

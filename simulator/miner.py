@@ -20,6 +20,7 @@ from megawatch.simulator.behaviour import Identity, Snapshot, snapshot
 from megawatch.simulator.faults import Fault
 from megawatch.simulator.replies import firmware_for
 from megawatch.simulator.requests import reply_to
+from megawatch.simulator.writes import ControlState
 
 if TYPE_CHECKING:
     from megawatch.simulator.fleet import Fleet, SiteState
@@ -40,6 +41,7 @@ class Miner:
         "_cache_key",
         "_reopen",
         "boot_tick",
+        "control",
         "booted_fresh",
         "fault",
         "firmware",
@@ -58,6 +60,7 @@ class Miner:
         self.site = site
         self.fault: Fault | None = None
         self.privileged = 0
+        self.control = ControlState()  # what write commands changed (simulator/writes.py)
         self.boot_tick = 0
         self.booted_fresh = False
         self.server: asyncio.AbstractServer | None = None
@@ -76,7 +79,7 @@ class Miner:
             self._cache = snapshot(
                 self.identity, seed=self.fleet.seed, tick=tick, tick_s=self.fleet.clock.tick_s,
                 load=self.site.load, boot_tick=self.boot_tick, booted_fresh=self.booted_fresh,
-                fault=self.fault,
+                fault=self.fault, stopped=self.control.stopped,
             )
             self._cache_key = key
         return self._cache

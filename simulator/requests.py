@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from megawatch.simulator import replies
+from megawatch.simulator import replies, writes
 from megawatch.simulator.replies.common import Bare, Section
 from megawatch.simulator.replies.encode import Style
 
@@ -168,9 +168,9 @@ def _denied(miner: Miner, name: str, when: int) -> dict[str, Any]:
 
 
 def _joined(miner: Miner, name: str, now: int, when: int) -> Section | Bare | dict[str, Any]:
-    if name in PRIVILEGED:
+    if name in PRIVILEGED or writes.handles(miner, name):
         miner.count_privileged(name)
-    if name in NOT_JOINABLE:
+    if name in NOT_JOINABLE or writes.handles(miner, name):
         # Even from a privileged client: restart, quit, check, privileged are refused in a join (seen on 4.11.1).
         return _denied(miner, name, when)
     return _one(miner, name, "", now, when, counted=True)
@@ -179,6 +179,10 @@ def _joined(miner: Miner, name: str, now: int, when: int) -> Section | Bare | di
 def _one(miner: Miner, name: str, param: str, now: int, when: int,
          counted: bool = False) -> Section | Bare | dict[str, Any]:
     fw = miner.firmware
+    if writes.handles(miner, name):  # this firmware's own write rules (simulator/writes.py)
+        if not counted:
+            miner.count_privileged(name)
+        return writes.write(miner, name, param, when)
     if name in PRIVILEGED:
         if not counted:
             miner.count_privileged(name)
