@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from megawatch.agent.config import AgentConfig
+from megawatch.agent.control import add_control_routes
 from megawatch.agent.exposition import MinerRenderer
 from megawatch.agent.poller import Poller
 from megawatch.agent.state import FleetSnapshot, FleetState, MinerState, MinerStatus
@@ -110,6 +111,7 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/summary", summary)
     app.router.add_get("/api/v1/miners", miners)
+    add_control_routes(app, config, lambda: state.snapshot)  # refuses unless control and auth are on
     return app
 
 
