@@ -271,4 +271,7 @@ def _miner_json(m: MinerState) -> dict[str, Any]:
         "last_error": m.last_error.value if m.last_error is not None else None,
         "stale_age_s": m.stale_age_s,
         "problems": list(current.problems) if current is not None else [],
+        # The hottest chip, so a status page can list hot miners without reading /metrics.
+        "chip_temp_max_c": max((b.chip_temp_c for b in current.boards if b.chip_temp_c is not None), default=None)
+        if current is not None else None,
     }

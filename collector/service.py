@@ -16,6 +16,7 @@ from megawatch.collector.alertmanager import Notifier
 from megawatch.collector.alertstate import load_alerts, save_alerts
 from megawatch.collector.catalogue import ALERTS
 from megawatch.collector.config import CollectorConfig, public_url
+from megawatch.collector.history import History
 from megawatch.collector.meterclient import MeterReader
 from megawatch.collector.model import AgentObservation, Alert, AlertPhase, FleetTotals
 from megawatch.collector.rules import Evaluation, RuleEngine
@@ -54,6 +55,7 @@ class CollectorService:
         self.fleet: FleetTotals | None = None
         self.evaluation = Evaluation(active=(), changes=())
         self.stats = CycleStats()
+        self.history = History(config.poll_interval_s)  # the status page's chart: bounded, in memory
         self.site_of = {url: s.id for s in config.sites for url in s.agents}
         self.meters = MeterReader()  # site meters, read in the same cycle as the agents
         self.meters.configure({s.id: s.meter for s in config.sites if s.meter is not None})
@@ -116,6 +118,7 @@ class CollectorService:
                               site=labels.get("site"), agent=labels.get("agent"), summary=alert.summary)
         self.notifier.submit(evaluation, now)
         self.fleet, self.evaluation = fleet, evaluation
+        self.history.record(fleet)
         self._save_state(evaluation, now)
         s = self.stats
         s.cycles += 1

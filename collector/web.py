@@ -1,4 +1,4 @@
-"""HTTP: /metrics, /api/v1/sites, /api/v1/alerts, /healthz and a small index."""
+"""HTTP: /metrics, /api/v1/sites, /api/v1/alerts, /healthz, and the status page at / (collector/page.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from megawatch.collector.config import Site
 from megawatch.collector.exposition import SiteCollector
 from megawatch.collector.model import Alert, SiteTotals
+from megawatch.collector.page import add_routes, next_allocation_change
 from megawatch.collector.service import CollectorService
 from megawatch.collector.sitemeter import figure_source, meter_json
 from megawatch.common.daemon import health
@@ -30,13 +31,14 @@ def alert_json(alert: Alert) -> dict[str, Any]:
     }
 
 
-def site_json(t: SiteTotals, site: Site | None) -> dict[str, Any]:
+def site_json(t: SiteTotals, site: Site | None, at: float) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if site is not None:  # why the allocation in force is what it is
         config = {"base_allocation_w": site.allocation_w, "pue": site.pue, "aux_w": site.aux_w,
                   "schedule": [{"days": sorted(w.days), "from": w.start.isoformat("minutes"),
                                 "to": "24:00" if w.end_of_day else w.end.isoformat("minutes"),
-                                "timezone": w.timezone, "allocation_w": w.allocation_w} for w in site.schedule]}
+                                "timezone": w.timezone, "allocation_w": w.allocation_w} for w in site.schedule],
+                  "allocation_next_change": next_allocation_change(site, at)}
     return {
         "id": t.site_id, "name": t.name, "status": t.status.value, "stale": t.stale,
         "data_age_s": t.data_age_s, **dataclasses.asdict(t.draw), **config,
@@ -55,7 +57,7 @@ async def sites(request: web.Request) -> web.Response:
         "at": fleet.at,
         "fleet": {"name": fleet.name, "stale": fleet.stale, "sites_stale": fleet.sites_stale,
                   **dataclasses.asdict(fleet.draw)},
-        "sites": [site_json(t, svc.config.site(t.site_id)) for t in fleet.sites],
+        "sites": [site_json(t, svc.config.site(t.site_id), fleet.at) for t in fleet.sites],
     }
     return json_response(body)
 
@@ -78,13 +80,6 @@ async def healthz(request: web.Request) -> web.Response:
                   poll_interval_s=svc.config.poll_interval_s, stall_limit_s=svc.stall_limit_s())
 
 
-async def index(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    lines = [f"megawatch collector: fleet {svc.config.fleet_name}, {len(svc.config.sites)} sites", ""]
-    lines += ["/metrics", "/api/v1/sites", "/api/v1/alerts", "/healthz"]
-    return web.Response(text="\n".join(lines) + "\n")
-
-
 def make_app(service: CollectorService) -> web.Application:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(SiteCollector(service))
@@ -94,5 +89,5 @@ def make_app(service: CollectorService) -> web.Application:
     app.router.add_get("/api/v1/sites", sites)
     app.router.add_get("/api/v1/alerts", alerts)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/", index)
+    add_routes(app, service, lambda t, at: site_json(t, service.config.site(t.site_id), at), alert_json)
     return app

@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
 def check_configs(args: argparse.Namespace) -> None:
     """Validate the three files with their own loaders first: a bad one is reported as file:line, not a crash."""
     from megawatch.agent.config import load_agent_config
-    from megawatch.simulator.config import load_fleet_config
     from megawatch.collector.config import load_collector_config
+    from megawatch.simulator.config import load_fleet_config
 
     problems: list[ConfigProblem] = []
     for load, path in ((load_fleet_config, args.sim_config), (load_collector_config, args.sites_config),
@@ -221,7 +221,7 @@ class Demo:
 
     def _banner(self, sim: Child, agents: list[Child], collector: Child, prom: Child | None,
                 am: Child | None) -> None:
-        lines = ["", "megawatch demo is running. Open:",
+        lines = ["", f"megawatch demo is running. Status page: {collector.url}/", "Also open:",
                  f"  collector   {collector.url}/api/v1/sites   (alerts: /api/v1/alerts, metrics: /metrics)"]
         lines += [f"  agent       {a.url}/metrics   ({a.name.removeprefix('agent-')})" for a in agents]
         lines.append(f"  simulator   {sim.url}/api/v1/truth   (ground truth)")
@@ -235,7 +235,8 @@ class Demo:
         lines += [
             "",
             "Grafana: copy grafana/provisioning/datasources/megawatch.yaml and grafana/provisioning/dashboards/",
-            f"  megawatch.yaml into Grafana's provisioning dir, set the datasource url to {prom.url if prom else '<prometheus>'}",
+            "  megawatch.yaml into Grafana's provisioning dir, set the datasource url to "
+            f"{prom.url if prom else '<prometheus>'}",
             f"  and the provider's path to {ROOT / 'grafana' / 'dashboards'}; restart Grafana and open the",
             "  'megawatch / Fleet overview' dashboard.",
             "",
