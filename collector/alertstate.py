@@ -29,10 +29,13 @@ def alert_record(alert: Alert) -> dict[str, Any]:
 
 
 def save_alerts(path: Path, alerts: Iterable[Alert], saved_at: float) -> None:
-    """Write the active alerts to `path` atomically (temp file + fsync + rename + directory fsync)."""
-    body = json.dumps({"version": STATE_VERSION, "saved_at": saved_at,
-                       "alerts": [alert_record(a) for a in alerts if a.phase is not AlertPhase.RESOLVED]},
-                      indent=1).encode()
+    """Write the active alerts to `path` atomically."""
+    write_atomically(path, json.dumps({"version": STATE_VERSION, "saved_at": saved_at, "alerts": [
+        alert_record(a) for a in alerts if a.phase is not AlertPhase.RESOLVED]}, indent=1).encode())
+
+
+def write_atomically(path: Path, body: bytes) -> None:
+    """Replace `path` with `body`: temp file + fsync + rename + directory fsync (also the energy accounts')."""
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)

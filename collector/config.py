@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from megawatch.collector.catalogue import ALERTS, COLLECTOR_ALERT_NAMES
 from megawatch.collector.meterconfig import MeterConfig, check_meter_timeouts, load_meter
+from megawatch.collector.production import Production, load_production
 from megawatch.common.configfile import ConfigError, Section
 from megawatch.common import yamlfile
 from megawatch.common.logs import load_log_settings
@@ -147,6 +148,7 @@ class CollectorConfig:
     state_file: Path | None = None  # alert state kept across restarts (none: alerts start afresh)
     log_format: str = "auto"  # auto: console on a terminal, JSON lines otherwise
     log_level: str = "info"
+    production: Production | None = None  # difficulty and fee level for expected BTC (collector/production.py)
 
     def site(self, site_id: str) -> Site | None:
         return next((s for s in self.sites if s.id == site_id), None)
@@ -322,6 +324,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     web_file = top.string("web_config_file", None)
     state_file = top.string("state_file", None)
     agent_client = _load_agent_client(top.section("agent_client"), here)
+    production = load_production(top.section("production")) if top.has("production") else None
     top.done()
     if state_file is not None:
         _check_state_file(top, Path(path), here / state_file)
@@ -346,7 +349,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         allow_oversubscription=oversubscribe, sites=tuple(sites), thresholds=thresholds, alerting=alerting,
         listen_address=address, listen_port=port, poll_interval_s=interval, poll_timeout_s=timeout,
         web=web, state_file=here / state_file if state_file is not None else None, agent_client=agent_client,
-        log_format=log_format, log_level=log_level,
+        log_format=log_format, log_level=log_level, production=production,
     )
 
 

@@ -148,6 +148,7 @@ class SiteCollector(Collector):
                                   cycles, cycle_s, last, alerts, pending, target_up, sent]
         families += reload_families("collector", svc.reload_status if svc is not None else ReloadStatus())
         families += meter_families(svc.fleet if svc is not None else None, svc.meters if svc is not None else None)
+        families += energy_families(svc)
         config = (svc or self._service).config
         for site in config.sites:
             pue.add_metric([site.id], site.pue)
@@ -255,3 +256,56 @@ def meter_families(fleet: FleetTotals | None, reader: MeterReader | None) -> lis
         if m.energy_import_wh is not None:
             energy.add_metric(labels, m.energy_import_wh * 3600.0)
     return families
+
+
+# (key, name after megawatch_<site|fleet>_, help after "Site "/"Fleet ") of the energy accounts (collector/energy.py)
+ENERGY_COUNTERS = (
+    ("judged_j", "energy_joules", "energy by the figure judged against the allocation (a trusted meter, else the "
+     "upper bound), left-Riemann over cycles, kept across restarts, in joules."),
+    ("measured_j", "energy_measured_joules", "energy measured (the measured part of the judged figure), in joules."),
+    ("allowance_j", "energy_allowance_joules", "energy allowed for draw not known at the time (the allowance "
+     "part of the judged figure), in joules."),
+    ("estimated_j", "energy_estimated_joules", "energy of miners whose power is estimated from hashrate and J/TH "
+     "(part of measured), in joules."),
+    ("unknown_j", "energy_unknown_joules", "energy of gaps between cycles too long to trust (collector down), "
+     "counted at the larger of the last figure and the allocation, not in the judged energy, in joules."),
+    ("unknown_s", "energy_unknown_seconds", "time in gaps between cycles counted as unknown energy, in seconds."),
+    ("allocated_j", "allocation_energy_joules", "allocation in force integrated over time (schedules followed), "
+     "in joules."),
+    ("over_j", "energy_over_allocation_joules", "energy above the allocation in force, in joules."),
+    ("over_s", "over_allocation_seconds", "time the judged figure was above the allocation in force, in seconds."),
+    ("hashes", "hashes", "hashes computed by fresh agents' miners (hashrate integrated over time), a count."),
+    ("expected_btc", "expected_btc", "bitcoin expected from the measured hashrate at the configured difficulty "
+     "and block reward: expected, not mined (pool payouts are not read), in BTC."),
+)
+
+
+def energy_families(svc: CollectorService | None) -> list[Metric]:
+    """Energy and production accounts per site and for the fleet, and the production settings they use."""
+    families: list[Metric] = []
+    accounts = svc.energy.accounts if svc is not None else {}
+    production = svc.config.production if svc is not None else None
+    for kind in ("site", "fleet"):
+        what = "Site" if kind == "site" else "Fleet"
+        for key, name, help_ in ENERGY_COUNTERS:
+            fam = CounterMetricFamily(f"megawatch_{kind}_{name}", f"{what} {help_}", labels=[kind])
+            if key != "expected_btc" or production is not None:
+                for (k, label), account in sorted(accounts.items()):
+                    if k == kind and _configured(svc, k, label):
+                        fam.add_metric([label], getattr(account.totals, key))
+            families.append(fam)
+    difficulty = GaugeMetricFamily("megawatch_production_difficulty", "Network difficulty the collector's expected "
+                                   "BTC uses (sites file production.difficulty), a number.")
+    reward = GaugeMetricFamily("megawatch_production_block_reward_btc", "Block subsidy plus fees per block the "
+                               "collector's expected BTC uses (sites file production), in BTC.")
+    if production is not None:
+        difficulty.add_metric([], production.difficulty)
+        reward.add_metric([], production.btc_per_block)
+    return [*families, difficulty, reward]
+
+
+def _configured(svc: CollectorService | None, kind: str, name: str) -> bool:
+    # Accounts of a site since removed stay in the state file but are not served (its series simply ends).
+    if svc is None:
+        return False
+    return name == svc.config.fleet_name if kind == "fleet" else svc.config.site(name) is not None

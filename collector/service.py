@@ -16,9 +16,11 @@ from megawatch.collector.alertmanager import Notifier
 from megawatch.collector.alertstate import load_alerts, save_alerts
 from megawatch.collector.catalogue import ALERTS
 from megawatch.collector.config import CollectorConfig, public_url
+from megawatch.collector.energy import EnergyBook, energy_path
 from megawatch.collector.history import History
 from megawatch.collector.meterclient import MeterReader
 from megawatch.collector.model import AgentObservation, Alert, AlertPhase, FleetTotals
+from megawatch.collector.production import samples as energy_samples
 from megawatch.collector.rules import Evaluation, RuleEngine
 from megawatch.collector.sitemeter import MeterObservation, apply_meters, observe_meter, remember_unseen
 from megawatch.collector.sources import AgentReader, observe
@@ -60,6 +62,8 @@ class CollectorService:
         self.meters = MeterReader()  # site meters, read in the same cycle as the agents
         self.meters.configure({s.id: s.meter for s in config.sites if s.meter is not None})
         self.meter_obs: dict[str, MeterObservation] = {}
+        # Energy accounts survive a restart only with a state file (kept beside it): see collector/energy.py.
+        self.energy = EnergyBook(energy_path(config.state_file) if config.state_file is not None else None)
         self._log = get_logger()
         self._pending: CollectorConfig | None = None  # a reloaded config, taken before the next cycle
         self._saved: object = None  # what was last written to the state file
@@ -110,6 +114,7 @@ class CollectorService:
             if totals.meter is not None and totals.site_id in self.meter_obs:
                 self.meter_obs[totals.site_id] = remember_unseen(self.meter_obs[totals.site_id], totals.meter)
         self._note_duplicates(fleet)
+        self.energy.record(energy_samples(fleet, self.config, self.observations, now), now, self.energy_gap_s())
         evaluation = self.engine.evaluate(fleet, now)
         for alert in evaluation.changes:
             labels = dict(alert.labels)
@@ -196,6 +201,11 @@ class CollectorService:
 
     def stall_limit_s(self) -> float:
         return 3 * self.config.poll_interval_s
+
+    def energy_gap_s(self) -> float:
+        """An interval between cycles longer than this is counted as unknown energy, not at the last figures:
+        the stall limit, or the staleness line when that is longer (data that old is not trusted anyway)."""
+        return max(self.stall_limit_s(), self.config.thresholds.stale_after_s)
 
 
 def restart_only(current: CollectorConfig, new: CollectorConfig) -> tuple[CollectorConfig, list[str]]:
