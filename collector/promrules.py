@@ -192,6 +192,40 @@ _MEASURED = "site:megawatch_miner_power_watts:sum"
 # Measured where an agent answers now, 0 W measured where none does (the upper bound says the site is there).
 _MEASURED_OR_0 = f"({_MEASURED} or 0 * {_UPPER})"
 
+_PER_BLOCK = 2**32  # expected hashes per block at difficulty 1
+_HASHRATE = "site:megawatch_hashrate_hashes_per_second:sum"
+# (comment, record, expr): energy and production (docs/energy.md). Energy is the collector's own counters (it
+# integrates every cycle and keeps them across restarts); these are their rates and the production figures.
+ENERGY_RECORDS: tuple[tuple[str, str, str], ...] = (
+    ("Average draw over the last hour from the collector's energy counters (joules per second = watts).",
+     "site:megawatch_energy_joules:rate1h",
+     'max by (site) (rate(megawatch_site_energy_joules_total{job="megawatch-collector"}[1h]))'),
+    ("", "fleet:megawatch_energy_joules:rate1h",
+     'max(rate(megawatch_fleet_energy_joules_total{job="megawatch-collector"}[1h]))'),
+    ("Network difficulty and block reward for expected BTC: a series an operator feeds (megawatch_network_difficulty, "
+     "megawatch_network_block_reward_btc, e.g. from a node exporter textfile) wins over the sites file's "
+     "production settings the collector serves.",
+     "megawatch:network_difficulty:max",
+     'max(megawatch_network_difficulty) or max(megawatch_production_difficulty{job="megawatch-collector"})'),
+    ("", "megawatch:block_reward_btc:max",
+     'max(megawatch_network_block_reward_btc) or max(megawatch_production_block_reward_btc'
+     '{job="megawatch-collector"})'),
+    ("Expected, not mined: hashrate x reward / (difficulty x 2^32) BTC per second.",
+     "site:megawatch_expected_btc_per_second:sum",
+     f"{_HASHRATE}\n  * on () group_left () (megawatch:block_reward_btc:max\n"
+     f"  / on () (megawatch:network_difficulty:max * {_PER_BLOCK}))"),
+    ("", "fleet:megawatch_expected_btc_per_second:sum", "sum(site:megawatch_expected_btc_per_second:sum)"),
+    ("Efficiency: the judged facility draw per TH/s (J/TH), and expected BTC per MWh of it; none while a site "
+     "hashes nothing.",
+     "site:megawatch_joules_per_terahash:ratio", f"{SITE_POWER} / on (site) ({_HASHRATE} > 0) * 1e12"),
+    ("", "site:megawatch_expected_btc_per_megawatt_hour:ratio",
+     f"site:megawatch_expected_btc_per_second:sum * 3.6e9 / on (site) ({SITE_POWER} > 0)"),
+    ("", "fleet:megawatch_joules_per_terahash:ratio",
+     f"{FLEET_POWER} / on () (sum({_HASHRATE}) > 0) * 1e12"),
+    ("", "fleet:megawatch_expected_btc_per_megawatt_hour:ratio",
+     f"fleet:megawatch_expected_btc_per_second:sum * 3.6e9 / on () ({FLEET_POWER} > 0)"),
+)
+
 # (comment, record, expr) of a site server: the site totals, the way the collector computes them.
 SITE_RECORDS: tuple[tuple[str, str, str], ...] = (
     ("Measured: the agents answering now (a scrape that fails leaves no sample, so a dark agent measures "
@@ -223,6 +257,7 @@ SITE_RECORDS: tuple[tuple[str, str, str], ...] = (
     ("", FLEET_MEASURED, f"sum({SITE_MEASURED})"),
     ("", FLEET_ALLOWANCE, f"sum({SITE_ALLOWANCE})"),
     ("", FLEET_ALLOCATION, _collector("", "megawatch_fleet_allocation_watts")),
+    *ENERGY_RECORDS,
 )
 
 SITE_NOTE = ("A site server: the site totals the collector computes, from the agents' own series, and the "

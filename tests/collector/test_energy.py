@@ -167,3 +167,20 @@ def test_expected_btc_matches_a_hand_computation() -> None:
     a = run([(i * 15.0, s) for i in range(241)])
     assert a.totals.expected_btc == pytest.approx(by_hand, rel=1e-12)
     assert production.expected_btc_per_s(1e17) * 3600 == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_production_settings_are_validated_with_one_line_each(tmp_path: Path) -> None:
+    from megawatch.collector.config import load_collector_config
+    from megawatch.common.configfile import ConfigError
+
+    path = tmp_path / "sites.yaml"
+    path.write_text("fleet: {name: f, allocation_mw: 1}\n"
+                    "sites:\n  - {id: a, allocation_mw: 1, agents: ['http://127.0.0.1:9100']}\n"
+                    "production:\n  difficulty: -3\n  block_subsidy_btc: 3.125\n  fees: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_collector_config(path)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{path}:5: production.difficulty: expected a number > 0, got -3",
+        f"{path}:7: production.fees: unknown key; known keys: block_subsidy_btc, difficulty, fees_per_block_btc"]
+    path.write_text(path.read_text().replace("-3", "100000000000000").replace("  fees: 1\n", ""))
+    assert load_collector_config(path).production == Production(difficulty=1e14)
