@@ -15,6 +15,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -137,12 +138,12 @@ def overview(service: CollectorService, site_view: SiteView, alert_view: AlertVi
     for t, level in ranked:
         if only is not None and t.site_id != only:
             continue
-        view = site_view(t, fleet.at)
-        agents = view.pop("agents", [])
-        if only is not None:
-            view["agents"] = agents
-        view["agents_total"] = len(agents)
-        view["agents_up"] = sum(1 for a in agents if a["up"])
+        # Shaping 500 agents' views costs most of a poll: only the site page gets them.
+        view = site_view(t if only is not None else replace(t, agents=()), fleet.at)
+        if only is None:
+            del view["agents"]
+        view["agents_total"] = len(t.agents)
+        view["agents_up"] = sum(1 for a in t.agents if a.up)
         view["level"] = level
         view["alerts"] = [alert_view(a) for a in by_site.get(t.site_id, [])]
         sites.append(view)

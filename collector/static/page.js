@@ -123,6 +123,10 @@ function poll(url, onBody) {
       refresh = body.refresh_s || refresh;
       Live.ok(body);
       onBody(body);
+      // When the first figures were on screen: read by the bench (python -m bench.page).
+      if (body.at !== null && !performance.getEntriesByName("megawatch:first-render").length) {
+        performance.mark("megawatch:first-render");
+      }
     } catch (err) {
       Live.fail(err);
     }
