@@ -31,6 +31,9 @@ class MinerTarget:
     port: int = DEFAULT_PORT
     model: str | None = None  # overrides the model the miner reports (power estimates use it)
     dialect: str | None = None  # skips detection when given
+    # False: "a miner may be here" (expect: maybe, the default for cidr entries). Found by rescans; an address
+    # where nothing answers is not a miner and never counts as down (docs/discovery.md).
+    expected: bool = True
 
     @property
     def name(self) -> str:
@@ -79,6 +82,19 @@ class AccountingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoverySettings:
+    """Scan ranges (entries with expect: maybe) and the inventory of what was found (docs/discovery.md)."""
+
+    rescan_interval_s: float = 600.0  # how often the agent looks for miners that joined a scan range
+    connect_timeout_s: float = 1.0  # a silent address on a real network costs this much per rescan
+    concurrency: int = 256
+    # A discovered miner that has not answered for this long leaves the count (miner_vanished); until then it is
+    # down and counted in the allowance. Listed (expected) miners are never dropped.
+    forget_after_s: float = 86_400.0
+    state_file: Path | None = None  # the inventory, kept across restarts; None keeps it in memory only
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     site: str
     agent_id: str
@@ -94,6 +110,7 @@ class AgentConfig:
     path: str = ""
     web: WebConfig | None = None  # TLS and basic auth for every endpoint (web_config_file)
     accounting: AccountingSettings = AccountingSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +125,7 @@ class _Entry:
     port: int
     model: str | None
     dialect: str | None
+    expected: bool = True
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
@@ -119,6 +137,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     http = _load_http(top.section("http"))
     exposition = _load_exposition(top.section("exposition"))
     accounting = _load_accounting(top.section("accounting"))
+    discovery = _load_discovery(top.section("discovery"), Path(path).parent)
     # A relative models_file is read from beside the agent config, wherever the agent is started from.
     models_path = Path(path).parent / top.string("models_file", str(DEFAULT_MODELS_PATH))
     log_format, log_level = load_log_settings(top.section("log"))
@@ -158,6 +177,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         path=str(path),
         web=web,
         accounting=accounting,
+        discovery=discovery,
     )
 
 
@@ -216,6 +236,21 @@ def _load_accounting(sec: Section) -> AccountingSettings:
     return settings
 
 
+def _load_discovery(sec: Section, base: Path) -> DiscoverySettings:
+    d = DiscoverySettings()
+    state_file = sec.string("state_file", None)
+    settings = DiscoverySettings(
+        rescan_interval_s=sec.number("rescan_interval_s", d.rescan_interval_s, minimum=10),
+        connect_timeout_s=sec.number("connect_timeout_s", d.connect_timeout_s, exclusive_minimum=0, maximum=30),
+        concurrency=sec.integer("concurrency", d.concurrency, minimum=1, maximum=4096),
+        forget_after_s=sec.number("forget_after_s", d.forget_after_s, minimum=0),
+        # Relative to the agent config, as models_file is.
+        state_file=base / state_file if state_file else None,
+    )
+    sec.done()
+    return settings
+
+
 def _is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
@@ -242,6 +277,7 @@ def _load_entry(item: Section, models: ModelTable | None) -> _Entry | None:
     port = item.integer("port", DEFAULT_PORT, minimum=1, maximum=65535)
     model: str | None = item.string("model", None)
     dialect: str | None = item.string("dialect", None)
+    expect = item.choice("expect", ("present", "maybe"), None)
     if dialect is not None and dialect not in DIALECTS:
         item.error("dialect", f"unknown dialect {dialect!r} (known: {', '.join(sorted(DIALECTS))})")
         dialect = None
@@ -261,21 +297,23 @@ def _load_entry(item: Section, models: ModelTable | None) -> _Entry | None:
     if not isinstance(value, str):
         item.error(kind, f"expected a string, got {describe(value)}")
         return None
-    parsed = _parse_addresses(kind, value.strip())
+    parsed = parse_addresses(kind, value.strip())
     if isinstance(parsed, str):
         item.error(kind, parsed)
         return None
     addresses, version = parsed
+    # A block describes a network, where gaps are normal; an address or a range lists miners one expects.
+    expected = (expect or ("maybe" if kind == "cidr" else "present")) == "present"
     count = addresses.stop - addresses.start  # not len(): an IPv6 /64 holds more than a C integer can count
     if count > MAX_MINERS_PER_ENTRY:
         item.error(kind, f"{describe(value)} holds {count:,} addresses; at most {MAX_MINERS_PER_ENTRY:,} "
                          f"per entry")
         return None
     return _Entry(item.key(kind), item.line_of(kind), f"{kind} {value}", addresses, version, port, model,
-                  dialect)
+                  dialect, expected)
 
 
-def _parse_addresses(kind: str, value: str) -> tuple[range, int] | str:
+def parse_addresses(kind: str, value: str) -> tuple[range, int] | str:
     """Expand one entry to integer addresses (a range, so /16 blocks stay cheap); a str is the problem."""
     if kind == "address":
         try:
@@ -322,7 +360,7 @@ def _expand(top: Section, entries: list[_Entry]) -> tuple[MinerTarget, ...]:
                                                             f"listed by {prior.key} ({prior.what})")
                 continue
             owner[key] = entry
-            targets.append(MinerTarget(str(make(number)), entry.port, entry.model, entry.dialect))
+            targets.append(MinerTarget(str(make(number)), entry.port, entry.model, entry.dialect, entry.expected))
         if len(targets) > MAX_MINERS:
             top.problems.add(entry.line, entry.key, f"more than {MAX_MINERS:,} miners in total")
             break

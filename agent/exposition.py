@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from megawatch.agent.config import ExpositionSettings
+from megawatch.agent.inventory import EVENTS
 from megawatch.agent.model import MinerReading
 from megawatch.agent.plausibility import FIELDS
 from megawatch.agent.state import ALLOWANCE_BASES, OUTCOMES, FleetSnapshot, FleetState, MinerState, MinerStatus
@@ -367,7 +368,17 @@ class FleetCollector(Collector):
                         "Miners whose draw is not measured now and is counted in the allowance (a count).")
         miners = gauge("site_miners", "Configured miners by state (up, down or stale), a count of miners.",
                        ("state",))
-        configured = gauge("site_miners_configured", "Miners in the agent's config, a count of miners.")
+        configured = gauge("site_miners_configured",
+                           "Miners the agent counts: listed in its config or found in its scan ranges, a count of "
+                           "miners.")
+        discovered = gauge("site_miners_discovered",
+                           "Of the miners counted, those found in scan ranges rather than listed, a count of miners.")
+        missing = gauge("site_miners_missing",
+                        "Listed miners that never answered (this run, nor in the inventory), a count of miners.")
+        sweeps = counter("agent_discovery_sweeps", "Rescans of the scan ranges finished, a count of sweeps.")
+        events = counter("agent_inventory_events",
+                         "Inventory changes by event (miner_appeared, miner_vanished, miner_swapped, "
+                         "miner_firmware_changed), a count of events.", ("event",))
         duration = gauge("agent_cycle_duration_seconds", "Duration of the latest poll cycle, in seconds.")
         last = gauge("agent_last_cycle_timestamp_seconds", "Unix time the latest poll cycle ended, in seconds.")
         cycles = counter("agent_cycles", "Poll cycles completed, a count of cycles.")
@@ -383,7 +394,9 @@ class FleetCollector(Collector):
         if snap is not None:
             site, t = snap.site, snap.totals
             configured.add_metric([site], t.configured)
+            discovered.add_metric([site], t.discovered)
             if snap.cycle > 0:  # before the first cycle nothing is known: no totals rather than zeros
+                missing.add_metric([site], t.missing)
                 hashrate.add_metric([site], t.hashrate_hs)
                 power.add_metric([site, "firmware"], t.power_firmware_w)
                 power.add_metric([site, "estimate"], t.power_estimate_w)
@@ -406,6 +419,9 @@ class FleetCollector(Collector):
                 polls.add_metric([site, outcome], c.polls.get(outcome, 0))
             for name in FIELDS:  # every field from the start, so rate() sees the first one
                 implausible.add_metric([site, name], c.implausible.get(name, 0))
-        yield from (hashrate, power, allowance, upper, allowed, unknown, miners, configured, duration, last, cycles,
-                    overruns, polls, implausible)
+            sweeps.add_metric([site], c.sweeps)
+            for event in EVENTS:
+                events.add_metric([site, event], c.inventory_events.get(event, 0))
+        yield from (hashrate, power, allowance, upper, allowed, unknown, miners, configured, discovered, missing,
+                    duration, last, cycles, overruns, polls, implausible, sweeps, events)
 

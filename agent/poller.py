@@ -13,13 +13,15 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType, ModuleType
 from typing import Any, Protocol
 
 from megawatch.agent import dialects as dialect_table
 from megawatch.agent import plausibility
 from megawatch.agent.config import AgentConfig, MinerTarget
+from megawatch.agent.discovery import Outcome, Probe, fetch_replies, probe, sweep
+from megawatch.agent.inventory import Inventory, identity_of
 from megawatch.agent.model import MinerReading
 from megawatch.agent.modeltable import estimate_power, replace_reading
 from megawatch.agent.protocol.errors import CommandRejected, ErrorKind, LocalShortage, MinerError
@@ -32,6 +34,7 @@ from megawatch.agent.state import (
     FleetSnapshot,
     FleetState,
     MinerState,
+    MinerStatus,
     classify,
     summarise,
 )
@@ -80,6 +83,9 @@ class _Track:
     bug_logged: bool = False  # an internal error was logged; the next is logged only after a success
     implausible: tuple[str, ...] = ()  # fields dropped from the latest reading, logged when they change
     missed: bool = False  # the latest poll never left the agent (no descriptor): the reading is not fresh
+    discovered: bool = False  # found in a scan range (not listed): forgotten after discovery.forget_after_s down
+    seen_s: float | None = None  # wall clock of the last answer, this run or (from the inventory) an earlier one
+    seen_key: tuple[Any, ...] | None = None  # model, firmware version, dialect last given to the inventory
 
 
 class Poller:
@@ -118,9 +124,11 @@ class Poller:
         self._detect = detect or dialect_table.detect
         self._sleep = sleep
         self._log = get_logger(site=config.site)
-        self._tracks = [
-            _Track(t, t.dialect, needs_detect=t.dialect is None) for t in config.miners
-        ]
+        self.inventory = Inventory(config.discovery.state_file, config.site, models=config.models)
+        self.inventory.load()
+        self._found: list[Probe] = []  # what the latest rescan found, taken at the start of the next cycle
+        self._sweeps = 0
+        self._tracks = self._tracks_for(config, {})
         self._pending: AgentConfig | None = None  # a reloaded config, taken at the start of the next cycle
         self._own_deadlines = own_deadlines
         self._cycle = 0
@@ -142,15 +150,80 @@ class Poller:
 
     async def run(self) -> None:
         """Poll forever, one cycle per interval, until cancelled. Cycles never overlap."""
-        next_start = self._clock.monotonic()
+        discovery = None
+        if self._discovers():
+            first = asyncio.Event()
+            discovery = asyncio.create_task(self._discover_forever(first), name="discovery")
+            # The first cycle waits (bounded) for the first sweep, so a scan range's miners are in it.
+            try:
+                async with asyncio.timeout(self._settings.interval_s):
+                    await first.wait()
+            except TimeoutError:
+                pass
+        try:
+            next_start = self._clock.monotonic()
+            while True:
+                delay = next_start + self._rng.uniform(0, self._settings.jitter_s) - self._clock.monotonic()
+                if delay > 0:
+                    await self._sleep(delay)
+                await self.poll_once()
+                next_start += self._settings.interval_s  # read each cycle: a reload may change it
+                # After an overrun, start at once rather than queue up missed cycles.
+                next_start = max(next_start, self._clock.monotonic())
+        finally:
+            if discovery is not None:
+                discovery.cancel()
+                await asyncio.gather(discovery, return_exceptions=True)
+
+    def _discovers(self) -> bool:
+        """Rescans run for scan ranges, and for the inventory's serials and MACs when it is kept in a file."""
+        config = self._config
+        return config.discovery.state_file is not None or any(not t.expected for t in config.miners)
+
+    async def _discover_forever(self, first: asyncio.Event) -> None:
         while True:
-            delay = next_start + self._rng.uniform(0, self._settings.jitter_s) - self._clock.monotonic()
-            if delay > 0:
-                await self._sleep(delay)
-            await self.poll_once()
-            next_start += self._settings.interval_s  # read each cycle: a reload may change it
-            # After an overrun, start at once rather than queue up missed cycles.
-            next_start = max(next_start, self._clock.monotonic())
+            t0 = self._clock.monotonic()
+            try:
+                await self.rescan()
+            except Exception as exc:  # noqa: BLE001 - a bug of ours must not stop the polling
+                self._log.error("discovery_failed", exc_info=exc)
+            first.set()
+            wait = self._config.discovery.rescan_interval_s - (self._clock.monotonic() - t0)
+            await self._sleep(max(1.0, wait))
+
+    async def rescan(self) -> int:
+        """Probe every scan-range address not polled yet, and every polled miner for its identity.
+
+        What answers joins at the start of the next cycle; an address where nothing answers is not a miner and is
+        not counted at all. Returns how many new miners were found.
+        """
+        from megawatch.agent.protocol import client
+
+        config = self._config
+        tracked = {t.target.name for t in self._tracks}
+        targets = [*(t.target for t in self._tracks),
+                   *(t for t in config.miners if not t.expected and t.name not in tracked)]
+        deadlines = self._deadlines if not self._own_deadlines else client.Deadlines(
+            connect_s=min(config.discovery.connect_timeout_s, config.poll.request_timeout_s),
+            request_s=config.poll.request_timeout_s)
+        found: list[Probe] = []
+
+        def note(result: Probe) -> None:
+            if result.outcome is Outcome.FOUND:
+                found.append(result)
+
+        async def one(target: MinerTarget) -> Probe:
+            return await probe(target, query=self._query, deadlines=deadlines, models=config.models,
+                               max_reply_bytes=config.poll.max_reply_bytes, deadline_s=config.poll.request_timeout_s)
+
+        t0 = self._clock.monotonic()
+        await sweep(targets, one, config.discovery.concurrency, note)
+        self._found.extend(found)
+        self._sweeps += 1
+        new = sum(1 for p in found if p.target.name not in tracked)
+        self._log.log(20 if new else 10, "discovery_sweep_finished", addresses=len(targets), found=len(found),
+                      new=new, duration_s=round(self._clock.monotonic() - t0, 3))
+        return new
 
     async def poll_once(self) -> FleetSnapshot:
         """Run one cycle: poll every miner that is due, then publish and return the new snapshot."""
@@ -160,6 +233,7 @@ class Poller:
         self._cycle += 1
         cycle = self._cycle
         started_s, t0 = self._clock.time(), self._clock.monotonic()
+        self._take_found(started_s)
         due = iter([t for t in self._tracks if t.skip_until <= cycle])
         workers = [
             asyncio.create_task(self._work(due), name=f"poll-worker-{i}")
@@ -176,6 +250,7 @@ class Poller:
         self._note_overrun(cycle, duration)
         self.shortage.cycle_done(cycle)
         miners = tuple(self._miner_state(t, finished_s) for t in self._tracks)
+        miners = self._observe(miners, finished_s)
         snapshot = FleetSnapshot(
             site=self._config.site,
             cycle=cycle,
@@ -183,10 +258,14 @@ class Poller:
             finished_s=finished_s,
             duration_s=duration,
             miners=miners,
-            totals=summarise(miners, len(self._tracks), finished_s, self._config.accounting,
-                             self._config.models),
+            totals=replace(summarise(miners, len(self._tracks), finished_s, self._config.accounting,
+                                     self._config.models),
+                           discovered=sum(1 for t in self._tracks if t.discovered),
+                           missing=sum(1 for t in self._tracks if not t.discovered and t.seen_s is None
+                                       and t.target.name not in self.inventory.entries)),
             counters=AgentCounters(self._cycles, self._overruns, MappingProxyType(dict(self._polls)),
-                                   MappingProxyType(dict(self._implausible))),
+                                   MappingProxyType(dict(self._implausible)), self._sweeps,
+                                   MappingProxyType(dict(self.inventory.events))),
         )
         self._state.publish(snapshot)
         t = snapshot.totals
@@ -202,19 +281,85 @@ class Poller:
         """
         self._pending = config
 
-    def _apply(self, config: AgentConfig) -> None:
-        known = {t.target.name: t for t in self._tracks}
+    def _tracks_for(self, config: AgentConfig, known: dict[str, _Track]) -> list[_Track]:
+        """Listed miners, and scan-range ones found before (now or in an earlier run, from the inventory)."""
+        remembered = set(self.inventory.present())
         tracks = []
         for target in config.miners:
             track = known.get(target.name)
             if track is None:
-                track = _Track(target, target.dialect, needs_detect=target.dialect is None)
+                if not target.expected and target.name not in remembered:
+                    continue  # not seen yet: rescans look for it; an empty address is no miner
+                track = _Track(target, target.dialect, needs_detect=target.dialect is None,
+                               discovered=not target.expected)
+                entry = self.inventory.entries.get(target.name)
+                track.seen_s = entry.last_seen_s if entry is not None and entry.present else None
             elif track.target != target:
                 hinted = target.dialect is not None and target.dialect != track.dialect
-                track.target = target
+                track.target, track.discovered = target, not target.expected
                 if hinted:
                     track.dialect, track.needs_detect, track.joins_fail = target.dialect, False, False
             tracks.append(track)
+        return tracks
+
+    def _take_found(self, now_s: float) -> None:
+        """Miners the latest rescan found: new ones join this cycle; every answer updates the inventory."""
+        found, self._found = self._found, []
+        if not found:
+            return
+        tracked = {t.target.name: t for t in self._tracks}
+        wanted = {t.name: t for t in self._config.miners}
+        for result in found:
+            name = result.target.name
+            track = tracked.get(name)
+            if track is None:
+                target = wanted.get(name)
+                if target is None:
+                    continue  # dropped by a reload while the sweep ran
+                track = _Track(target, result.dialect, needs_detect=result.dialect is None, discovered=True)
+                self._tracks.append(track)
+                tracked[name] = track
+            track.seen_s = now_s
+            if result.identity is not None:
+                self.inventory.observe(name, result.identity, now_s, announce=track.discovered)
+
+    def _observe(self, miners: tuple[MinerState, ...], now_s: float) -> tuple[MinerState, ...]:
+        """Give the inventory what this cycle's answers say (model, firmware) and forget discovered miners down
+        for longer than discovery.forget_after_s. Cheap per miner: the inventory hears only of changes."""
+        inventory, models = self.inventory, self._config.models
+        forget_s = self._config.discovery.forget_after_s
+        gone: set[int] = set()
+        for i, (track, m) in enumerate(zip(self._tracks, miners)):
+            reading = m.reading
+            if m.status is MinerStatus.UP and reading is not None:
+                track.seen_s = now_s
+                key = (reading.model, reading.firmware_version, m.dialect)
+                entry = inventory.entries.get(track.target.name)
+                if key != track.seen_key or entry is None or not entry.present:
+                    track.seen_key = key
+                    inventory.observe(track.target.name, identity_of(m.dialect or reading.dialect, {}, reading, models),
+                                      now_s, announce=track.discovered)
+                else:
+                    entry.last_seen_s = now_s
+            elif track.discovered and m.status is MinerStatus.DOWN and track.seen_s is not None \
+                    and now_s - track.seen_s > forget_s:
+                gone.add(i)
+                inventory.vanish(track.target.name, now_s)
+        if gone:
+            self._tracks = [t for i, t in enumerate(self._tracks) if i not in gone]
+            miners = tuple(m for i, m in enumerate(miners) if i not in gone)
+        if inventory.dirty:
+            self._save_inventory(now_s)
+        return miners
+
+    def _save_inventory(self, now_s: float) -> None:
+        try:
+            self.inventory.save()
+        except OSError as exc:
+            self._log.warning("inventory_save_failed", path=str(self.inventory.path), error=str(exc))
+
+    def _apply(self, config: AgentConfig) -> None:
+        tracks = self._tracks_for(config, {t.target.name: t for t in self._tracks})
         self._tracks, self._config, self._settings = tracks, config, config.poll
         if self._own_deadlines:
             from megawatch.agent.protocol import client
@@ -308,30 +453,14 @@ class Poller:
         target = track.target
         kwargs = {"port": target.port, "deadlines": self._deadlines,
                   "max_reply_bytes": self._settings.max_reply_bytes, "allow_control": self._config.control_enabled}
-        if joinable and len(commands) > 1 and not track.joins_fail:
-            try:
-                result = await self._query(target.address, tuple(commands), **kwargs)
-            except CommandRejected as exc:
-                # Some firmware (stock S19) cannot join: remember it and ask one command at a time.
-                track.joins_fail = True
-                self._log.debug("join_refused", miner=target.name, code=exc.code, message=exc.message)
-            else:
-                if result.replies:
-                    return dict(result.replies)
-                raise CommandRejected("every command was refused: " + ", ".join(sorted(result.rejected)))
-        replies: dict[str, dict[str, Any]] = {}
-        refused: list[str] = []
-        for command in commands:
-            try:
-                result = await self._query(target.address, (command,), **kwargs)
-            except CommandRejected:
-                refused.append(command)  # e.g. Code 45 for devdetails on a stock Antminer allow-list
-                continue
-            replies.update(result.replies)
-            refused.extend(result.rejected)
-        if not replies:
-            raise CommandRejected("every command was refused: " + ", ".join(refused))
-        return replies
+
+        def refused(exc: CommandRejected) -> None:
+            # Some firmware (stock S19) cannot join: remember it and ask one command at a time from now on.
+            track.joins_fail = True
+            self._log.debug("join_refused", miner=target.name, code=exc.code, message=exc.message)
+
+        return await fetch_replies(self._query, target.address, commands, joinable and not track.joins_fail, kwargs,
+                                   refused)
 
     async def _detect_dialect(self, track: _Track) -> None:
         replies = await self._fetch(track, dialect_table.DETECT_COMMANDS, True)

@@ -127,6 +127,10 @@ class SiteTotals:
     power_allowance_w: float = 0.0
     allowance_miners: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType(dict.fromkeys(ALLOWANCE_BASES, 0)))  # by AllowanceBasis value
+    # Of `configured` (every miner counted): found in scan ranges, and listed ones that never answered (no
+    # answer this run, none remembered in the inventory: a wrong address, or a unit that never came up).
+    discovered: int = 0
+    missing: int = 0
 
     @property
     def power_w(self) -> float:
@@ -178,6 +182,8 @@ class AgentCounters:
     overruns: int = 0
     polls: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({o: 0 for o in OUTCOMES}))
     implausible: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # values dropped, by field
+    sweeps: int = 0  # discovery rescans finished
+    inventory_events: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # by event name
 
 
 @dataclass(frozen=True, slots=True)

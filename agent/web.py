@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from megawatch.agent.config import AgentConfig
 from megawatch.agent.control import add_control_routes
 from megawatch.agent.exposition import MinerRenderer
+from megawatch.agent.inventory import to_csv
 from megawatch.agent.poller import Poller
 from megawatch.agent.state import FleetSnapshot, FleetState, MinerState, MinerStatus
 from megawatch.common.daemon import health
@@ -112,6 +113,7 @@ def make_app(
     app.router.add_get("/api/v1/summary", summary)
     app.router.add_get("/api/v1/miners", miners)
     add_control_routes(app, config, lambda: state.snapshot)  # refuses unless control and auth are on
+    app.router.add_get("/api/v1/inventory", inventory)
     return app
 
 
@@ -234,9 +236,25 @@ def make_summary(config: AgentConfig, snap: FleetSnapshot, now_s: float) -> dict
             "power_upper_bound_w": t.power_upper_bound_w if known else None,
             "allowance_miners": dict(t.allowance_miners) if known else None,
         },
+        # configured: every miner counted, listed or found in a scan range (what a collector takes as the total).
         "miners": {"configured": t.configured, "up": t.up if known else None,
-                   "down": t.down if known else None, "stale": t.stale if known else None},
+                   "down": t.down if known else None, "stale": t.stale if known else None,
+                   "discovered": t.discovered, "missing": t.missing if known else None},
     }
+
+
+async def inventory(request: web.Request) -> web.StreamResponse:
+    """Every miner seen, with what it is (docs/discovery.md); `?format=csv` for a spreadsheet."""
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise web.HTTPBadRequest(text=f"format: expected json or csv, got {fmt!r}\n")
+    poller = request.app.get(POLLER)
+    rows = poller.inventory.rows() if poller is not None else []
+    if fmt == "csv":
+        return web.Response(text=to_csv(rows), content_type="text/csv", charset="utf-8",
+                            headers={"Content-Disposition": 'attachment; filename="inventory.csv"'})
+    return json_response({"version": SUMMARY_VERSION, "site": request.app[STATE].snapshot.site, "count": len(rows),
+                          "miners": rows})
 
 
 async def miners(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ def _subcommands() -> dict[str, tuple[ModuleType, str]]:
     # Imported here so `megawatch --help` stays fast and a broken subcommand cannot break the others.
     from megawatch import demo
     from megawatch.agent import __main__ as agent_main
+    from megawatch.agent import scan
     from megawatch.collector import __main__ as collector_main
     from megawatch.collector import promrules
     from megawatch.simulator import __main__ as simulate_main
@@ -19,6 +20,7 @@ def _subcommands() -> dict[str, tuple[ModuleType, str]]:
     return {
         "simulate": (simulate_main, "serve a fleet of simulated miners on loopback"),
         "agent": (agent_main, "poll a site's miners and export Prometheus metrics"),
+        "scan": (scan, "find the miners on a network: dialect, model, firmware, serial and MAC"),
         "collector": (collector_main, "total sites against their power allocations and raise alerts"),
         "rules": (promrules, "write the Prometheus rules from the alert catalogue and a sites file"),
         "demo": (demo, "run simulated sites, agents and the collector together on loopback"),

@@ -64,22 +64,36 @@ class Identity:
     best_share: int
     power: UnitPower  # this unit's electrical constants: its true draw is worked out from these
     joins: bool = True
+    hostname: str = ""
+    unit: int = 0  # which physical unit stands at this address: a swap puts the next one there
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
 
+# Firmware default hostnames, made unique by the MAC's last two bytes as operators usually do.
+_HOSTNAMES = {"btminer": "WhatsMiner", "luxos": "luxos", "bosminer": "bos", "avalon": "avalon"}
+
+
 def make_identity(*, seed: int, index: int, host: str, port: int, site: str, dialect: str,
-                  model: ModelSpec, ambient_c: float, allow_control: bool, joins: bool = True) -> Identity:
+                  model: ModelSpec, ambient_c: float, allow_control: bool, joins: bool = True,
+                  swaps: int = 0) -> Identity:
     fans = {"btminer": 2, "avalon": 2}.get(dialect, 4)
-    mac_bytes = [int(unit(seed, index, 900 + i) * 256) for i in range(5)]
+
+    def own(*key: int) -> float:
+        # The unit's own numbers: a swapped-in unit (swaps > 0) has another serial and MAC; the first keeps
+        # the numbers it always had.
+        return unit(seed, index, *key, swaps) if swaps else unit(seed, index, *key)
+
+    mac_bytes = [int(own(900 + i) * 256) for i in range(5)]
+    mac = "C4:" + ":".join(f"{b:02X}" for b in mac_bytes)
     weights = [1.0 + 0.04 * (unit(seed, index, b, 20) - 0.5) for b in range(BOARDS)]
     return Identity(
         index=index, host=host, port=port, site=site, dialect=dialect, model=model,
-        ambient_c=ambient_c, fans=fans, allow_control=allow_control, joins=joins,
-        serial=f"{int(unit(seed, index, 1) * 2**32):08x}{int(unit(seed, index, 2) * 2**32):08x}",
-        mac="C4:" + ":".join(f"{b:02X}" for b in mac_bytes),
+        ambient_c=ambient_c, fans=fans, allow_control=allow_control, joins=joins, unit=swaps,
+        serial=f"{int(own(1) * 2**32):08x}{int(own(2) * 2**32):08x}",
+        mac=mac, hostname=_HOSTNAMES.get(dialect, "antminer") + "-" + mac[-5:].replace(":", ""),
         quality=0.97 + 0.06 * unit(seed, index, 3),
         # Between 10 minutes and 20 days: a fleet where nobody rebooted at the same moment.
         initial_uptime_s=600 + int(unit(seed, index, 4) * 20 * 86400),

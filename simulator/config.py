@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,9 @@ class SiteConfig:
     groups: tuple[GroupConfig, ...]
     faults: tuple[FaultConfig, ...] = ()
     meter: MeterConfig | None = None
+    # Share of addresses holding a miner, from `address` on: below 1 the miners are spread with gaps (empty
+    # addresses, as on a real subnet), chosen from the site id so every run has the same holes.
+    density: float = 1.0
 
     @property
     def count(self) -> int:
@@ -87,7 +91,21 @@ class SiteConfig:
         if self.port_base is not None:
             return [(self.address, self.port_base + i) for i in range(self.count)]
         first = int(ipaddress.IPv4Address(self.address))
-        return [(str(ipaddress.IPv4Address(first + i)), self.port) for i in range(self.count)]
+        return [(str(ipaddress.IPv4Address(first + i)), self.port) for i in self.offsets()]
+
+    def offsets(self) -> list[int]:
+        """Each miner's distance from `address`: 0, 1, 2... or, with density below 1, with holes between."""
+        if self.density >= 1.0:
+            return list(range(self.count))
+        salt = zlib.crc32(self.id.encode())
+        out: list[int] = []
+        offset = 0
+        while len(out) < self.count:
+            # Tuple hashing of ints is not salted per process: the same holes in every worker and run.
+            if (hash((salt, offset)) & 0xFFFFFFFF) / 4294967296.0 < self.density:
+                out.append(offset)
+            offset += 1
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +198,7 @@ def _load_site(site: Section, table: ModelTable, seen_ids: set[str],
     port_base = site.integer("port_base", None, minimum=1, maximum=65535)
     ambient = site.number("ambient_c", 25.0, minimum=-40, maximum=60)
     site_control = site.boolean("allow_control", False)
+    density = site.number("density", 1.0, exclusive_minimum=0.01, maximum=1)
     if site.has("port") and site.has("port_base"):
         site.error("port_base", "give either port (one address per miner) or port_base (one port per miner)")
 
@@ -205,6 +224,10 @@ def _load_site(site: Section, table: ModelTable, seen_ids: set[str],
         site.error("groups", "expected at least one group")
 
     total = sum(g.count for g in groups)
+    if address is not None and total and density is not None and port_base is None and density < 1:
+        # The span the miners take with their holes: what must fit in 127/8 and not overlap another site.
+        draft = SiteConfig(site_id or "?", str(address), port, None, ambient, tuple(groups), density=density)
+        total = draft.offsets()[-1] + 1
     if address is not None and total:
         start = int(address)
         if port_base is not None:
@@ -218,7 +241,8 @@ def _load_site(site: Section, table: ModelTable, seen_ids: set[str],
 
     names: set[str] | None = None
     if address is not None and groups:
-        draft = SiteConfig(site_id or "?", str(address), port, port_base, ambient, tuple(groups))
+        draft = SiteConfig(site_id or "?", str(address), port, port_base, ambient, tuple(groups),
+                           density=density or 1.0)
         names = _miner_names(draft)
     fault_configs: list[FaultConfig] = []
     for item in site.sections("faults"):
@@ -229,7 +253,8 @@ def _load_site(site: Section, table: ModelTable, seen_ids: set[str],
     site.done()
     if site_id is None or address is None or not groups:
         return None
-    return SiteConfig(site_id, str(address), port, port_base, ambient, tuple(groups), tuple(fault_configs), meter)
+    return SiteConfig(site_id, str(address), port, port_base, ambient, tuple(groups), tuple(fault_configs), meter,
+                      density or 1.0)
 
 
 def _load_meter(meter: Section, endpoints: dict[tuple[str, int], str], site_id: str) -> MeterConfig | None:

@@ -3,6 +3,7 @@
 GET /api/v1/truth, GET /api/v1/miners, POST /api/v1/sites/{site}/load {"factor": 1.2},
 POST /api/v1/faults {"site": S, "fault": K, "fraction": 0.05, <params>} or {"miners": [...], "fault": K},
 DELETE /api/v1/faults, POST /api/v1/clock {"freeze": true, "advance": 1},
+POST /api/v1/swaps {"miners": [...], "model": M} (another unit at those addresses: new serial and MAC),
 POST /api/v1/meters/{site}/fault {"fault": K, <params>}, DELETE /api/v1/meters/{site}/fault,
 POST /api/v1/meters/{site}/extra_load {"kw": 50}.
 Bad requests get a 4xx JSON error naming the problem; nothing a client sends can crash the fleet.
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from megawatch.agent.modeltable import load_model_table
 from megawatch.simulator.config import is_loopback
 from megawatch.simulator.faults import PARAMETERS, Fault, make_fault
 from megawatch.simulator.fleet import (
@@ -33,6 +35,7 @@ from megawatch.simulator.fleet import (
     select_site_fraction,
 )
 from megawatch.simulator.meter import METER_FAULTS, MeterSet, make_meter_fault
+from megawatch.simulator.replies import VENDORS
 
 MAX_LOAD_FACTOR = 10.0
 MAX_EXTRA_LOAD_KW = 1e7  # as the fleet file allows
@@ -53,6 +56,7 @@ class Backend(Protocol):
     async def set_fault(self, indices: list[int], fault: Fault | None) -> int: ...
     async def clear_faults(self) -> int: ...
     async def clock(self, freeze: bool | None, advance: int) -> dict[str, Any]: ...
+    async def swap(self, indices: list[int], model: str | None) -> int: ...
 
 
 class LocalBackend:
@@ -91,6 +95,21 @@ class LocalBackend:
 
     async def clock(self, freeze: bool | None, advance: int) -> dict[str, Any]:
         return self.fleet.clock.apply(freeze, advance)
+
+    async def swap(self, indices: list[int], model: str | None) -> int:
+        spec = None
+        if model is not None:
+            spec = load_model_table().lookup(model)
+            if spec is None:
+                raise BadRequest(f"model: {model!r} is not in the model table")
+        miners = [m for i in indices if (m := self.fleet.by_index.get(i)) is not None]
+        for miner in miners:
+            vendors = VENDORS.get(miner.identity.dialect)
+            if spec is not None and vendors and not spec.name.startswith(vendors):
+                raise BadRequest(f"model: {spec.name!r} does not run {miner.identity.dialect}")
+        for miner in miners:
+            self.fleet.swap_miner(miner, spec)
+        return len(miners)
 
 
 BACKEND = web.AppKey("backend", Backend)
@@ -279,6 +298,23 @@ async def post_faults(request: web.Request) -> web.Response:
     })
 
 
+async def post_swaps(request: web.Request) -> web.Response:
+    """{"miners": [...]} or {"indices": [...]}, optional "model": another unit at each of those addresses."""
+    backend = request.app[BACKEND]
+    body = await _body(request)
+    model = body.pop("model", None)
+    if model is not None and not isinstance(model, str):
+        raise BadRequest(f"model: expected a model name, got {model!r}")
+    unknown = set(body) - {"miners", "indices"}
+    if unknown:
+        raise BadRequest(f"unknown keys: {', '.join(sorted(unknown))}")
+    # The same miner selection as a fault takes (site fractions aside).
+    indices, _ = parse_fault_request({**body, "fault": "offline"}, backend)
+    swapped = await backend.swap(indices, model)
+    by_index = {p.index: p.name for p in backend.plan}
+    return web.json_response({"swapped": swapped, "miners": [by_index[i] for i in indices if i in by_index]})
+
+
 async def delete_faults(request: web.Request) -> web.Response:
     return web.json_response({"cleared": await request.app[BACKEND].clear_faults()})
 
@@ -336,6 +372,7 @@ def make_app(backend: Backend, token: str | None = None) -> web.Application:
     app.router.add_post("/api/v1/sites/{site}/load", post_load)
     app.router.add_post("/api/v1/faults", post_faults)
     app.router.add_delete("/api/v1/faults", delete_faults)
+    app.router.add_post("/api/v1/swaps", post_swaps)
     app.router.add_post("/api/v1/clock", post_clock)
     app.router.add_post("/api/v1/meters/{site}/fault", post_meter_fault)
     app.router.add_delete("/api/v1/meters/{site}/fault", delete_meter_fault)

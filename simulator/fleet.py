@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from megawatch.agent.modeltable import ModelSpec
 from megawatch.common.logs import get_logger
 from megawatch.simulator.behaviour import make_identity
 from megawatch.simulator.cache import ReplyCache
@@ -26,6 +27,7 @@ from megawatch.simulator.config import FleetConfig, GroupConfig, SiteConfig
 from megawatch.simulator.faults import Fault, select_fraction
 from megawatch.simulator.miner import Miner, bind_listener
 from megawatch.simulator.power import idle_power_w
+from megawatch.simulator.replies import firmware_for
 
 FD_RESERVE = 512  # descriptors kept free for accepted connections, logs and the control endpoint
 SUM_KEYS = (
@@ -299,6 +301,20 @@ class Fleet:
         except OSError as exc:
             self._log.error("miner_listen_failed", miner=miner.identity.address, error=str(exc))
 
+    def swap_miner(self, miner: Miner, model: ModelSpec | None = None) -> None:
+        """Put another unit at `miner`'s address: a new serial, MAC and hostname (and model, when given),
+        freshly booted, as when a technician swaps a unit and it takes the old one's DHCP lease."""
+        old = miner.identity
+        miner.identity = make_identity(
+            seed=self.seed, index=old.index, host=old.host, port=old.port, site=old.site, dialect=old.dialect,
+            model=model or old.model, ambient_c=old.ambient_c, allow_control=old.allow_control, joins=old.joins,
+            swaps=old.unit + 1)
+        miner.firmware = firmware_for(miner.identity)
+        miner.boot_tick = self.clock.tick()
+        miner.booted_fresh = True
+        self.generation += 1
+        self._log.info("miner_swapped", miner=old.address, serial=miner.identity.serial, model=miner.identity.model.name)
+
     def control_changed(self, miner: Miner) -> None:
         """A write command stopped or restarted boards: every cached reply and snapshot is out of date."""
         self.generation += 1
@@ -358,6 +374,7 @@ class Fleet:
             rows.append({
                 "index": ident.index, "address": ident.address, "host": ident.host, "port": ident.port,
                 "site": ident.site, "dialect": ident.dialect, "model": ident.model.name, "fault": fault,
+                "serial": ident.serial, "mac": ident.mac, "hostname": ident.hostname, "unit": ident.unit,
                 "listening": miner.listening, "serving": miner.serving,
                 "reports_power": miner.firmware.reports_power, "allow_control": ident.allow_control,
                 "joins": ident.joins,

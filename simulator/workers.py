@@ -184,6 +184,17 @@ class WorkerPool:
                 applied += reply["applied"]
         return applied
 
+    async def swap(self, indices: list[int], model: str | None) -> int:
+        self._version += 1
+        swapped = 0
+        for span, url in zip(self.slices, self._urls, strict=False):
+            mine = [i for i in indices if i in span]
+            if mine:
+                body: dict[str, Any] = {"indices": mine} if model is None else {"indices": mine, "model": model}
+                (reply,) = await self._each("POST", "/api/v1/swaps", body, [url])
+                swapped += reply["swapped"]
+        return swapped
+
     async def clear_faults(self) -> int:
         self._version += 1
         return sum(part["cleared"] for part in await self._each("DELETE", "/api/v1/faults"))

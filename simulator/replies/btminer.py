@@ -110,6 +110,16 @@ def pools(ident: Identity, s: Snapshot, now: int) -> Section:
     return pools_section(cg_pools(ident, s, now))
 
 
+def get_miner_info(ident: Identity, s: Snapshot, now: int) -> dict[str, Any]:
+    """The native API's network and unit facts (API v2.0.x; pyasic reads Msg.mac, Msg.hostname, Msg.minersn):
+    STATUS is a bare letter and Msg an object, not cgminer's envelope."""
+    return {"STATUS": "S", "When": now, "Code": 131, "Msg": {
+        "ip": ident.host, "proto": "dhcp", "netmask": "255.255.255.0", "gateway": "", "dns": "",
+        "hostname": ident.hostname, "mac": ident.mac, "ledstat": "auto",
+        "minersn": "HEM" + ident.serial.upper()[:14] + "H56",
+    }, "Description": ""}
+
+
 def version(ident: Identity, s: Snapshot, now: int) -> Section:
     return Section(22, "CGMiner versions", "VERSION", [{"CGMiner": "4.9.2", "API": "3.7"}], text_header=True)
 
@@ -118,7 +128,7 @@ FIRMWARE = Firmware(
     name="btminer",
     description="cgminer 4.9.2",
     handlers={"summary": summary, "pools": pools, "devs": devs, "edevs": devs, "devdetails": devdetails,
-              "version": version},
+              "version": version, "get_miner_info": get_miner_info},
     reports_power=True,
     fast={"summary": fast.bt_summary, "pools": fast.pools, "devs": fast.bt_devs, "version": fast.static(version),
           "devdetails": fast.static(devdetails)},

@@ -65,6 +65,16 @@ def fans(ident: Identity, s: Snapshot, now: int) -> Section:
     return Section(202, f"{len(items)} Fan(s)", "FANS", items)
 
 
+def config(ident: Identity, s: Snapshot, now: int) -> Section:
+    """cgminer's `config` with LuxOS's unit facts added (MACAddr is what pyasic reads; SerialNumber, Hostname)."""
+    return Section(33, "CGMiner config", "CONFIG", [{
+        "ASC Count": BOARDS, "PGA Count": 0, "Pool Count": 3, "Strategy": "Failover", "Log Interval": 5,
+        "Device Code": "", "OS": "Linux", "Hotplug": "None", "Model": ident.model.name,
+        "SerialNumber": "JYZZ" + ident.serial.upper()[:13], "MACAddr": ident.mac, "Hostname": ident.hostname,
+        "IsAtmEnabled": False, "IsTuning": False,
+    }])
+
+
 def devdetails(ident: Identity, s: Snapshot, now: int) -> Section:
     items = [{"DEVDETAILS": b, "Driver": "bitmain_soc", "ID": b, "Kernel": "", "Model": ident.model.name,
               "Name": "BTM_SOC", "Device Path": ""} for b in range(BOARDS)]
@@ -75,7 +85,7 @@ FIRMWARE = Firmware(
     name="luxos",
     description=f"LUXminer {VERSION}",
     handlers={"version": version, "summary": summary, "pools": pools, "stats": stats, "power": power,
-              "temps": temps, "fans": fans, "devs": bmminer.devs, "devdetails": devdetails},
+              "temps": temps, "fans": fans, "devs": bmminer.devs, "devdetails": devdetails, "config": config},
     style_name="sorted_floats",
     fast={"version": fast.static(version), "devdetails": fast.static(devdetails), "pools": fast.lux_pools,
           "summary": fast.lux_summary, "stats": fast.lux_stats},

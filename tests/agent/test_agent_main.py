@@ -84,7 +84,8 @@ def test_runs_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         base = f"http://{host}:{port}"
         _wait_for_event(proc, "cycle_finished", 10)
         summary = json.load(urllib.request.urlopen(base + "/api/v1/summary", timeout=5))
-        assert summary["miners"] == {"configured": 5, "up": 0, "down": 5, "stale": 0}
+        # Listed and never answered: down, and missing (none found in a scan range).
+        assert summary["miners"] == {"configured": 5, "up": 0, "down": 5, "stale": 0, "discovered": 0, "missing": 5}
         assert summary["totals"]["power_unknown_miners"] == 5
         text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
         samples = {(s.name, s.labels.get("outcome")): s.value

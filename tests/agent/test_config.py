@@ -59,7 +59,9 @@ def test_entries_expand_in_order_with_hints(tmp_path: Path) -> None:
         "127.1.0.254:4029", "127.1.0.255:4029", "127.1.1.0:4029", "127.1.1.1:4029", "127.1.1.2:4029",
         "127.1.0.1:5000",
     ]
-    assert config.miners[0] == MinerTarget("127.1.0.1", 4028, "Antminer S19", None)
+    # A cidr block is a scan range (miners may be here); ranges and addresses list expected miners.
+    assert config.miners[0] == MinerTarget("127.1.0.1", 4028, "Antminer S19", None, expected=False)
+    assert all(m.expected for m in config.miners[2:])
     assert config.miners[2].dialect == "btminer"
     # Defaults a user relies on: read-only, loopback HTTP, 15 s cycles, the shipped model table.
     assert config.control_enabled is False

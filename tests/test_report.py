@@ -1,0 +1,97 @@
+"""`megawatch report`: periods, counter arithmetic, and its three outputs (the e2e test reads a real Prometheus)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from megawatch.report import Prometheus, Row, _increase, counter_increases, parse_time, periods, render_csv, \
+    render_json
+from megawatch.reporthtml import render_html
+
+OSLO = ZoneInfo("Europe/Oslo")
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_counter_increase_sums_rises_and_takes_a_fall_as_a_restart_from_zero() -> None:
+    assert _increase([(1, 10.0), (2, 15.0), (3, 20.0)], 5.0) == (15.0, 0)
+    # Restarted without its state file at t=3: 20 -> 4 means 4 counted since the restart.
+    assert _increase([(1, 10.0), (2, 20.0), (3, 4.0), (4, 9.0)], 5.0) == (24.0, 1)
+    assert _increase([(1, 10.0), (2, 12.0)], None) == (2.0, 0)  # no value before: from the first sample
+
+
+def test_days_and_months_begin_at_local_midnight() -> None:
+    start, end = ts("2026-10-24T12:00:00+02:00"), ts("2026-10-26T06:00:00+01:00")
+    days = list(periods(start, end, "day", OSLO))
+    # 25 October 2026 is 25 hours long in Oslo (summer time ends); the window's ends are cut to it.
+    assert [(b - a) / 3600 for a, b in days] == [12, 25, 6]
+    months = list(periods(ts("2026-11-15T00:00:00+00:00"), ts("2027-01-02T00:00:00+00:00"), "month",
+                          ZoneInfo("UTC")))
+    assert [datetime.fromtimestamp(a, UTC).date().isoformat() for a, _ in months] == [
+        "2026-11-15", "2026-12-01", "2027-01-01"]
+    assert list(periods(1.0, 2.0, None, OSLO)) == [(1.0, 2.0)]
+
+
+def test_times_are_read_in_the_report_time_zone_unless_they_say() -> None:
+    assert parse_time("2026-12-01", OSLO, 0) == ts("2026-12-01T00:00:00+01:00")
+    assert parse_time("2026-12-01T06:00", OSLO, 0) == ts("2026-12-01T06:00:00+01:00")
+    assert parse_time("2026-12-01T06:00Z", OSLO, 0) == ts("2026-12-01T06:00:00+00:00")
+    assert parse_time("1700000000.5", OSLO, 0) == 1700000000.5
+    assert parse_time("now", OSLO, 42.0) == 42.0
+    with pytest.raises(Exception, match="expected 'now'"):
+        parse_time("yesterday", OSLO, 0)
+
+
+class CannedPrometheus(Prometheus):
+    """Answers the report's two query shapes from fixed samples, as Prometheus would."""
+
+    def __init__(self, samples: dict[str, list[tuple[float, float]]]) -> None:
+        super().__init__("http://127.0.0.1:1")
+        self.samples = samples
+
+    def query(self, expr: str, at: float) -> list[dict[str, Any]]:
+        window = re.search(r"\[(\d+)s\]", expr)
+        if expr.startswith("max by (site) (last_over_time("):
+            return [{"metric": {"site": site}, "value": [at, str(max(p for p in pts if p[0] <= at)[1])]}
+                    for site, pts in self.samples.items() if any(t <= at for t, _ in pts)]
+        assert window is not None
+        since = at - int(window.group(1))
+        return [{"metric": {"site": site, "instance": "c:9300"},
+                 "values": [[t, str(v)] for t, v in pts if since < t <= at]} for site, pts in self.samples.items()]
+
+
+def test_a_period_counts_from_the_last_sample_at_or_before_its_start() -> None:
+    prom = CannedPrometheus({"a": [(0, 0.0), (10, 100.0), (20, 200.0), (30, 250.0)],
+                             "b": [(15, 7.0), (25, 9.0)]})
+    got = counter_increases(prom, "site", "energy_joules", 10, 30)
+    assert got["a"] == (150.0, 0, None)
+    assert got["b"] == (2.0, 0, 15.0)  # begins inside the period: from its first sample, and said so
+
+
+def row(start: str, end: str, energy: float, over: float = 0.0) -> Row:
+    return Row(start, end, "site", "site-a", energy, 24.0, energy / 24, 1.2, 1.2, over, 3600.0 if over else 0.0,
+               0.5, 1800.0, 0.5 / (energy + 0.5), 0.05, 0.1, 50_000.0, 0.02, 0.02 / energy, 18.5, 0, None)
+
+
+def test_csv_json_and_html_carry_every_figure() -> None:
+    rows = [row("2026-12-01T00:00:00+00:00", "2026-12-02T00:00:00+00:00", 20.0),
+            row("2026-12-02T00:00:00+00:00", "2026-12-03T00:00:00+00:00", 25.0, over=1.0)]
+    parsed = list(csv.DictReader(io.StringIO(render_csv(rows))))
+    assert parsed[1]["energy_mwh"] == "25.0" and parsed[1]["over_mwh"] == "1.0" and parsed[0]["data_from"] == ""
+    meta = {"from": rows[0].period_start, "to": rows[1].period_end, "step": "day", "timezone": "UTC"}
+    doc = json.loads(render_json(rows, meta))
+    assert doc["rows"][0]["expected_btc"] == 0.02 and doc["step"] == "day"
+    html = render_html(rows, meta, "December <test>")
+    assert "<title>December &lt;test&gt;</title>" in html
+    assert html.count("<svg") == 1 and "45.000" in html  # the summary adds the days: 20 + 25 MWh
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing loaded from elsewhere
