@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from megawatch.collector.catalogue import ALERTS, COLLECTOR_ALERT_NAMES
+from megawatch.collector.curtailconfig import CurtailSettings, load_curtailment
 from megawatch.collector.meterconfig import MeterConfig, check_meter_timeouts, load_meter
 from megawatch.collector.production import Production, load_production
 from megawatch.common.configfile import ConfigError, Section
@@ -69,6 +70,7 @@ class Site:
     schedule: tuple[ScheduleWindow, ...] = ()
     meter: MeterConfig | None = None  # the site's feeder meter, read over Modbus TCP
     unknown_agent_allowance_w: float | None = None  # miner draw counted for an agent never heard from
+    curtailment: CurtailSettings = CurtailSettings()  # keeping the site under its allocation (docs/curtailment.md)
 
     def allocation_at(self, at_s: float) -> float:
         """The allocation in force at `at_s`: the strictest window that applies, else the base allocation."""
@@ -146,6 +148,7 @@ class CollectorConfig:
     web: WebConfig | None = None  # TLS and basic auth for the HTTP endpoints (web_config_file)
     agent_client: AgentClient = AgentClient()
     state_file: Path | None = None  # alert state kept across restarts (none: alerts start afresh)
+    curtailment_audit_file: Path | None = None  # every plan, approval, command and outcome, JSON lines
     log_format: str = "auto"  # auto: console on a terminal, JSON lines otherwise
     log_level: str = "info"
     production: Production | None = None  # difficulty and fee level for expected BTC (collector/production.py)
@@ -212,6 +215,7 @@ def _load_site(item: Section) -> Site | None:
     zone = item.string("timezone", "UTC", check=_is_zone, expected="an IANA time zone such as 'Europe/Oslo'")
     windows = tuple(w for w in (_load_window(s, zone or "UTC") for s in item.sections("schedule")) if w)
     meter = load_meter(item.section("meter")) if item.has("meter") else None
+    curtailment = load_curtailment(item.section("curtailment"))
     item.done()
     if site_id is None or allocation_mw is None or not agents:
         if agents == ():
@@ -219,7 +223,8 @@ def _load_site(item: Section) -> Site | None:
         return None
     return Site(id=site_id, name=name or site_id, allocation_w=allocation_mw * MW, pue=pue, aux_w=aux_mw * MW,
                 agents=tuple(u.rstrip("/") for u in agents), schedule=windows, meter=meter,
-                unknown_agent_allowance_w=unknown_agent_mw * MW if unknown_agent_mw is not None else None)
+                unknown_agent_allowance_w=unknown_agent_mw * MW if unknown_agent_mw is not None else None,
+                curtailment=curtailment)
 
 
 def _load_thresholds(sec: Section) -> Thresholds:
@@ -323,6 +328,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     here = Path(path).parent  # relative file names are read from beside the config, wherever we start
     web_file = top.string("web_config_file", None)
     state_file = top.string("state_file", None)
+    audit_file = top.string("curtailment_audit_file", None)
     agent_client = _load_agent_client(top.section("agent_client"), here)
     production = load_production(top.section("production")) if top.has("production") else None
     top.done()
@@ -342,6 +348,12 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         if total_w > fleet_mw * MW * (1 + 1e-9):
             fleet.error("allocation_mw", f"site allocations add up to {total_w / MW:g} MW, more than the fleet's "
                         f"{fleet_mw:g} MW (set allow_oversubscription: true if that is intended)")
+    audit_path = here / audit_file if audit_file is not None else (
+        (here / state_file).parent / "curtailment-audit.jsonl" if state_file is not None else None)
+    acting = [s.id for s in sites if s.curtailment.mode in ("approve", "auto")]
+    if acting and audit_path is None:
+        top.error("curtailment_audit_file", f"site(s) {', '.join(acting)} send commands (curtailment mode approve or "
+                  "auto): set curtailment_audit_file or state_file, so a restart knows which miners were curtailed")
     top.problems.raise_if_any()
     assert fleet_name is not None and fleet_mw is not None  # else raise_if_any() reported them
     return CollectorConfig(
@@ -349,6 +361,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         allow_oversubscription=oversubscribe, sites=tuple(sites), thresholds=thresholds, alerting=alerting,
         listen_address=address, listen_port=port, poll_interval_s=interval, poll_timeout_s=timeout,
         web=web, state_file=here / state_file if state_file is not None else None, agent_client=agent_client,
+        curtailment_audit_file=audit_path,
         log_format=log_format, log_level=log_level, production=production,
     )
 

@@ -16,6 +16,7 @@ from megawatch.collector.alertmanager import Notifier
 from megawatch.collector.alertstate import load_alerts, save_alerts
 from megawatch.collector.catalogue import ALERTS
 from megawatch.collector.config import CollectorConfig, public_url
+from megawatch.collector.curtailer import Curtailer
 from megawatch.collector.energy import EnergyBook, energy_path
 from megawatch.collector.history import History
 from megawatch.collector.meterclient import MeterReader
@@ -51,6 +52,7 @@ class CollectorService:
             session, config.poll_timeout_s, clock,
             auth=aiohttp.BasicAuth(client.username, client.password or "") if client.username else None,
             ssl_context=ssl.create_default_context(cafile=str(client.ca_file)) if client.ca_file else None)
+        self.curtailer = Curtailer(config, session, clock, auth=self.reader.auth, ssl_context=self.reader.ssl_context)
         self.engine = RuleEngine(config.thresholds)
         self.notifier = Notifier(config.alerting, session, generator_url, clock)
         self.observations: dict[str, AgentObservation] = {}
@@ -124,6 +126,7 @@ class CollectorService:
         self.notifier.submit(evaluation, now)
         self.fleet, self.evaluation = fleet, evaluation
         self.history.record(fleet)
+        await self.curtailer.step(fleet)  # after the totals it steers by (docs/curtailment.md)
         self._save_state(evaluation, now)
         s = self.stats
         s.cycles += 1
@@ -177,6 +180,7 @@ class CollectorService:
         self.meters.configure(metered)  # a meter moved or remapped starts afresh: its readings are another's
         self.meter_obs = {site: o for site, o in self.meter_obs.items() if before.get(site) == metered.get(site)}
         self.engine.thresholds = new.thresholds
+        self.curtailer.config = replace(new, curtailment_audit_file=self.curtailer.config.curtailment_audit_file)
 
     async def run(self) -> None:
         """Poll every interval until cancelled; a slow cycle delays the next, never overlaps it."""

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from megawatch.collector.config import Site
+from megawatch.collector.curtailapi import CurtailmentCollector, add_curtailment_routes
 from megawatch.collector.exposition import SiteCollector
 from megawatch.collector.model import Alert, SiteTotals
 from megawatch.collector.page import add_routes, next_allocation_change
@@ -83,11 +84,13 @@ async def healthz(request: web.Request) -> web.Response:
 def make_app(service: CollectorService) -> web.Application:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(SiteCollector(service))
+    registry.register(CurtailmentCollector(service.curtailer))
     app = web.Application()
     app[SERVICE] = service
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/api/v1/sites", sites)
     app.router.add_get("/api/v1/alerts", alerts)
     app.router.add_get("/healthz", healthz)
+    add_curtailment_routes(app, service.curtailer, service.config.web)
     add_routes(app, service, lambda t, at: site_json(t, service.config.site(t.site_id), at), alert_json)
     return app
