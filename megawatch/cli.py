@@ -10,7 +10,7 @@ from types import ModuleType
 
 def _subcommands() -> dict[str, tuple[ModuleType, str]]:
     # Imported here so `megawatch --help` stays fast and a broken subcommand cannot break the others.
-    from megawatch import demo
+    from megawatch import demo, report
     from megawatch.agent import __main__ as agent_main
     from megawatch.agent import scan
     from megawatch.collector import __main__ as collector_main
@@ -23,6 +23,7 @@ def _subcommands() -> dict[str, tuple[ModuleType, str]]:
         "scan": (scan, "find the miners on a network: dialect, model, firmware, serial and MAC"),
         "collector": (collector_main, "total sites against their power allocations and raise alerts"),
         "rules": (promrules, "write the Prometheus rules from the alert catalogue and a sites file"),
+        "report": (report, "energy against allocation and expected production per site and fleet, from Prometheus"),
         "demo": (demo, "run simulated sites, agents and the collector together on loopback"),
     }
 
