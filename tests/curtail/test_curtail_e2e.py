@@ -55,3 +55,111 @@ async def test_plan_mode_sends_nothing_and_shows_the_plan(tmp_path, make_sim_fle
         assert 'megawatch_site_curtailment_planned_watts{site="site-a"}' in metrics
     finally:
         await stop_loop(loop)
+
+
+async def curtail_once(loop) -> set[str]:
+    await loop.cycle()
+    await loop.cycle()
+    return {c["miner"] for c in (await loop.curtailment())["curtailed"]}
+
+
+async def stopped(loop) -> set[str]:
+    return {r["address"] for r in loop.sim.fleet.miner_rows() if r["stopped"]}
+
+
+async def test_approve_sends_only_after_an_authenticated_approval(tmp_path, make_sim_fleet):
+    loop = await start_loop(tmp_path, make_sim_fleet, over=1.10, mode="approve")
+    try:
+        await loop.cycle()
+        await loop.cycle()
+        state = await loop.curtailment()
+        plan_id = state["awaiting_approval"]["plan"]
+        assert state["awaiting_approval"]["actions"] and await loop.writes() == 0
+        url = "/api/v1/curtailment/site-a/approve"
+        assert (await loop.collector.post(url, json={"plan": plan_id})).status == 401
+        assert (await loop.collector.post(url, json={"plan": plan_id + 1}, headers=AUTH)).status == 409
+        assert await loop.writes() == 0
+        resp = await loop.collector.post(url, json={"plan": plan_id}, headers=AUTH)
+        assert resp.status == 200 and all(r["ok"] for r in (await resp.json())["results"])
+        assert await loop.writes() > 0
+        assert await loop.truth_w() <= loop.allocation_w * (1 - loop.margin)
+        events = [(r["event"], r["who"]) for r in loop.audit()]
+        assert ("approve", "operator") in events and ("curtailed", "operator") in events
+    finally:
+        await stop_loop(loop)
+
+
+async def test_load_falls_and_miners_are_restored_in_steps(tmp_path, make_sim_fleet):
+    loop = await start_loop(tmp_path, make_sim_fleet, over=1.25, restore_per_step=2)
+    try:
+        curtailed = await curtail_once(loop)
+        assert len(curtailed) > 2 and await stopped(loop) == curtailed
+        loop.sim.fleet.set_load("site-a", 0.5)
+        counts = []
+        for _ in range(8):
+            await loop.cycle()
+            counts.append(len(await stopped(loop)))
+            if counts[-1] == 0:
+                break
+        assert counts[-1] == 0, counts
+        steps = [a - b for a, b in zip([len(curtailed), *counts], counts, strict=False)]
+        assert max(steps) <= 2, counts  # staggered: at most restore_per_step per cycle
+        assert {r["miner"] for r in loop.audit() if r["event"] == "restored"} == curtailed
+    finally:
+        await stop_loop(loop)
+
+
+async def test_a_collector_restart_mid_curtailment_still_restores(tmp_path, make_sim_fleet):
+    loop = await start_loop(tmp_path, make_sim_fleet, over=1.10)
+    try:
+        curtailed = await curtail_once(loop)
+        assert curtailed
+        await loop.restart_collector()
+        assert {c["miner"] for c in (await loop.curtailment())["curtailed"]} == curtailed
+        loop.sim.fleet.set_load("site-a", 0.5)
+        for _ in range(6):
+            await loop.cycle()
+        assert await stopped(loop) == set()
+    finally:
+        await stop_loop(loop)
+
+
+async def test_a_miner_refusing_is_skipped_for_the_next_candidate(tmp_path, make_sim_fleet):
+    # No API write access on the miners: cgminer refuses (Code 45); the others have no such check.
+    loop = await start_loop(tmp_path, make_sim_fleet, over=1.10, allow_control=False)
+    try:
+        cg = [f"{m.host}:{m.port}" for m in loop.sim.miners if m.dialect == "cgminer"]
+        entries = ", ".join(f"{{match: '{name}', priority: -1}}" for name in cg)
+        loop.rewrite(mode="auto", margin_ratio=0.03, hold_s=0, min_off_s=0, max_step_ratio=0.5,
+                     priorities=f"[{entries}]")
+        await loop.restart_collector()
+        for _ in range(3):
+            await loop.cycle()
+        assert await loop.truth_w() <= loop.allocation_w * (1 - loop.margin)
+        failed = {r["miner"] for r in loop.audit() if r["event"] == "failed"}
+        assert failed and failed <= set(cg)
+        refused = {r["miner"] for r in (await loop.curtailment())["refused"]}
+        assert failed == refused and not (await stopped(loop)) & set(cg)
+    finally:
+        await stop_loop(loop)
+
+
+async def test_a_schedule_window_is_met_before_it_begins(tmp_path, make_sim_fleet):
+    import datetime as dt
+    loop = await start_loop(tmp_path, make_sim_fleet, over=0.95, lead_s=900)
+    try:
+        assert await loop.truth_w() < loop.allocation_w  # under the base allocation now
+        start = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)).replace(second=0, microsecond=0)
+        end = start + dt.timedelta(hours=1)
+        lowered = loop.allocation_w * 0.95 / 1.10  # the truth will be 110 % of it
+        window = (f"    schedule:\n      - {{days: [mon, tue, wed, thu, fri, sat, sun], from: '{start:%H:%M}', "
+                  f"to: '{end:%H:%M}', allocation_mw: {lowered / 1e6!r}}}\n")
+        loop.rewrite(mode="auto", margin_ratio=0.03, hold_s=0, min_off_s=0, max_step_ratio=0.5, lead_s=900,
+                     schedule=window)
+        await loop.restart_collector()
+        for _ in range(2):
+            await loop.cycle()
+        assert await loop.truth_w() <= lowered * (1 - loop.margin)
+        assert any("schedule window" in why for r in loop.audit() if r["event"] == "plan" for why in r["reasons"])
+    finally:
+        await stop_loop(loop)
