@@ -80,3 +80,20 @@ async def test_client_refuses_write_commands_before_connecting(sim_fleet: Any, c
     with pytest.raises(PrivilegedCommandRefused):
         await query(m.host, tuple(command.split("+")), port=m.port)
     assert (await sim_fleet.truth())["fleet"]["privileged_commands"] == 0
+
+
+async def test_agent_with_control_enabled_still_sends_no_write_on_its_own(tmp_path: Path, make_sim_fleet: Any) -> None:
+    # Every curtailable firmware, write access granted: only the control API (never the poller) may write.
+    fleet = await make_sim_fleet(sites=1, allow_control=True, groups=(
+        ("cgminer", "Antminer S9"), ("bfgminer", "Antminer S9"), ("bosminer", "Antminer S19j Pro"),
+        ("luxos", "Antminer S19 XP"), ("avalon", "Avalon A1366")))
+    config = _agent_config(tmp_path, fleet.miners)
+    path = tmp_path / "agent.yaml"
+    path.write_text(path.read_text() + "control_enabled: true\n")
+    config = load_agent_config(path)
+    assert config.control_enabled is True
+    poller = Poller(config, FleetState(config.site, len(config.miners)))
+    for _ in range(3):
+        snap = await poller.poll_once()
+    assert snap.totals.up == len(fleet.miners)
+    assert await _privileged(fleet) == 0
