@@ -24,7 +24,7 @@ function h(tag, attrs, ...children) {
 function mw(w) {
   if (w === null || w === undefined || !Number.isFinite(w)) return "unknown";
   const a = Math.abs(w);
-  if (a >= MW || a === 0) return (w / MW).toFixed(2) + " MW";
+  if (a >= MW) return (w / MW).toFixed(2) + " MW";
   if (a >= 1e3) return (w / 1e3).toFixed(1) + " kW";
   return w.toFixed(0) + " W";
 }
@@ -46,8 +46,8 @@ function clock(t, seconds) {
 }
 
 function when(t) {
-  const far = t * 1000 - Date.now() > 20 * 3600 * 1000; // tomorrow or later: say which day
-  return (far ? new Date(t * 1000).toLocaleDateString([], { weekday: "short" }) + " " : "") + clock(t);
+  const d = new Date(t * 1000), today = new Date().toDateString() === d.toDateString();
+  return (today ? "" : d.toLocaleDateString([], { weekday: "short" }) + " ") + clock(t); // not today: which day
 }
 
 async function getJSON(url, timeoutS) {

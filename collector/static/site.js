@@ -87,6 +87,7 @@ function drawChart() {
     svg.append(p);
   }
   box.replaceChildren(svg);
+  document.querySelector(".key-meter").hidden = !series.meter_w.some((v) => v !== null);
 }
 
 async function loadHistory() {
