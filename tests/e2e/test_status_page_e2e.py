@@ -16,13 +16,19 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 
-from tests.collector.fakes import FakeAgent, fake_agent
+from megawatch.collector.config import Alerting, CollectorConfig, ScheduleWindow, Site, Thresholds
+from megawatch.collector.service import CollectorService
+from megawatch.collector.web import make_app
+from tests.collector.fakes import FakeAgent, fake_agent, serve_app
 from tests.e2e import processes
 from tests.e2e.processes import (
     POLL_S,
@@ -305,3 +311,42 @@ async def _until_cycled(http: aiohttp.ClientSession, collector: Proc) -> None:
             return resp.status == 200
 
     await wait_until(healthy, 10, "collector /healthz with credentials")
+
+
+async def test_meter_schedule_and_alerts_render_as_the_api_gives_them(browser: Browser) -> None:
+    """The collector's real app in this process, its fleet given a trusted meter at one site and a schedule
+    at another: the page shows the meter as the figure, the next allocation change, and unknowns in words."""
+    from megawatch.collector.sitemeter import MeterState, SiteMeter
+
+    async with (fake_agent(FakeAgent("metered", power_firmware_w=5 * MW)) as m,
+                fake_agent(FakeAgent("scheduled", power_firmware_w=4 * MW)) as s,
+                aiohttp.ClientSession() as session):
+        zone = "UTC"
+        now = time.time()
+        start = datetime.fromtimestamp(now + 7200, ZoneInfo(zone)).time().replace(second=0, microsecond=0)
+        window = ScheduleWindow(days=frozenset(range(7)), start=start, end=(datetime.combine(
+            datetime.now(ZoneInfo(zone)).date(), start) + timedelta(hours=1)).time(), end_of_day=False,
+            timezone=zone, allocation_w=3 * MW)
+        config = CollectorConfig(
+            path="t.yaml", fleet_name="render", fleet_allocation_w=30 * MW, allow_oversubscription=False,
+            sites=(Site("metered", "Metered site", 10 * MW, 1.0, 0.0, (m.url,)),
+                   Site("scheduled", "Scheduled site", 10 * MW, 1.0, 0.0, (s.url,), schedule=(window,))),
+            thresholds=Thresholds(), alerting=Alerting(), poll_interval_s=5, poll_timeout_s=1)
+        service = CollectorService(config, session, "http://127.0.0.1/api/v1/alerts")
+        fleet = await service.poll_once()
+        meter = SiteMeter(state=MeterState.OK, power_w=7.5 * MW, age_s=1.0, up=True, energy_import_wh=None,
+                          miners_facility_power_w=5 * MW, non_miner_load_w=0.0, reconciliation_w=2.5 * MW,
+                          reconciliation_ratio=0.5, unseen_w=0.0, error=None, problems=())
+        service.fleet = replace(fleet, sites=tuple(
+            replace(t, meter=meter, draw=replace(t.draw, facility_power_w=7.5 * MW, utilisation_ratio=0.75))
+            if t.site_id == "metered" else t for t in fleet.sites))
+        async with serve_app(make_app(service)) as url:
+            await browser.open(url + "/")
+            await browser.until(f"{row('metered')} && {row('scheduled')}", 10, "both rows")
+            metered = await browser.js(f"return {row('metered')}.innerText")
+            assert "Figure (meter)" in metered and "7.50 MW" in metered and "Meter (ok)" in metered, metered
+            assert await browser.js(f"return !!{row('metered')}.querySelector('.bar .meter')")
+            scheduled = await browser.js(f"return {row('scheduled')}.innerText")
+            assert "Next change" in scheduled and "3.00 MW at" in scheduled, scheduled
+            await browser.screenshot("fleet-meter-and-schedule")
+            await assert_clean(browser, url)
