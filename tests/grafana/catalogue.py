@@ -64,6 +64,7 @@ def agent_families() -> list[Family]:
 
 def collector_families() -> list[Family]:
     from megawatch.collector.config import load_collector_config
+    from megawatch.collector.curtailapi import CurtailmentCollector
     from megawatch.collector.exposition import SiteCollector
     from megawatch.collector.service import CollectorService
 
@@ -71,7 +72,9 @@ def collector_families() -> list[Family]:
     registry = CollectorRegistry()
     collector = SiteCollector(service)
     registry.register(collector)
-    described = {m.name: _labels(m) for m in collector.describe()}
+    curtailment = CurtailmentCollector(service.curtailer)  # served beside it (collector/web.py)
+    registry.register(curtailment)
+    described = {m.name: _labels(m) for m in (*collector.describe(), *curtailment.describe())}
     return _parse(generate_latest(registry).decode(), described, "collector")
 
 

@@ -19,7 +19,8 @@ README = ROOT / "README.md"
 # Section of docs/configuration.md -> the files whose loader reads that config file's keys.
 CONFIG_LOADERS: dict[str, tuple[str, ...]] = {
     "Agent": ("agent/config.py", "common/logs.py", "common/configfile.py"),
-    "Sites and allocations": ("collector/config.py", "collector/meterconfig.py", "common/logs.py",
+    "Sites and allocations": ("collector/config.py", "collector/meterconfig.py", "collector/curtailconfig.py",
+                              "common/logs.py",
                               "common/configfile.py"),
     "Simulator": ("simulator/config.py", "simulator/faults.py"),
 }
