@@ -70,7 +70,7 @@ class Site:
     schedule: tuple[ScheduleWindow, ...] = ()
     meter: MeterConfig | None = None  # the site's feeder meter, read over Modbus TCP
     unknown_agent_allowance_w: float | None = None  # miner draw counted for an agent never heard from
-    curtailment: CurtailSettings = CurtailSettings()  # keeping the site under its allocation (docs/curtailment.md)
+    curtailment: CurtailSettings = field(default_factory=CurtailSettings)  # docs/curtailment.md
 
     def allocation_at(self, at_s: float) -> float:
         """The allocation in force at `at_s`: the strictest window that applies, else the base allocation."""

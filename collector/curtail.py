@@ -145,6 +145,16 @@ def verify(state: SiteState, miners: Sequence[MinerView], now: float, verify_s: 
     return replace(state, curtailed=curtailed, refused=refused), verified, failed
 
 
+def needs_miners(site: Site, figure_w: float | None, state: SiteState, now: float) -> bool:
+    """Whether this step needs the miner lists: to shed, or to verify a command. Under the limit with every
+    command verified, nothing is read (a 10,000-miner list every cycle would be wasted)."""
+    if any(not c.verified for c in state.curtailed.values()):
+        return True
+    if figure_w is None:
+        return False
+    return figure_w > allocation_ahead(site, now, site.curtailment.lead_s) * (1.0 - site.curtailment.margin_ratio)
+
+
 def plan_site(site: Site, figure_w: float | None, miners: Sequence[MinerView], state: SiteState, now: float
               ) -> tuple[Plan, SiteState]:
     """One step for one site: the plan (what to send now, and why) and the planner's state after it."""
@@ -157,11 +167,11 @@ def plan_site(site: Site, figure_w: float | None, miners: Sequence[MinerView], s
         reasons.append(f"a schedule window lowers the allocation to {allocation / 1e6:.3f} MW within "
                        f"{cfg.lead_s:.0f} s: steering to it now")
     pending = sum(c.power_w for c in state.curtailed.values() if not c.verified)
-    base = dict(site=site.id, at=now, limit_w=limit, figure_w=figure_w, pending_w=pending,
-                verified=tuple(verified), not_complied=tuple(failed))
+    base = Plan(site=site.id, at=now, limit_w=limit, figure_w=figure_w, need_w=0.0, pending_w=pending, actions=(),
+                reasons=(), verified=tuple(verified), not_complied=tuple(failed))
     if figure_w is None:
         reasons.append("the site's figure is unknown: nothing is shed or restored on a guess")
-        return Plan(need_w=0.0, actions=(), reasons=tuple(reasons), **base), replace(state, headroom_since=None)
+        return replace(base, reasons=tuple(reasons)), replace(state, headroom_since=None)
     need = figure_w - pending - limit
     if need > 0:
         actions = _shed(site, miners, state, need)
@@ -173,25 +183,25 @@ def plan_site(site: Site, figure_w: float | None, miners: Sequence[MinerView], s
         if got < need:
             reasons.append(f"{(need - got) / 1e3:.0f} kW short: rate limit ({cfg.max_step_ratio:g} of the site "
                            "per step) or no more candidates")
-        return Plan(need_w=need, actions=tuple(actions), reasons=tuple(reasons), **base), \
+        return replace(base, need_w=need, actions=tuple(actions), reasons=tuple(reasons)), \
             replace(state, headroom_since=None)
     floor = limit * (1.0 - cfg.hysteresis_ratio)
     if pending or not state.curtailed or figure_w > floor:
         if state.curtailed and not pending:
             reasons.append(f"under the limit, not under limit x (1 - {cfg.hysteresis_ratio:g}) = "
                            f"{floor / 1e6:.3f} MW: holding")
-        return Plan(need_w=0.0, actions=(), reasons=tuple(reasons), **base), replace(state, headroom_since=None)
+        return replace(base, reasons=tuple(reasons)), replace(state, headroom_since=None)
     since = state.headroom_since if state.headroom_since is not None else now
     state = replace(state, headroom_since=since)
     if now - since < cfg.hold_s:
         reasons.append(f"headroom for {now - since:.0f} s of the {cfg.hold_s:.0f} s hold before restoring")
-        return Plan(need_w=0.0, actions=(), reasons=tuple(reasons), **base), state
+        return replace(base, reasons=tuple(reasons)), state
     actions = _restore(site, state, floor - figure_w, now)
     if actions:
         reasons.append(f"headroom {(floor - figure_w) / 1e3:.0f} kW has lasted {now - since:.0f} s: restarting "
                        f"{len(actions)} miner(s), {sum(a.power_w for a in actions) / 1e3:.0f} kW")
         state = replace(state, headroom_since=None)  # the hold starts again: staggered restarts
-    return Plan(need_w=0.0, actions=tuple(actions), reasons=tuple(reasons), **base), state
+    return replace(base, actions=tuple(actions), reasons=tuple(reasons)), state
 
 
 def _shed(site: Site, miners: Sequence[MinerView], state: SiteState, need: float) -> list[Action]:

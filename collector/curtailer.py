@@ -23,7 +23,7 @@ import aiohttp
 from megawatch.collector import audit as ev
 from megawatch.collector.audit import AuditLog
 from megawatch.collector.config import CollectorConfig, Site, public_url
-from megawatch.collector.curtail import MinerView, Plan, SiteState, curtailed_from, plan_site
+from megawatch.collector.curtail import MinerView, Plan, SiteState, curtailed_from, needs_miners, plan_site
 from megawatch.collector.model import FleetTotals
 from megawatch.common.logs import get_logger
 
@@ -69,9 +69,10 @@ class Curtailer:
                 site = self.config.site(totals.site_id)
                 if site is None or site.curtailment.mode == "off":
                     continue
-                miners = await self._miners(site)
                 state = self.states.get(site.id, SiteState())
-                plan, state = plan_site(site, totals.draw.facility_power_w, miners, state, now)
+                figure = totals.draw.facility_power_w
+                miners = await self._miners(site) if needs_miners(site, figure, state, now) else []
+                plan, state = plan_site(site, figure, miners, state, now)
                 self.states[site.id] = state
                 self.plans[site.id] = plan
                 self.views[site.id] = {m.name: m for m in miners}

@@ -13,7 +13,7 @@ async def test_auto_brings_a_site_at_110_percent_under_within_two_cycles(tmp_pat
     try:
         limit = loop.allocation_w * (1 - loop.margin)
         assert await loop.truth_w() > loop.allocation_w
-        for cycle in range(1, CYCLES_TO_UNDER + 1):
+        for cycle in range(1, CYCLES_TO_UNDER + 1):  # noqa: B007 (named in the failure message)
             await loop.cycle()
             if await loop.truth_w() <= limit:
                 break
