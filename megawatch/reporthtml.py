@@ -25,8 +25,14 @@ section { break-inside: avoid; }
 """
 
 
-def _num(value: float | None, digits: int = 2) -> str:
-    return "unknown" if value is None else f"{value:,.{digits}f}"
+def _num(value: float | None, digits: int = 4) -> str:
+    """Four significant digits, whole numbers with separators: a day of a small site is a few MWh, a month
+    of a programme tens of thousands, and a few seconds of test data micro-MWh."""
+    if value is None:
+        return "unknown"
+    if value == 0 or abs(value) >= 10 ** (digits - 1):
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
 
 
 def _pct(value: float | None) -> str:
@@ -34,7 +40,10 @@ def _pct(value: float | None) -> str:
 
 
 def _hours(seconds: float | None) -> str:
-    return "unknown" if seconds is None else f"{seconds / 3600:,.2f} h"
+    if seconds is None:
+        return "unknown"
+    return f"{seconds / 3600:,.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 \
+        else f"{seconds:.0f} s"
 
 
 def bar_chart(rows: list[Row], width: int = 760, height: int = 200) -> str:
@@ -50,7 +59,7 @@ def bar_chart(rows: list[Row], width: int = 760, height: int = 200) -> str:
         value = top * i / 4
         y = 10 + inner_h - inner_h * i / 4
         out.append(f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" stroke="#edf2f7"/>'
-                   f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{value:,.3g}</text>')
+                   f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{_num(value, 3)}</text>')
     for i, r in enumerate(rows):
         x = left + i * slot + slot / 2
         def rect(x0: float, value: float, base: float, colour: str, title: str) -> str:
@@ -65,7 +74,7 @@ def bar_chart(rows: list[Row], width: int = 760, height: int = 200) -> str:
         if len(rows) <= 31:
             out.append(f'<text x="{x:.1f}" y="{height - 16}" font-size="10" text-anchor="middle">'
                        f'{escape(r.period_start[5:10] if len(rows) > 1 else "window")}</text>')
-    out.append(f'<text x="4" y="12" font-size="10">MWh</text></svg>')
+    out.append(f'<text x="{width - 10}" y="8" font-size="10" text-anchor="end">MWh</text></svg>')
     return "".join(out)
 
 
@@ -76,10 +85,10 @@ def _table(rows: list[Row], label: str) -> str:
     for r in rows:
         first = r.name if label == "Site" else f"{r.period_start[:10]}"
         over = ' class="over"' if r.over_mwh else ""
-        cells = [escape(first), _num(r.energy_mwh, 3), _num(r.allocated_mwh, 3), _pct(r.used_ratio),
-                 _num(r.peak_mw, 3), _num(r.over_mwh, 3), _hours(r.over_s), _pct(r.unknown_share),
-                 _pct(r.allowance_share), _pct(r.estimated_share), _num(r.avg_hashrate_ths, 1),
-                 _num(r.expected_btc, 6), _num(r.btc_per_mwh, 6), _num(r.j_per_th, 2)]
+        cells = [escape(first), _num(r.energy_mwh), _num(r.allocated_mwh), _pct(r.used_ratio),
+                 _num(r.peak_mw), _num(r.over_mwh), _hours(r.over_s), _pct(r.unknown_share),
+                 _pct(r.allowance_share), _pct(r.estimated_share), _num(r.avg_hashrate_ths),
+                 _num(r.expected_btc), _num(r.btc_per_mwh), _num(r.j_per_th)]
         out.append("<tr>" + "".join(f"<td{over if i in (5, 6) else ''}>{c}</td>" for i, c in enumerate(cells))
                    + "</tr>")
     out.append("</tbody></table>")

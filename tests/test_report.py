@@ -93,5 +93,5 @@ def test_csv_json_and_html_carry_every_figure() -> None:
     assert doc["rows"][0]["expected_btc"] == 0.02 and doc["step"] == "day"
     html = render_html(rows, meta, "December <test>")
     assert "<title>December &lt;test&gt;</title>" in html
-    assert html.count("<svg") == 1 and "45.000" in html  # the summary adds the days: 20 + 25 MWh
+    assert html.count("<svg") == 1 and "<td>45</td>" in html  # the summary adds the days: 20 + 25 MWh
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing loaded from elsewhere
