@@ -101,6 +101,11 @@ class _AgentDaemon(Daemon["AgentConfig"]):
     def apply(self, config: AgentConfig) -> None:
         self.poller.reconfigure(config)
 
+    async def run(self) -> None:
+        from megawatch.agent.runtime import collect_young
+
+        await collect_young()
+
 
 PROGRAM = AgentProgram()
 

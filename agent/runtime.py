@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
 # Each poll decodes a reply into a few hundred dicts and lists that reference counting frees at once, while
@@ -18,3 +19,18 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+# With the thresholds above a young collection waits for 50,000 net new objects, and what only a collection
+# frees - reference cycles, such as a failed request's exception and the frames its traceback holds - piled
+# up meanwhile (measured under malformed HTTP requests: ~100 KiB of RSS a poll cycle, growing for minutes).
+# A young collection every few seconds bounds that to seconds' worth; it walks only what is new since the
+# last one (a few ms at 10,000 miners).
+YOUNG_COLLECTION_S = 5.0
+
+
+async def collect_young(every_s: float = YOUNG_COLLECTION_S) -> None:
+    """Collect the two young generations every `every_s` seconds, forever."""
+    while True:
+        await asyncio.sleep(every_s)
+        gc.collect(1)

@@ -211,6 +211,10 @@ class _Exchange(asyncio.Protocol):
         of CPU per poll cheaper than resetting. The timer still resets it at the deadline should the miner
         keep it open. On every other path the connection is reset now.
         """
+        # A failed exchange is kept alive by a reference cycle (its exception's traceback holds the frame that
+        # holds us), which the agent's rare collections reach late: let go of the reply (up to the byte cap,
+        # 1 MiB) now, or every oversize reply stays in memory until then (~1 MiB a poll, measured).
+        self._chunks = []
         done = self.done
         if self.eof or self._transport is None:
             self.timer.cancel()
