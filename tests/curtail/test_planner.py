@@ -130,7 +130,8 @@ def test_config_errors_name_file_line_and_key(tmp_path: Path):
     path.write_text(SITES % "later")
     with pytest.raises(ConfigError) as info:
         load_collector_config(path)
-    assert str(info.value) == f"{path}:6: sites[0].curtailment.mode: expected one of off, plan, approve, auto, got 'later'"
+    assert str(info.value) == (f"{path}:6: sites[0].curtailment.mode: expected one of off, plan, approve, auto, "
+                               "got 'later'")
     path.write_text(SITES % "auto")
     with pytest.raises(ConfigError) as info:
         load_collector_config(path)
