@@ -26,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from megawatch.collector.config import Site
+from megawatch.collector.curtailapi import curtailment_json
 from megawatch.collector.model import Alert, AlertPhase, Severity, SiteStatus, SiteTotals
 from megawatch.collector.service import CollectorService
 from megawatch.common.redact import public_url
@@ -134,6 +135,7 @@ def overview(service: CollectorService, site_view: SiteView, alert_view: AlertVi
     for alert in firing:
         by_site.setdefault(dict(alert.labels).get("site", ""), []).append(alert)
     ranked = sorted(((t, site_level(t, by_site.get(t.site_id, []))) for t in fleet.sites), key=worst_first)
+    curtailment = {c["site"]: curtailment_view(c) for c in curtailment_json(service.curtailer)["sites"]}
     sites = []
     for t, level in ranked:
         if only is not None and t.site_id != only:
@@ -146,6 +148,7 @@ def overview(service: CollectorService, site_view: SiteView, alert_view: AlertVi
         view["agents_up"] = sum(1 for a in t.agents if a.up)
         view["level"] = level
         view["alerts"] = [alert_view(a) for a in by_site.get(t.site_id, [])]
+        view["curtailment"] = curtailment.get(t.site_id)
         sites.append(view)
     body.update(at=fleet.at, sites=sites, fleet_alerts=[alert_view(a) for a in by_site.get("", [])],
                 fleet={"name": fleet.name, "stale": fleet.stale, "sites_stale": fleet.sites_stale,
@@ -157,6 +160,18 @@ def overview(service: CollectorService, site_view: SiteView, alert_view: AlertVi
                        "miners_total": fleet.draw.miners_total, "miners_up": fleet.draw.miners_up,
                        "sites": len(fleet.sites)})
     return body
+
+
+def curtailment_view(site: dict[str, Any]) -> dict[str, Any]:
+    """A site's curtailment at a glance (the whole of it is /api/v1/curtailment): what is off, what is planned."""
+    plan = site["plan"] or {}
+    actions = plan.get("actions", [])
+    return {"mode": site["mode"], "shed_w": site["shed_w"], "curtailed": len(site["curtailed"]),
+            "need_w": plan.get("need_w"), "planned_w": plan.get("planned_w"),
+            "stops": sum(1 for a in actions if a["action"] == "curtail"),
+            "restores": sum(1 for a in actions if a["action"] == "restore"),
+            "reasons": plan.get("reasons", []), "awaiting_approval": site["awaiting_approval"] is not None,
+            "refused": len(site["refused"])}
 
 
 # ---- Worst miners, fetched from the site's agents on demand ----------------------------------------------

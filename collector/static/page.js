@@ -175,6 +175,22 @@ function bar(s) {
   return el;
 }
 
+// What curtailment has switched off and what its plan would do; nothing when the site's mode is off.
+function curtailment(c) {
+  if (!c || c.mode === "off") return null;
+  const parts = [];
+  if (c.curtailed) parts.push(c.curtailed + " off, " + mw(c.shed_w) + " shed");
+  if (c.stops) parts.push((c.mode === "auto" ? "stopping " : "plan: stop ") + c.stops + ", " + mw(c.planned_w));
+  if (c.restores) parts.push((c.mode === "auto" ? "restoring " : "plan: restore ") + c.restores);
+  if (c.need_w > 0) parts.push(mw(c.need_w) + " still to shed");
+  if (c.awaiting_approval) parts.push("awaiting approval");
+  if (c.refused) parts.push(c.refused + " refused");
+  if (!parts.length && c.mode === "plan") return null; // planning only, nothing to plan: no clutter
+  const el = figure("Curtailment (" + c.mode + ")", parts.length ? parts.join("; ") : "nothing to do");
+  el.className = "wide";
+  return el;
+}
+
 function siteRow(s, link) {
   const ratio = s.utilisation_ratio;
   const name = link ? h("a", { class: "site-name", href: "/sites/" + encodeURIComponent(s.id), "data-key": "site-" + s.id, text: s.name })
@@ -200,7 +216,8 @@ function siteRow(s, link) {
     meter.state !== "none" ? figure("Meter (" + meter.state + ")", meter.power_w === null ? null : mw(meter.power_w)) : null,
     next ? figure("Next change", mw(next.allocation_w) + " at " + when(next.at)) : null,
     figure("Miners up", s.miners_up === null ? null : s.miners_up + " of " + (s.miners_total === null ? "?" : s.miners_total)),
-    s.agents_total !== undefined ? figure("Agents up", s.agents_up + " of " + s.agents_total) : null);
+    s.agents_total !== undefined ? figure("Agents up", s.agents_up + " of " + s.agents_total) : null,
+    curtailment(s.curtailment));
   const alerts = (s.alerts || []).map((a) => h("li", { class: a.severity }, h("strong", { text: a.alertname + ": " }), a.summary));
   return h("li", { class: "site", "data-site": s.id, "data-level": s.level, "data-status": s.status },
     h("div", { class: "site-head" }, name, ...badges, h("span", { class: "headline", text: headline(s) })),

@@ -122,6 +122,9 @@ async def test_overview_is_worst_first_and_an_unknown_stays_unknown(rig: Rig) ->
     assert "agents" not in by_id["ok"] and by_id["ok"]["agents_total"] == 1 and by_id["ok"]["agents_up"] == 1
     assert body["refresh_s"] == 5 and body["stall_limit_s"] == 15 and body["served_at"] == clock.t
     assert body["fleet"]["allocation_w"] == 40 * MW
+    # Curtailment's plan rides along (mode plan by default: computed and shown, nothing sent).
+    assert by_id["over"]["curtailment"]["mode"] == "plan"
+    assert by_id["over"]["curtailment"]["need_w"] > 0 and by_id["ok"]["curtailment"]["need_w"] == 0
 
     # Held long enough, the over-allocation alert fires and rides on its site's row.
     for _ in range(3):

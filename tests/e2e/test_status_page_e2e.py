@@ -209,6 +209,9 @@ async def test_fleet_and_site_pages_live_over_allocation_and_dark(procs: Procs, 
     assert "over by" in text.lower(), text  # in words, not colour alone
     assert await browser.js(f"return getComputedStyle({row('site-a')}).borderLeftColor") == "rgb(185, 28, 28)"
     assert await browser.js("return document.querySelector('#sites li.site').dataset.site") == "site-a"
+    # Curtailment (mode plan by default) says what it would stop; nothing is sent in that mode.
+    await browser.until(f"{row('site-a')}.innerText.includes('Curtailment (plan)')", 2 * POLL_S,
+                        "site-a's curtailment plan on the page")
     await browser.screenshot("fleet-over")
 
     # Dark: every miner of site-b hangs. Agents answer, nothing is measured: `dark`, and never 0 MW.
