@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType, ModuleType
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from megawatch.agent import dialects as dialect_table
 from megawatch.agent import plausibility
 from megawatch.agent.config import AgentConfig, MinerTarget
 from megawatch.agent.discovery import Outcome, Probe, fetch_replies, probe, sweep
+from megawatch.agent.identity import FirmwareIdentity
 from megawatch.agent.inventory import Inventory, identity_of
 from megawatch.agent.model import MinerReading
 from megawatch.agent.modeltable import estimate_power, replace_reading
@@ -83,6 +84,7 @@ class _Track:
     bug_logged: bool = False  # an internal error was logged; the next is logged only after a success
     implausible: tuple[str, ...] = ()  # fields dropped from the latest reading, logged when they change
     missed: bool = False  # the latest poll never left the agent (no descriptor): the reading is not fresh
+    identity: FirmwareIdentity = field(default_factory=FirmwareIdentity)  # firmware labels, held steady
     discovered: bool = False  # found in a scan range (not listed): forgotten after discovery.forget_after_s down
     seen_s: float | None = None  # wall clock of the last answer, this run or (from the inventory) an earlier one
     seen_key: tuple[Any, ...] | None = None  # model, firmware version, dialect last given to the inventory
@@ -508,11 +510,15 @@ class Poller:
         if track.ok is False:
             self._log.info("miner_up", miner=track.target.name, after_failures=track.failures)
         version = reading.firmware_version
-        if version is not None and track.firmware_version not in (None, version) and track.target.dialect is None:
-            track.needs_detect = True  # new firmware may speak another dialect: check on the next poll
+        # New firmware may speak another dialect: check on the next poll. Not for a version that changes every
+        # poll: detection has said the same three times by then.
+        if version is not None and track.firmware_version not in (None, version) and track.target.dialect is None \
+                and not track.identity.unstable:
+            track.needs_detect = True
             track.joins_fail = False
         if version is not None:
             track.firmware_version = version
+        reading = track.identity.settle(reading, track.dialect, self._log, track.target.name)
         track.ok, track.failures, track.last_error, track.skip_until = True, 0, None, 0
         track.missed = False
         track.bug_logged = False
