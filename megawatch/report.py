@@ -87,7 +87,7 @@ class Prometheus:
         body = urllib.parse.urlencode({"query": expr, "time": f"{at:.3f}"}).encode()
         request = urllib.request.Request(f"{self.url}/api/v1/query", data=body, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:  # noqa: S310 (the user's URL)
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
                 doc = json.loads(reply.read(64 << 20))
         except urllib.error.HTTPError as exc:
             detail = exc.read(2000).decode(errors="replace")
@@ -163,12 +163,12 @@ def period_rows(prom: Prometheus, start: float, end: float, zone: ZoneInfo) -> l
         peak_u = peaks(prom, scope, "utilisation_ratio", start, end)
         names = sorted({n for c in counts.values() for n in c} | set(peak_w))
         for name in names:
-            def get(field: str, name: str = name) -> float | None:
+            def get(field: str, name: str = name, counts: dict[str, Any] = counts) -> float | None:
                 found = counts[field].get(name)
                 return found[0] if found is not None else None
             energy, unknown, hashes = get("energy"), get("unknown"), get("hashes")
             btc, allocated = get("expected_btc"), get("allocated")
-            firsts = [c[name][2] for c in counts.values() if name in c and c[name][2] is not None]
+            firsts = [first for c in counts.values() if name in c and (first := c[name][2]) is not None]
             seen = add_known(energy, unknown)
             rows.append(Row(
                 period_start=_iso(start, zone), period_end=_iso(end, zone), scope=scope, name=name,

@@ -50,7 +50,7 @@ def bar_chart(rows: list[Row], width: int = 760, height: int = 200) -> str:
     """Per period: energy used (with unknown on top) beside the energy allocated, in MWh."""
     top = max([v for r in rows for v in ((r.energy_mwh or 0) + (r.unknown_mwh or 0), r.allocated_mwh or 0)]
               + [1e-9])
-    left, bottom, inner_h = 56, 34, height - 44
+    left, inner_h = 56, height - 44
     slot = (width - left - 10) / max(1, len(rows))
     bar = max(2.0, min(28.0, slot * 0.38))
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '

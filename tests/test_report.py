@@ -12,8 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from megawatch.report import Prometheus, Row, _increase, counter_increases, parse_time, periods, render_csv, \
-    render_json
+from megawatch.report import Prometheus, Row, _increase, counter_increases, parse_time, periods, render_csv, render_json
 from megawatch.reporthtml import render_html
 
 OSLO = ZoneInfo("Europe/Oslo")

@@ -20,7 +20,6 @@ from megawatch.collector.energy import (
     load_accounts,
 )
 from megawatch.collector.production import Production
-
 from tests.collector.helpers import MW, make_site
 
 HOUR = 3600.0
