@@ -28,6 +28,7 @@ import aiohttp
 from megawatch.common.configfile import ConfigError, ConfigProblem
 from megawatch.demoplan import (
     CONFIGS,
+    CONTROL_USER,
     PORTS,
     ROOT,
     SCALES,
@@ -106,6 +107,7 @@ class Child:
     popen: subprocess.Popen[bytes]
     log: Path
     url: str
+    headers: dict[str, str] | None = None  # basic auth, for the agent that takes commands
 
 
 class Demo:
@@ -154,7 +156,7 @@ class Demo:
                 tail = child.log.read_text(errors="replace")[-1500:]
                 raise DemoError(f"{child.name} exited with code {child.popen.returncode}:\n{tail}")
             try:
-                async with self.http.get(child.url + path) as resp:
+                async with self.http.get(child.url + path, headers=child.headers) as resp:
                     if resp.status == 200:
                         body = await resp.json(content_type=None) if check else None
                         if check is None or check(body):
@@ -186,6 +188,12 @@ class Demo:
             await self._ready(sim, "/api/v1/truth", 120)
             agents = [self._megawatch(f"agent-{site}", workdir, f"http://127.0.0.1:{port}", "agent",
                                       "--config", str(path)) for site, (path, port) in plan.agents.items()]
+            if plan.password_file is not None and plan.control_site is not None:
+                password = plan.password_file.read_text().strip()
+                auth = {"Authorization": aiohttp.BasicAuth(CONTROL_USER, password).encode()}
+                for agent in agents:
+                    if agent.name == f"agent-{plan.control_site}":
+                        agent.headers = auth
             waits = [self._ready(a, "/api/v1/summary", 120, lambda b: b["cycle"]["number"] > 0) for a in agents]
             am = None
             if am_bin and am_port:  # starts while the agents run their first cycle
@@ -240,8 +248,10 @@ class Demo:
             f"  and the provider's path to {ROOT / 'grafana' / 'dashboards'}; restart Grafana and open the",
             "  'megawatch / Fleet overview' dashboard.",
             "",
-            f"In {self.args.drift_after:g} s site {self.args.drift_site} drifts over its allocation; the alert",
-            "fires after the hold time (thresholds.hold_s in the sites config). Ctrl-C stops everything.",
+            f"In {self.args.drift_after:g} s site {self.args.drift_site} drifts over its allocation. It is in",
+            "curtailment mode auto: the collector stops miners through its agent until it is back under",
+            f"(see {collector.url}/api/v1/curtailment); every other site is in mode plan (shown, never sent).",
+            "To try mode approve, see docs/curtailment.md. Ctrl-C stops everything.",
             f"megawatch demo: ready ({time.monotonic() - self.started:.0f} s to start)",
         ]
         print("\n".join(lines), flush=True)
@@ -250,6 +260,7 @@ class Demo:
         drift_at = time.monotonic() + self.args.drift_after
         steps: list[float] | None = None
         seen: set[tuple[str, str]] = set()
+        curtailed: dict[str, int] = {}
         next_alert_check = 0.0
         while not self.stop.is_set():
             for child in self.children:
@@ -267,6 +278,7 @@ class Demo:
             if now >= next_alert_check:
                 next_alert_check = now + 5
                 await self._print_new_alerts(collector, seen)
+                await self._print_curtailment(collector, curtailed)
             try:
                 await asyncio.wait_for(self.stop.wait(), 0.5)
             except TimeoutError:
@@ -310,6 +322,21 @@ class Demo:
             if alert["state"] == "firing" and key not in seen:
                 seen.add(key)
                 print(f"ALERT firing: {alert['alertname']} {alert['summary']}", flush=True)
+
+    async def _print_curtailment(self, collector: Child, last: dict[str, int]) -> None:
+        """One line whenever the number of miners curtailed at a site changes."""
+        try:
+            async with self.http.get(collector.url + "/api/v1/curtailment") as resp:
+                body = await resp.json(content_type=None)
+        except (TimeoutError, OSError, ValueError, aiohttp.ClientError):
+            return
+        for site in body.get("sites", []):
+            count = len(site.get("curtailed", []))
+            if count != last.get(site["site"], 0):
+                last[site["site"]] = count
+                kw = sum(c["power_w"] for c in site["curtailed"]) / 1e3
+                print(f"megawatch demo: site {site['site']} ({site['mode']}): {count} miner(s) curtailed, "
+                      f"{kw:.0f} kW", flush=True)
 
     def _stop_children(self) -> None:
         """SIGTERM in reverse start order, SIGKILL after 10 s: nothing the demo started outlives it."""

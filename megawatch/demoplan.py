@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import secrets
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,9 @@ CONFIGS = ROOT / "configs"
 # --scale: every simulated group's miner count is divided by this (at least one miner per group).
 SCALES = {"full": 1, "small": 40}
 PORTS = {"simulator": 9400, "collector": 9300, "prometheus": 9090, "alertmanager": 9093, "agent": 9541}
+CONTROL_USER = "megawatch"  # the drift site's agent takes commands from the collector as this user
+# The drifting site is curtailed in mode auto (docs/curtailment.md); every other site stays in plan.
+DRIFT_CURTAILMENT = {"mode": "auto", "hold_s": 120, "min_off_s": 300, "max_step_ratio": 0.25}
 
 
 class DemoError(Exception):
@@ -52,6 +57,8 @@ class Plan:
     agents: dict[str, tuple[Path, int]] = field(default_factory=dict)
     collector_port: int = 0
     control_port: int = 0
+    password_file: Path | None = None  # the drift site's agent password (its agent is behind basic auth)
+    control_site: str | None = None
 
 
 def _load_yaml(path: str | Path) -> Any:
@@ -100,6 +107,9 @@ def make_plan(args: argparse.Namespace, workdir: Path, alertmanager_url: str | N
     sim, ratios = _scaled_sim(_load_yaml(args.sim_config), SCALES[args.scale])
     control_port = pick_port(PORTS["simulator"])
     sim["control"] = {"host": "127.0.0.1", "port": control_port}
+    for site in sim["sites"]:
+        if site["id"] == args.drift_site:  # its miners grant write access (cgminer's api-allow W)
+            site["allow_control"] = True
     sim_path = workdir / "simulator.yaml"
     sim_path.write_text(yaml.safe_dump(sim, sort_keys=False))
     counts = {s["id"]: sum(g["count"] for g in s["groups"]) for s in sim["sites"]}
@@ -110,7 +120,9 @@ def make_plan(args: argparse.Namespace, workdir: Path, alertmanager_url: str | N
     missing = sorted(set(counts) - configured)
     if missing:
         raise DemoError(f"{args.sites_config}: no site {', '.join(missing)} of {args.sim_config}")
-    plan = Plan(workdir, sim["sites"], sim_path, workdir / "sites.yaml", control_port=control_port)
+    plan = Plan(workdir, sim["sites"], sim_path, workdir / "sites.yaml", control_port=control_port,
+                password_file=workdir / "agent-password", control_site=args.drift_site)
+    control_web = _control_web(workdir, plan.password_file)
     next_port = PORTS["agent"]
     for site in sim["sites"]:
         first = ipaddress.ip_address(site["address"])
@@ -122,6 +134,8 @@ def make_plan(args: argparse.Namespace, workdir: Path, alertmanager_url: str | N
                  "log": {"format": "json", "level": "info"}}
         if args.scale != "full":  # a small fleet polls in no time: show changes sooner
             agent["poll"] = {**template.get("poll", {}), "interval_s": 5, "request_timeout_s": 3}
+        if site["id"] == args.drift_site:  # control needs basic auth, which then guards every endpoint
+            agent.update(control_enabled=True, web_config_file=str(control_web))
         path = workdir / f"agent-{site['id']}.yaml"
         path.write_text(yaml.safe_dump(agent, sort_keys=False))
         plan.agents[site["id"]] = (path, port)
@@ -130,11 +144,26 @@ def make_plan(args: argparse.Namespace, workdir: Path, alertmanager_url: str | N
     sites_raw["sites"] = [s for s in sites_raw["sites"] if s["id"] in plan.agents]
     for s in sites_raw["sites"]:
         s["agents"] = [f"http://127.0.0.1:{plan.agents[s['id']][1]}"]
+        if s["id"] == args.drift_site:
+            s["curtailment"] = dict(DRIFT_CURTAILMENT)
+    sites_raw["agent_client"] = {"username": CONTROL_USER, "password_file": str(plan.password_file)}
+    sites_raw["curtailment_audit_file"] = str(workdir / "curtailment-audit.jsonl")
     sites_raw.setdefault("alerting", {})["alertmanager_urls"] = [alertmanager_url] if alertmanager_url else []
     plan.collector_port = pick_port(PORTS["collector"])
     sites_raw["listen"] = {"address": "127.0.0.1", "port": plan.collector_port}
     plan.sites_config.write_text(yaml.safe_dump(sites_raw, sort_keys=False))
     return plan
+
+
+def _control_web(workdir: Path, password_file: Path) -> Path:
+    """A fresh password for this run: its bcrypt hash in the drift agent's web config, itself in a 0600 file."""
+    password = secrets.token_urlsafe(16)
+    password_file.touch(mode=0o600)
+    password_file.write_text(password + "\n")
+    web = workdir / "agent-web.yaml"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(10)).decode()
+    web.write_text(f"basic_auth_users:\n  {CONTROL_USER}: '{hashed}'\n")
+    return web
 
 
 def prometheus_config(plan: Plan, alertmanager: str | None, scrape_s: int) -> str:
@@ -143,8 +172,11 @@ def prometheus_config(plan: Plan, alertmanager: str | None, scrape_s: int) -> st
                    "evaluation_interval": "15s"},
         "rule_files": [str(CONFIGS / "prometheus" / "rules" / "megawatch.rules.yml")],
         "scrape_configs": [
-            {"job_name": "megawatch-agent", "static_configs": [
-                {"targets": [f"127.0.0.1:{port}"], "labels": {"site": site}} for site, (_, port) in plan.agents.items()]},
+            {"job_name": "megawatch-agent",
+             # Sent to every agent; only the drift site's (control enabled, so behind basic auth) asks for it.
+             "basic_auth": {"username": CONTROL_USER, "password_file": str(plan.password_file)},
+             "static_configs": [{"targets": [f"127.0.0.1:{port}"], "labels": {"site": site}}
+                                for site, (_, port) in plan.agents.items()]},
             {"job_name": "megawatch-collector", "static_configs": [{"targets": [f"127.0.0.1:{plan.collector_port}"]}]},
         ],
     }

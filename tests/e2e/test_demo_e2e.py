@@ -103,6 +103,16 @@ async def test_small_demo_runs_every_process_and_ctrl_c_stops_them_all(http: aio
             return view if view["utilisation_ratio"] > 1 else None
 
         over = await wait_until(drifted, 20, f"{DRIFT_SITE} to draw over its allocation", every_s=0.5)
+
+        async def curtailed() -> dict[str, Any] | None:  # the drift site is in curtailment mode auto
+            view = next(s for s in (await get_json(http, collector + "/api/v1/sites"))["sites"]
+                        if s["id"] == DRIFT_SITE)
+            return view if view["utilisation_ratio"] < 0.97 else None
+
+        await wait_until(curtailed, 40, f"{DRIFT_SITE} to be curtailed back under its allocation", every_s=0.5)
+        states = {s["site"]: s for s in (await get_json(http, collector + "/api/v1/curtailment"))["sites"]}
+        assert states[DRIFT_SITE]["mode"] == "auto" and states[DRIFT_SITE]["curtailed"], states[DRIFT_SITE]
+        assert all(s["mode"] == "plan" and not s["curtailed"] for site, s in states.items() if site != DRIFT_SITE)
         # The Prometheus the demo configured scrapes every agent and the collector, and loaded the rules.
         prom = urls["prometheus"].removesuffix("/alerts")
 
