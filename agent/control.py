@@ -42,6 +42,10 @@ _DEVICE = {"cgminer": ("ASC", "ascdisable", "ascenable"), "bfgminer": ("PGA", "p
 class ControlFailed(Exception):
     """The miner refused or could not be reached; the message says which command and why."""
 
+    def __init__(self, message: str, commands: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.commands = commands  # what had been sent, the failed one last
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -70,7 +74,15 @@ async def act(host: str, port: int, dialect: str, action: str, deadlines: Deadli
     """Send `dialect`'s commands for `action` to one miner; raise ControlFailed when it refuses."""
     sent: list[str] = []
     said: list[str] = []
-    stop = action == "curtail"
+    try:
+        await _act(host, port, dialect, action == "curtail", deadlines, clock, sent, said)
+    except ControlFailed as exc:
+        raise ControlFailed(str(exc), tuple(sent)) from None
+    return Outcome(tuple(sent), tuple(said))
+
+
+async def _act(host: str, port: int, dialect: str, stop: bool, deadlines: Deadlines, clock: Callable[[], float],
+               sent: list[str], said: list[str]) -> None:
     if dialect in _DEVICE:
         kind, disable, enable = _DEVICE[dialect]
         devs = await _send(host, port, "devs", None, deadlines, sent, said)
@@ -99,7 +111,6 @@ async def act(host: str, port: int, dialect: str, action: str, deadlines: Deadli
                     sent, said)
     else:
         raise ValueError(dialect)
-    return Outcome(tuple(sent), tuple(said))
 
 
 def control_refusal(config: AgentConfig) -> str | None:
@@ -138,10 +149,12 @@ def add_control_routes(app: web.Application, config: AgentConfig, snapshot: Call
             outcome = await act(miner.target.address, miner.target.port, miner.dialect or "", action, deadlines)
         except ControlFailed as exc:
             log.warning("miner_control_failed", miner=name, action=action, dialect=miner.dialect, error=str(exc))
-            return json_response({**body, "ok": False, "error": str(exc)}, status=502)
+            return json_response({**body, "ok": False, "error": str(exc), "commands": list(exc.commands)},
+                                 status=502)
         log.info("miner_control_sent", miner=name, action=action, dialect=miner.dialect,
                  commands=list(outcome.commands))
+        # `at`, by this agent's clock: the collector compares this agent's poll times with it, never its own.
         return json_response({**body, "ok": True, "commands": list(outcome.commands),
-                              "replies": list(outcome.replies)})
+                              "replies": list(outcome.replies), "at": time.time()})
 
     app.router.add_post("/api/v1/control/{miner}/{action}", control)

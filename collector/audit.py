@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,13 @@ class AuditLog:
                 continue
             held = sites.setdefault(site, {})
             if event == CURTAILED:
-                held[miner] = Curtailed(miner=miner, agent=str(r.get("agent", "")), since=float(r["at"]),
-                                        power_w=float(r.get("power_w") or 0.0),
-                                        hashrate_hs=float(r.get("hashrate_hs") or 0.0), j_per_th=r.get("j_per_th"))
+                agent_at = r.get("agent_at")
+                held[miner] = Curtailed(miner=miner, agent=str(r.get("agent", "")),
+                                        since=float(r["at"]), power_w=float(r.get("power_w") or 0.0),
+                                        hashrate_hs=float(r.get("hashrate_hs") or 0.0), j_per_th=r.get("j_per_th"),
+                                        agent_at=float(agent_at) if isinstance(agent_at, (int, float)) else None)
             elif event == VERIFIED and miner in held:
-                c = held[miner]
-                held[miner] = Curtailed(c.miner, c.agent, c.since, c.power_w, c.hashrate_hs, c.j_per_th, True)
+                held[miner] = replace(held[miner], verified=True)
             elif event in (RESTORED, NOT_COMPLIED):
                 held.pop(miner, None)
         return {site: held for site, held in sites.items() if held}

@@ -59,6 +59,9 @@ class Curtailed:
     hashrate_hs: float  # what it hashed before
     j_per_th: float | None
     verified: bool = False  # a poll after the command saw it stopped
+    # The agent's own clock when it sent the command: its polls' times are compared with this, so a clock
+    # difference between the collector's host and the agent's cannot pass an old poll off as a new one.
+    agent_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +134,8 @@ def verify(state: SiteState, miners: Sequence[MinerView], now: float, verify_s: 
         if c.verified:
             continue
         m = seen.get(name)
-        if m is None or m.last_poll_s is None or m.last_poll_s <= c.since:
+        sent = c.agent_at if c.agent_at is not None else c.since
+        if m is None or m.last_poll_s is None or m.last_poll_s <= sent:
             continue  # no poll since the command yet
         if m.hashrate_hs is not None and m.hashrate_hs <= c.hashrate_hs * STOPPED_SHARE:
             curtailed[name] = replace(c, verified=True)
@@ -246,8 +250,8 @@ def _restore(site: Site, state: SiteState, headroom: float, now: float) -> list[
     return actions
 
 
-def curtailed_from(action: Action, miner: MinerView | None, now: float, pue: float) -> Curtailed:
+def curtailed_from(action: Action, miner: MinerView | None, now: float, agent_at: float | None) -> Curtailed:
     """The record kept for a miner once its stop command was accepted."""
     return Curtailed(miner=action.miner, agent=action.agent, since=now, power_w=action.power_w,
                      hashrate_hs=(miner.hashrate_hs or 0.0) if miner is not None else 0.0,
-                     j_per_th=miner.j_per_th if miner is not None else None)
+                     j_per_th=miner.j_per_th if miner is not None else None, agent_at=agent_at)

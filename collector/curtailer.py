@@ -14,7 +14,7 @@ import json
 import ssl
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -29,6 +29,16 @@ from megawatch.common.logs import get_logger
 
 MAX_MINERS_BYTES = 64 << 20  # 10,000 miners' rows are ~10 MB
 CONTROL_TIMEOUT_S = 30.0  # a LuxOS logon + curtail + logoff is three exchanges of up to the agent's deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What an agent said about one command."""
+
+    ok: bool
+    detail: str  # the miner's replies, or why it failed
+    commands: list[str] = field(default_factory=list)  # what the agent sent the miner
+    agent_at: float | None = None  # the agent's clock when it had sent them
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +58,13 @@ class Curtailer:
         self.auth = auth
         self.ssl_context = ssl_context
         self.audit = AuditLog(config.curtailment_audit_file)
-        self.states: dict[str, SiteState] = {s: SiteState(curtailed=held)
-                                             for s, held in self.audit.curtailed().items()}
+        self.states: dict[str, SiteState] = {}
+        for site_id, held in self.audit.curtailed().items():
+            # The log names agents without credentials: commands go to the URL the config gives.
+            site = config.site(site_id)
+            urls = {public_url(u): u for u in site.agents} if site is not None else {}
+            self.states[site_id] = SiteState(curtailed={
+                name: replace(c, agent=urls.get(c.agent, c.agent)) for name, c in held.items()})
         self.plans: dict[str, Plan] = {}
         self.pending: dict[str, Pending] = {}
         self.commands: Counter[tuple[str, str, str]] = Counter()  # (site, action, ok|failed)
@@ -131,11 +146,12 @@ class Curtailer:
         results = []
         state = self.states.get(site.id, SiteState())
         for action in plan.actions:
-            ok, detail = await self._command(action.agent, action.miner, action.kind)
+            sent = await self._command(action.agent, action.miner, action.kind)
+            ok, detail = sent.ok, sent.detail
             self.commands[(site.id, action.kind, "ok" if ok else "failed")] += 1
             results.append({"action": action.kind, "miner": action.miner, "ok": ok, "detail": detail})
             facts = dict(miner=action.miner, agent=public_url(action.agent), action=action.kind,
-                         power_w=round(action.power_w), why=action.reason, reply=detail)
+                         power_w=round(action.power_w), why=action.reason, reply=detail, commands=sent.commands)
             if not ok:
                 self._log.warning("curtailment_command_failed", site=site.id, miner=action.miner,
                                   action=action.kind, error=detail)
@@ -144,10 +160,10 @@ class Curtailer:
                     state = replace(state, refused={**state.refused, action.miner: detail})
                 continue
             if action.kind == "curtail":
-                record = curtailed_from(action, miners.get(action.miner), now, site.pue)
+                record = curtailed_from(action, miners.get(action.miner), now, sent.agent_at)
                 state = replace(state, curtailed={**state.curtailed, action.miner: record})
                 self.audit.write(now, site.id, ev.CURTAILED, who, hashrate_hs=record.hashrate_hs,
-                                 j_per_th=record.j_per_th, **facts)
+                                 j_per_th=record.j_per_th, agent_at=sent.agent_at, **facts)
             else:
                 state = replace(state, curtailed={k: v for k, v in state.curtailed.items() if k != action.miner})
                 self.audit.write(now, site.id, ev.RESTORED, who, **facts)
@@ -155,7 +171,7 @@ class Curtailer:
         self.states[site.id] = state
         return results
 
-    async def _command(self, agent: str, miner: str, action: str) -> tuple[bool, str]:
+    async def _command(self, agent: str, miner: str, action: str) -> Sent:
         url = f"{agent}/api/v1/control/{quote(miner, safe='')}/{action}"
         try:
             async with asyncio.timeout(CONTROL_TIMEOUT_S):
@@ -164,17 +180,21 @@ class Curtailer:
                     body = await resp.content.read(1 << 16)
                     status = resp.status
         except TimeoutError:
-            return False, f"agent gave no answer within {CONTROL_TIMEOUT_S:g} s"
+            return Sent(False, f"agent gave no answer within {CONTROL_TIMEOUT_S:g} s")
         except (aiohttp.ClientError, OSError) as exc:
-            return False, f"agent unreachable: {type(exc).__name__}"
+            return Sent(False, f"agent unreachable: {type(exc).__name__}")
         try:
             doc = json.loads(body)
         except ValueError:
             doc = {}
-        if status == 200 and isinstance(doc, dict) and doc.get("ok") is True:
-            return True, "; ".join(str(r) for r in doc.get("replies", []))
-        error = doc.get("error") if isinstance(doc, dict) else None
-        return False, f"HTTP {status}: {error or 'no reason given'}"
+        if not isinstance(doc, dict):
+            doc = {}
+        commands = [str(c) for c in doc.get("commands", []) if isinstance(c, str)]
+        if status == 200 and doc.get("ok") is True:
+            at = doc.get("at")
+            return Sent(True, "; ".join(str(r) for r in doc.get("replies", [])), commands,
+                        float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None)
+        return Sent(False, f"HTTP {status}: {doc.get('error') or 'no reason given'}", commands)
 
     async def _miners(self, site: Site) -> list[MinerView]:
         found = await asyncio.gather(*(self._agent_miners(url) for url in site.agents))

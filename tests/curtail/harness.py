@@ -54,6 +54,10 @@ class Loop:
         path = self.tmp / "curtailment-audit.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
+    def audited_writes(self) -> int:
+        """Write commands the audit log says were sent (`devs` is the read that finds cgminer's devices)."""
+        return sum(1 for r in self.audit() for c in r.get("commands", []) if c.split("|")[0] != "devs")
+
     async def curtailment(self) -> dict[str, Any]:
         doc = await (await self.collector.get("/api/v1/curtailment", headers=AUTH)).json()
         return doc["sites"][0]

@@ -154,3 +154,11 @@ def test_the_audit_log_rebuilds_what_is_curtailed_and_survives_a_torn_line(tmp_p
         f.write('{"at": 1, "site": "a", "event": "restored", "mi')  # a crash mid-write
     held = AuditLog(tmp_path / "audit.jsonl").curtailed()["a"]
     assert sorted(held) == ["m1", "m4"] and held["m1"].verified and not held["m4"].verified
+
+
+def test_verification_reads_the_agents_clock_not_ours():
+    # The agent's clock is 100 s behind the collector's: its poll at T0 - 50 came after its command at T0 - 100.
+    c = Curtailed("10.0.0.1:4028", "u", T0, 3000.0, 100 * TH, 30.0, agent_at=T0 - 100)
+    polled = replace(FLEET[0], hashrate_hs=0.0, last_poll_s=T0 - 50)
+    plan, state = plan_site(site(), 99_000.0, [polled, *FLEET[1:]], SiteState(curtailed={c.miner: c}), T0 + 5)
+    assert plan.verified == (c.miner,) and state.curtailed[c.miner].verified
