@@ -74,8 +74,8 @@ class Curtailer:
         self._planned: dict[str, tuple[tuple[str, str], ...]] = {}  # last plan key written to the audit log
         self._lock = asyncio.Lock()  # a cycle's step and an operator's approval never interleave
         self._log = get_logger()
-        for site, held in self.states.items():
-            self._log.info("curtailment_restored_from_audit", site=site, miners=sorted(held.curtailed))
+        for site_id, restored in self.states.items():
+            self._log.info("curtailment_restored_from_audit", site=site_id, miners=sorted(restored.curtailed))
 
     async def step(self, fleet: FleetTotals) -> None:
         async with self._lock:

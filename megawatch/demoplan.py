@@ -120,9 +120,10 @@ def make_plan(args: argparse.Namespace, workdir: Path, alertmanager_url: str | N
     missing = sorted(set(counts) - configured)
     if missing:
         raise DemoError(f"{args.sites_config}: no site {', '.join(missing)} of {args.sim_config}")
+    password_file = workdir / "agent-password"
     plan = Plan(workdir, sim["sites"], sim_path, workdir / "sites.yaml", control_port=control_port,
-                password_file=workdir / "agent-password", control_site=args.drift_site)
-    control_web = _control_web(workdir, plan.password_file)
+                password_file=password_file, control_site=args.drift_site)
+    control_web = _control_web(workdir, password_file)
     next_port = PORTS["agent"]
     for site in sim["sites"]:
         first = ipaddress.ip_address(site["address"])
