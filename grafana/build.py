@@ -256,6 +256,7 @@ def fleet() -> Json:
         series("Hashrate per site", [target("max by (site) (megawatch_site_total_hashrate_hashes_per_second)",
                                             "{{site}}")], "Hs", links=site_link(by_site),
                custom={"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 30}),
+        *energy_panels("fleet", ""),
         row("Data quality and alerts"),
         stat("Power estimated", [target("max(megawatch_fleet_estimated_power_ratio)", "estimated")],
              "percentunit", description="Share of miner power estimated from the model's J/TH, not measured."),
@@ -281,6 +282,76 @@ def fleet() -> Json:
                      "Every site's draw against its allocation, the fleet against the national allocation.",
                      panels, ())
 
+
+# --- Energy and production (docs/energy.md): the collector's counters over the last day --------------------
+
+def _inc(scope: str, counter: str, match: str, by: str = "", window: str = "1d") -> str:
+    return f"max{by}(increase(megawatch_{scope}_{counter}_total{{{match}}}[{window}]))"
+
+
+def energy_panels(scope: str, match: str) -> list[Json]:
+    """The energy and production row of the fleet (scope "fleet") or of one site ("site", match site="$site").
+
+    Every figure is from the collector's counters, as `megawatch report` computes it: efficiency over the day
+    (J/TH = energy / hashes, BTC/MWh = expected BTC / energy), not a momentary ratio.
+    """
+    used, allocated = _inc(scope, "energy_joules", match), _inc(scope, "allocation_energy_joules", match)
+    unknown, btc = _inc(scope, "energy_unknown_joules", match), _inc(scope, "expected_btc", match)
+    hashes = _inc(scope, "hashes", match)
+    panels = [
+        row(("Fleet" if scope == "fleet" else "$site") + " energy and expected production (last 24 h)"),
+        stat("Energy used", [target(f"{used} / 3600", "used")], "watth",
+             description="The judged figure (a trusted meter, else the upper bound) integrated by the collector over "
+                         "the last 24 h; time the collector did not see is apart, as unknown energy."),
+        stat("Energy allocated", [target(f"{allocated} / 3600", "allocated")], "watth",
+             description="The allocation in force x time over the last 24 h, schedules followed."),
+        stat("Used of allocated", [target(f"{used} / {allocated}", "used")], "percentunit",
+             steps=UTILISATION_STEPS),
+        stat("Over the allocation", [
+            target(f"{_inc(scope, 'energy_over_allocation_joules', match)} / 3600", "energy over"),
+            target(_inc(scope, "over_allocation_seconds", match), "time over")],
+             "watth", steps=thresholds((1e-9, "red")), options={"textMode": "value_and_name", "graphMode": "none"},
+             overrides=[override("time over", unit="s")]),
+        stat("Unknown energy", [target(f"{unknown} / ({used} + {unknown})", "unknown")], "percentunit",
+             steps=thresholds((0.01, "orange"), (0.1, "red")),
+             description="Share of the last 24 h's energy the collector did not see (down, or a gap in its cycles), "
+                         "counted at the larger of the last figure and the allocation."),
+        stat("Expected BTC", [target(btc, "expected")], "none", options={"graphMode": "none"},
+             description="Expected from the measured hashrate at the configured network difficulty and block reward "
+                         "over the last 24 h: expected, not mined (pool payouts are not read)."),
+        stat("BTC per MWh", [target(f"{btc} / ({used} / 3.6e9)", "BTC/MWh")], "none", w=3,
+             options={"graphMode": "none"}, description="Expected BTC per MWh used over the last 24 h."),
+        stat("J/TH", [target(f"{used} / ({hashes} / 1e12)", "J/TH")], "none", w=3, options={"graphMode": "none"},
+             description="Energy used per TH hashed over the last 24 h: the efficiency the site is judged by."),
+        series("Average draw per hour and allocation", [
+            target(_inc(scope, "energy_joules", match, window="1h") + " / 3600", "average draw, last hour"),
+            target(f"max(megawatch_{scope}_allocation_watts{{{match}}})", "allocation"),
+        ], "watt", overrides=[override("allocation", **DASHED)],
+            description="Energy used in the hour before each point, per second: the energy-weighted draw a utility "
+                        "bills, beside the allocation in force."),
+        series("Expected BTC per day", [
+            target(_inc(scope, "expected_btc", match, window="1h") + " * 24", "expected BTC/day"),
+        ], "none", description="At the hashrate and difficulty of the hour before each point: expected, not mined."),
+    ]
+    if scope == "fleet":
+        panels.append(table("Energy per site, last 24 h (click a site)", [
+            target(_inc("site", "energy_joules", "", " by (site) ") + " / 3.6e9", instant=True, table=True),
+            target(_inc("site", "allocation_energy_joules", "", " by (site) ") + " / 3.6e9", instant=True,
+                   table=True),
+            target(_inc("site", "energy_over_allocation_joules", "", " by (site) ") + " / 3.6e9", instant=True,
+                   table=True),
+            target(_inc("site", "expected_btc", "", " by (site) "), instant=True, table=True),
+            target(f"{_inc('site', 'energy_joules', '', ' by (site) ')} / on (site) "
+                   f"({_inc('site', 'hashes', '', ' by (site) ')} / 1e12)", instant=True, table=True),
+        ], "none", sort_by="Used MWh", h=8, overrides=[
+            override("site", links=site_link("${__value.raw}")),
+            override("Value #A", displayName="Used MWh", decimals=3),
+            override("Value #B", displayName="Allocated MWh", decimals=3),
+            override("Value #C", displayName="Over MWh", decimals=3),
+            override("Value #D", displayName="Expected BTC", decimals=6),
+            override("Value #E", displayName="J/TH", decimals=1),
+        ]))
+    return panels
 
 # --- Site ----------------------------------------------------------------------------------------------
 
@@ -364,6 +435,7 @@ def site() -> Json:
             target(f"max(megawatch_site_total_power_unknown_miners{{{SITE}}})", "miners with unknown power"),
         ], "percentunit", w=8, h=7, overrides=[override("miners with unknown power", unit="none",
                                                         custom_axisPlacement="right")]),
+        *energy_panels("site", SITE),
         row("Miners, worst first"),
         table("Miners (worst first: down, hot, low hashrate, hardware errors; click a miner)", [
             target(_score(), instant=True, table=True),

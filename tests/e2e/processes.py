@@ -250,6 +250,8 @@ def sites_yaml(path: Path, agents: dict[str, list[str]], allocation_mw: dict[str
         *([f"  shutdown_timeout_s: {shutdown_timeout_s}"] if shutdown_timeout_s is not None else []),
         "listen: {address: 127.0.0.1, port: 0}",
         f"poll: {{interval_s: {POLL_S}, timeout_s: 0.8}}",
+        # Expected BTC for the energy and production series (docs/energy.md): difficulty 1e14, 3.125 + 0.25 BTC.
+        "production: {difficulty: 100000000000000, block_subsidy_btc: 3.125, fees_per_block_btc: 0.25}",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -102,9 +102,7 @@ async def test_report_gives_the_collectors_counters_across_a_restart(procs: Proc
     port = free_port()
     config = sites_yaml(procs.tmp / "sites.yaml", {s: [p.url] for s, p in agents.items()}, allocation_mw, am.url)
     text = config.read_text().replace("port: 0}", f"port: {port}}}").replace("stale_after_s: 3", "stale_after_s: 10")
-    config.write_text(text + f"state_file: {procs.tmp / 'state.json'}\n"
-                      f"production: {{difficulty: {DIFFICULTY:.0f}, block_subsidy_btc: 3.125, "
-                      "fees_per_block_btc: 0.25}\n")
+    config.write_text(text + f"state_file: {procs.tmp / 'state.json'}\n")  # production: as sites_yaml sets it
     collector = await _start_collector(procs, config, port, http)
     rules = procs.tmp / "rules"
     rules.mkdir()

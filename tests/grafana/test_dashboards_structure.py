@@ -25,7 +25,8 @@ from tests.grafana.catalogue import (
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 # Grafana unit ids the dashboards may use (Grafana's valueFormats; a typo would show raw numbers).
-UNITS = {"watt", "Hs", "percentunit", "none", "s", "celsius", "rotrpm", "cpm", "ops"}
+UNITS = {"watt", "Hs", "percentunit", "none", "s", "celsius", "rotrpm", "cpm", "ops",
+         "watth"}  # watth: Grafana's watt-hour, shown as kWh, MWh, GWh as the value grows
 DASHBOARD_FILES = ("fleet.json", "miner.json", "site.json")
 
 
