@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         # argparse %-formats help strings: the percent sign must be doubled.
                         help=f"seconds the drift takes to reach {OVER_BY * 100:.0f}%% of the allocation "
                              "(default: %(default)s)")
+    parser.add_argument("--curtail-mode", choices=("auto", "plan"), default="auto",
+                        help="curtailment mode of the drifting site: auto brings it back under; plan only shows the "
+                             "plan, so it stays over and SiteOverAllocation fires (default: %(default)s)")
     parser.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus or Alertmanager")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs, data) at exit")
 
@@ -248,8 +251,10 @@ class Demo:
             f"  and the provider's path to {ROOT / 'grafana' / 'dashboards'}; restart Grafana and open the",
             "  'megawatch / Fleet overview' dashboard.",
             "",
-            f"In {self.args.drift_after:g} s site {self.args.drift_site} drifts over its allocation. It is in",
-            "curtailment mode auto: the collector stops miners through its agent until it is back under",
+            f"In {self.args.drift_after:g} s site {self.args.drift_site} drifts over its allocation. "
+            + ("It is in curtailment mode auto:\nthe collector stops miners through its agent until it is back "
+               "under" if self.args.curtail_mode == "auto" else "It is in curtailment mode plan:\nthe plan is "
+               "shown, nothing is sent, and the alert fires after the hold"),
             f"(see {collector.url}/api/v1/curtailment); every other site is in mode plan (shown, never sent).",
             "To try mode approve, see docs/curtailment.md. Ctrl-C stops everything.",
             f"megawatch demo: ready ({time.monotonic() - self.started:.0f} s to start)",

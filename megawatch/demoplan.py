@@ -146,7 +146,7 @@ def make_plan(args: argparse.Namespace, workdir: Path, alertmanager_url: str | N
     for s in sites_raw["sites"]:
         s["agents"] = [f"http://127.0.0.1:{plan.agents[s['id']][1]}"]
         if s["id"] == args.drift_site:
-            s["curtailment"] = dict(DRIFT_CURTAILMENT)
+            s["curtailment"] = {**DRIFT_CURTAILMENT, "mode": getattr(args, "curtail_mode", "auto")}
     sites_raw["agent_client"] = {"username": CONTROL_USER, "password_file": str(plan.password_file)}
     sites_raw["curtailment_audit_file"] = str(workdir / "curtailment-audit.jsonl")
     sites_raw.setdefault("alerting", {})["alertmanager_urls"] = [alertmanager_url] if alertmanager_url else []
