@@ -20,6 +20,7 @@ README = ROOT / "README.md"
 CONFIG_LOADERS: dict[str, tuple[str, ...]] = {
     "Agent": ("agent/config.py", "common/logs.py", "common/configfile.py"),
     "Sites and allocations": ("collector/config.py", "collector/meterconfig.py", "collector/curtailconfig.py",
+                              "collector/production.py",
                               "common/logs.py",
                               "common/configfile.py"),
     "Simulator": ("simulator/config.py", "simulator/faults.py"),
