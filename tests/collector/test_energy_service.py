@@ -85,3 +85,25 @@ async def test_without_a_state_file_the_counters_start_at_zero_and_expected_btc_
     assert m[("megawatch_site_energy_joules_total", (("site", "a"),))] == (1 * MW * 1.1 + 0.1 * MW) * 5
     assert not any(name == "megawatch_site_expected_btc_total" for name, _ in m)
     assert ("megawatch_production_difficulty", ()) not in m
+
+
+async def test_an_agent_going_away_keeps_its_energy_counted_as_allowance(tmp_path: Path) -> None:
+    # The agent stops answering for 60 s (an agent restart, a network cut): its miners keep drawing, so the
+    # site's energy goes on at its last known figure, counted as allowance, never as 0 W.
+    agent = FakeAgent("a", power_firmware_w=1 * MW, power_estimate_w=0.0, hashrate_hs=5e16, age_s=0.0)
+    facility = 1 * MW * 1.1 + 0.1 * MW
+    async with fake_agent(agent) as a, aiohttp.ClientSession() as session:
+        config = replace(_config(a.url, tmp_path / "state.json"), thresholds=replace(
+            make_config().thresholds, stale_after_s=10))
+        clock = Clock()
+        service = CollectorService(config, session, "http://x/", clock=clock)
+        for step in range(25):  # 120 s: up for 30 s, away for 60 s, back for 30 s
+            agent.mode = "error" if 30 <= step * 5 < 90 else "ok"
+            await service.poll_once()
+            clock.t += 5
+        t = service.energy.accounts[("site", "a")].totals
+    assert t.judged_j == facility * 120
+    # Fresh for the first 10 s of its silence (stale_after_s), carried as allowance for the other 50 s.
+    assert t.allowance_j == (1 * MW * 1.1) * 50 and t.measured_j == t.judged_j - t.allowance_j
+    assert t.unknown_s == 0
+    assert t.hashes == 5e16 * 70  # a stale agent's carried hashrate is not production
