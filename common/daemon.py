@@ -33,7 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from megawatch.common.configfile import ConfigError, ConfigProblem
-from megawatch.common.httplimits import KEEPALIVE_S, TLS_HANDSHAKE_S, ConnectionCap
+from megawatch.common.httplimits import ACCEPT_BACKLOG, KEEPALIVE_S, TLS_HANDSHAKE_S, ConnectionCap
 from megawatch.common.logs import FORMATS, LEVELS, configure_logging, get_logger
 from megawatch.common.strictjson import json_response
 from megawatch.common.webconfig import WebConfig, load_web_config, protect
@@ -313,7 +313,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does: TIME_WAIT is no obstacle
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(ACCEPT_BACKLOG)
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -359,7 +359,7 @@ async def serve(program: Program[C], config: C, overrides: Overrides | None = No
                     cap.server = runner.server
                     ssl_context = settings.web.ssl_context if settings.web is not None else None
                     listening = await asyncio.get_running_loop().create_server(
-                        cap, sock=sock, ssl=ssl_context,
+                        cap, sock=sock, ssl=ssl_context, backlog=ACCEPT_BACKLOG,
                         ssl_handshake_timeout=TLS_HANDSHAKE_S if ssl_context is not None else None)
                     code = await _run(program, config, settings, daemon, sock, stop)
                 finally:

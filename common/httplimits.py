@@ -7,8 +7,10 @@ then failed with "Too many open files". So:
 - at most MAX_CONNECTIONS connections per server. When one more arrives, the oldest connection without a
   request in progress is closed (an idle keep-alive or a request still not sent); when every connection is
   busy, the new one is closed at once. A scraper's request in progress is never cut;
-- KEEPALIVE_S: a connection must send a complete request within that time of opening (however slowly it
-  trickles bytes), and is closed after that long idle between requests;
+- FIRST_REQUEST_S: a new connection must have sent a complete request within that time (however slowly it
+  trickles bytes), or it is closed;
+- KEEPALIVE_S: a connection is closed after that long idle between requests (longer than the usual 15-60 s
+  scrape interval, so Prometheus and the collector reuse their connections rather than race its close);
 - TLS_HANDSHAKE_S for a TLS handshake (connections in the handshake are not yet counted above).
 
 `check_fd_limit` says at start-up whether RLIMIT_NOFILE covers polls + HTTP + a reserve, raising the soft
@@ -22,11 +24,17 @@ import resource
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from megawatch.common.logs import get_logger
 
 MAX_CONNECTIONS = 64  # Prometheus, a federation, a few browsers: far fewer are ever needed
-KEEPALIVE_S = 15.0  # Prometheus reconnects at once when a kept-alive connection was closed
+# Connections waiting in the kernel to be accepted. Accepted ones over the cap are closed an event-loop turn
+# later, so a burst can hold this many descriptors beyond MAX_CONNECTIONS for a moment.
+ACCEPT_BACKLOG = 32
+HTTP_DESCRIPTORS = MAX_CONNECTIONS + ACCEPT_BACKLOG
+FIRST_REQUEST_S = 10.0
+KEEPALIVE_S = 75.0
 TLS_HANDSHAKE_S = 10.0
 # Descriptors besides polls and HTTP: log files, the event loop, thread pool wake-ups, client sessions.
 FD_RESERVE = 64
@@ -39,8 +47,10 @@ class ConnectionCap:
         self.server: web.Server | None = None  # the runner's, once it is set up (the app is frozen by then)
         self._limit = limit
         self._busy: set[object] = set()  # handlers (connections) with a request in progress
+        self._served: set[object] = set()  # new handlers that have started a request (until their check)
         self.evicted = 0  # idle connections closed to make room
         self.refused = 0  # new connections closed because every one was busy
+        self.timed_out = 0  # new connections closed for sending no complete request in FIRST_REQUEST_S
 
     @web.middleware
     async def track(self, request: web.Request,
@@ -48,6 +58,7 @@ class ConnectionCap:
         """Middleware: marks the connection busy while its request is handled."""
         protocol = request.protocol
         self._busy.add(protocol)
+        self._served.add(protocol)
         try:
             return await handler(request)
         finally:
@@ -64,7 +75,16 @@ class ConnectionCap:
                 return _Closed()
             self.evicted += 1
             idle.force_close()
-        return server()
+        handler = server()
+        asyncio.get_running_loop().call_later(FIRST_REQUEST_S, self._first_request_due, handler)
+        return handler
+
+    def _first_request_due(self, handler: RequestHandler[web.Request]) -> None:
+        if handler in self._served:
+            self._served.discard(handler)
+        elif handler not in self._busy and handler.transport is not None:
+            self.timed_out += 1
+            handler.force_close()
 
 
 class _Closed(asyncio.Protocol):
@@ -74,8 +94,9 @@ class _Closed(asyncio.Protocol):
         transport.close()
 
 
-def check_fd_limit(daemon: str, polls: int, http: int = MAX_CONNECTIONS) -> int:
-    """Make sure RLIMIT_NOFILE covers `polls` concurrent polls + `http` connections + FD_RESERVE.
+def check_fd_limit(daemon: str, polls: int, http: int = HTTP_DESCRIPTORS) -> int:
+    """Make sure RLIMIT_NOFILE covers `polls` concurrent polls + `http` connections (with the accept
+    backlog) + FD_RESERVE.
 
     Raises the soft limit toward the hard one when short (as Go programs do on start); logs fd_limit_raised,
     or fd_limit_too_low with the numbers when even the hard limit is short. Returns the soft limit in force.

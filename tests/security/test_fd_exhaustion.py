@@ -3,7 +3,7 @@
 A real agent process runs with a small open-file limit (256, soft and hard) against simulated miners while
 hundreds of loopback connections sit idle or trickle a header that never ends. Its HTTP connections are
 capped, so /metrics still answers, every miner is up and no poll lacks a socket; a connection that never
-finishes its request is closed after the keep-alive time. In-process, a poll that cannot open its socket
+finishes its request is closed after FIRST_REQUEST_S. In-process, a poll that cannot open its socket
 (EMFILE) is counted as the agent's failure, logged once per episode and shown by /healthz, and the miner is
 neither marked down nor backed off.
 """
@@ -29,7 +29,7 @@ from megawatch.agent.protocol.errors import LocalShortage
 from megawatch.agent.resources import ShortageCollector
 from megawatch.agent.state import FleetState, MinerStatus
 from megawatch.agent.web import POLLER, make_app
-from megawatch.common.httplimits import KEEPALIVE_S, MAX_CONNECTIONS
+from megawatch.common.httplimits import FD_RESERVE, FIRST_REQUEST_S, HTTP_DESCRIPTORS
 from tests.chaos.harness import miners, scrape, wait_for_cycle, write_agent_config
 from tests.e2e import processes
 from tests.e2e.processes import Proc, Procs, wait_until
@@ -112,12 +112,12 @@ async def test_slow_loris_leaves_polls_their_descriptors(procs: Procs, http: aio
                                                                    if r["state"] != "up"}
             assert metrics.value("megawatch_agent_fd_exhausted_total") == 0
             open_fds = metrics.value("process_open_fds")
-            assert open_fds is not None and open_fds <= MAX_CONNECTIONS + 24 + 64, open_fds
+            assert open_fds is not None and open_fds <= HTTP_DESCRIPTORS + len(sim.miners) + FD_RESERVE, open_fds
         polls = {lbl["outcome"]: v for n, lbl, v in metrics.samples if n == "megawatch_agent_polls_total"}
         assert {o for o, v in polls.items() if v and o != "ok"} == set(), polls
-        # A header never finished is cut after the keep-alive time, however steadily it trickles.
-        closed = await asyncio.wait_for(asyncio.gather(*trickling), KEEPALIVE_S + 10)
-        assert all(closed) and time.monotonic() - started < KEEPALIVE_S + 20
+        # A header never finished is cut after FIRST_REQUEST_S, however steadily it trickles.
+        closed = await asyncio.wait_for(asyncio.gather(*trickling), FIRST_REQUEST_S + 10)
+        assert all(closed) and time.monotonic() - started < FIRST_REQUEST_S + 20
     finally:
         stop.set()
         for w in idle:
