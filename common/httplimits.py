@@ -99,7 +99,8 @@ def check_fd_limit(daemon: str, polls: int, http: int = HTTP_DESCRIPTORS) -> int
     backlog) + FD_RESERVE.
 
     Raises the soft limit toward the hard one when short (as Go programs do on start); logs fd_limit_raised,
-    or fd_limit_too_low with the numbers when even the hard limit is short. Returns the soft limit in force.
+    or fd_limit_too_low with the numbers when even the hard limit is short (one event either way). Returns
+    the soft limit in force.
     """
     log = get_logger()
     needed = polls + http + FD_RESERVE
@@ -107,16 +108,18 @@ def check_fd_limit(daemon: str, polls: int, http: int = HTTP_DESCRIPTORS) -> int
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return soft
     target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    previous = soft
     if target > soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
-            target = soft
+            pass
         else:
-            log.info("fd_limit_raised", daemon=daemon, previous=soft, limit=target, needed=needed)
             soft = target
     if soft < needed:
-        log.warning("fd_limit_too_low", daemon=daemon, limit=soft, hard_limit=hard, needed=needed, polls=polls,
-                    http_connections=http, reserve=FD_RESERVE,
+        log.warning("fd_limit_too_low", daemon=daemon, limit=soft, previous_limit=previous, hard_limit=hard,
+                    needed=needed, polls=polls, http=http, reserve=FD_RESERVE,
                     fix="raise LimitNOFILE (systemd) or ulimit -n, or lower poll.concurrency")
+    elif soft != previous:
+        log.info("fd_limit_raised", daemon=daemon, previous_limit=previous, limit=soft, needed=needed)
     return soft

@@ -178,3 +178,29 @@ async def test_emfile_is_the_agents_failure_not_the_miners(tmp_path: Path) -> No
     assert "miner_down" not in events
     assert 'megawatch_agent_fd_exhausted_total{site="s1"} 10.0' in metrics
     assert snap.counters.polls.get("unreachable", 0) == 0  # never counted against a miner
+
+
+# (soft, hard limit, polls) -> (limit in force after, event logged): needs polls + 96 HTTP + 64 reserve
+LIMITS = [
+    ((1024, 1024, 512), (1024, None)),  # 672 needed: enough
+    ((256, 4096, 512), (672, "fd_limit_raised")),  # raised to what is needed, within the hard limit
+    ((256, 400, 512), (400, "fd_limit_too_low")),  # raised to the hard limit, still short: says so
+    ((256, 256, 24), (256, None)),  # a small site: 184 needed
+]
+
+
+@pytest.mark.parametrize(("limits", "expected"), LIMITS)
+def test_fd_limit_is_checked_and_raised_at_start(monkeypatch: pytest.MonkeyPatch, limits: tuple[int, int, int],
+                                                 expected: tuple[int, str | None]) -> None:
+    from megawatch.common import httplimits
+
+    soft, hard, polls = limits
+    current = [soft, hard]
+    monkeypatch.setattr(httplimits.resource, "getrlimit", lambda _: tuple(current))
+    monkeypatch.setattr(httplimits.resource, "setrlimit", lambda _, new: current.__setitem__(0, new[0]))
+    with capture_logs() as logs:
+        assert httplimits.check_fd_limit("agent", polls=polls) == expected[0]
+    assert current[0] == expected[0]
+    assert [e["event"] for e in logs] == ([expected[1]] if expected[1] else [])
+    if expected[1] == "fd_limit_too_low":
+        assert logs[-1]["needed"] == 672 and logs[-1]["limit"] == 400
