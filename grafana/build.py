@@ -374,6 +374,29 @@ def _score() -> str:
     return f"(1 - {up}) * 1000 + on (site, miner) ({hot}) + on (site, miner) ({low}) + on (site, miner) ({errs})"
 
 
+def curtailment_panels() -> list[Json]:
+    """The site's curtailment (docs/curtailment.md): its mode, what the plan would stop, what is stopped."""
+    return [
+        row("$site curtailment"),
+        stat("Curtailment mode", [target(f"max by (mode) (megawatch_site_curtailment_mode{{{SITE}}}) == 1",
+                                         "{{mode}}")], "none", w=4, options={"graphMode": "none", "textMode": "name"},
+             description="off: nothing read; plan: shown, never sent; approve: sent once an operator approves; "
+                         "auto: sent."),
+        stat("Miners curtailed", [target(f"max(megawatch_site_curtailed_miners{{{SITE}}})", "curtailed")], "none",
+             w=4, description="Miners megawatch stopped and will restart when there is room again."),
+        stat("Awaiting approval", [target(f"max(megawatch_site_curtailment_awaiting_approval{{{SITE}}})", "plan")],
+             "none", w=4, steps=thresholds((1, "orange")), options={"graphMode": "none"},
+             description="1 while a plan waits for an operator (mode approve)."),
+        series("Curtailment: still needed, planned, shed", [
+            target(f"max(megawatch_site_curtailment_need_watts{{{SITE}}})", "still needed"),
+            target(f"max(megawatch_site_curtailment_planned_watts{{{SITE}}})", "planned"),
+            target(f"max(megawatch_site_curtailment_shed_watts{{{SITE}}})", "shed (seen stopped)"),
+        ], "watt", w=12,
+            description="Facility watts: what is still over allocation x (1 - margin) beyond commands sent, what "
+                        "the latest plan would stop, and what miners seen stopped drew before."),
+    ]
+
+
 def site() -> Json:
     miner_link = [{"title": "Miner ${__value.raw}", "url": MINER_URL.format(site="$site", miner="${__value.raw}")}]
     rejected = (f"sum(rate(megawatch_miner_shares_rejected_total{{{SITE}}}{RATE})) / "
@@ -436,6 +459,7 @@ def site() -> Json:
         ], "percentunit", w=8, h=7, overrides=[override("miners with unknown power", unit="none",
                                                         custom_axisPlacement="right")]),
         *energy_panels("site", SITE),
+        *curtailment_panels(),
         row("Miners, worst first"),
         table("Miners (worst first: down, hot, low hashrate, hardware errors; click a miner)", [
             target(_score(), instant=True, table=True),
