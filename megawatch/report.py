@@ -44,6 +44,8 @@ COUNTERS = {
 MAX_PERIODS = 1000  # a typo in --from must not become a million queries
 TIMEOUT_S = 30.0
 BEFORE_CARRY = "31d"  # how far back the value a period starts from is looked for
+RECENT_S = 600.0  # a scrape this close before a period's start is its starting value (no samples read)
+RECENT = "10m"
 
 
 class ReportError(Exception):
@@ -119,26 +121,45 @@ def _range_s(seconds: float) -> str:
     return f"{max(1, math.ceil(seconds))}s"
 
 
+def _key(metric: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in metric.items() if k != "__name__"))
+
+
 def counter_increases(prom: Prometheus, scope: str, counter: str, start: float,
                       end: float) -> dict[str, tuple[float, int, float | None]]:
-    """name -> (increase, resets, first sample time if the series begins after `start`) over (start, end]."""
-    label = scope
+    """name -> (increase, resets, first sample time if the series begins after `start`) over (start, end].
+
+    Three instant queries per counter: the value at `start` (a scrape within RECENT before it), the value at
+    `end` and the resets since that scrape; a month of 15 s scrapes never crosses the wire. The samples
+    themselves are read only for a series that was reset, or has no scrape just before `start`.
+    """
     selector = f"megawatch_{scope}_{counter}_total{{{JOB}}}"
-    # The last value at or before `start`, however old (Prometheus itself may have been down a while).
-    before = {r["metric"].get(label, ""): float(r["value"][1])
-              for r in prom.query(f"max by ({label}) (last_over_time({selector}[{BEFORE_CARRY}]))", start)}
-    series = prom.query(f"{selector}[{_range_s(end - start)}]", end)
+    window = _range_s(end - start)
+
+    def values(expr: str, at: float) -> dict[tuple[tuple[str, str], ...], float]:
+        return {_key(r["metric"]): float(r["value"][1]) for r in prom.query(expr, at)}
+
+    before = values(f"last_over_time({selector}[{RECENT}])", start)
+    after = values(f"last_over_time({selector}[{window}])", end)
+    resets = values(f"resets({selector}[{_range_s(end - start + RECENT_S)}])", end)
     out: dict[str, tuple[float, int, float | None]] = {}
-    for s in series:
-        name = s["metric"].get(label, "")
-        points = [(float(t), float(v)) for t, v in s["values"] if float(t) > start]
-        if not points:
-            continue
-        base = before.get(name)
-        increase, resets = _increase(points, base)
-        first = points[0][0] if base is None else None
-        if name not in out or increase > out[name][0]:  # two collectors (HA): the larger, never the sum
-            out[name] = (increase, resets, first)
+    slow = [k for k in after if k not in before or resets.get(k, 0) > 0 or after[k] < before[k]]
+    found: list[tuple[str, tuple[float, int, float | None]]] = [
+        (dict(k).get(scope, ""), (after[k] - before[k], 0, None)) for k in after if k not in slow]
+    if slow:
+        # The last value however old (Prometheus itself may have been down a while), and every sample.
+        older = values(f"last_over_time({selector}[{BEFORE_CARRY}])", start)
+        for r in prom.query(f"{selector}[{window}]", end):
+            k = _key(r["metric"])
+            points = [(float(t), float(v)) for t, v in r["values"] if float(t) > start]
+            if k not in slow or not points:
+                continue
+            base = older.get(k)
+            increase, n = _increase(points, base)
+            found.append((dict(k).get(scope, ""), (increase, n, points[0][0] if base is None else None)))
+    for name, figures in found:
+        if name not in out or figures[0] > out[name][0]:  # two collectors (HA): the larger, never the sum
+            out[name] = figures
     return out
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -52,21 +53,31 @@ def test_times_are_read_in_the_report_time_zone_unless_they_say() -> None:
 
 
 class CannedPrometheus(Prometheus):
-    """Answers the report's two query shapes from fixed samples, as Prometheus would."""
+    """Answers the report's counter queries from fixed samples, as Prometheus would; counts them."""
+
+    UNITS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "d": 86400}
 
     def __init__(self, samples: dict[str, list[tuple[float, float]]]) -> None:
         super().__init__("http://127.0.0.1:1")
         self.samples = samples
+        self.raw_reads = 0
 
     def query(self, expr: str, at: float) -> list[dict[str, Any]]:
-        window = re.search(r"\[(\d+)s\]", expr)
-        if expr.startswith("max by (site) (last_over_time("):
-            return [{"metric": {"site": site}, "value": [at, str(max(p for p in pts if p[0] <= at)[1])]}
-                    for site, pts in self.samples.items() if any(t <= at for t, _ in pts)]
-        assert window is not None
-        since = at - int(window.group(1))
-        return [{"metric": {"site": site, "instance": "c:9300"},
-                 "values": [[t, str(v)] for t, v in pts if since < t <= at]} for site, pts in self.samples.items()]
+        m = re.fullmatch(r"(?:(last_over_time|resets)\()?megawatch_\w+\{[^}]*\}\[(\d+)([smd])\]\)?", expr)
+        assert m is not None, expr
+        function, since = m.group(1), at - int(m.group(2)) * self.UNITS[m.group(3)]
+        out = []
+        for site, pts in self.samples.items():
+            inside = [(t, v) for t, v in pts if since < t <= at]
+            labels = {"__name__": "x", "site": site, "instance": "c:9300", "job": "megawatch-collector"}
+            if function is None:
+                self.raw_reads += 1
+                out.append({"metric": labels, "values": [[t, str(v)] for t, v in inside]})
+            elif inside:
+                value = inside[-1][1] if function == "last_over_time" else \
+                    sum(1 for (_, a), (_, b) in itertools.pairwise(inside) if b < a)
+                out.append({"metric": labels, "value": [at, str(value)]})
+        return out
 
 
 def test_a_period_counts_from_the_last_sample_at_or_before_its_start() -> None:
@@ -75,6 +86,15 @@ def test_a_period_counts_from_the_last_sample_at_or_before_its_start() -> None:
     got = counter_increases(prom, "site", "energy_joules", 10, 30)
     assert got["a"] == (150.0, 0, None)
     assert got["b"] == (2.0, 0, 15.0)  # begins inside the period: from its first sample, and said so
+    assert prom.raw_reads == 2  # b's samples were read (the query returns every series)
+
+
+def test_a_reset_reads_the_samples_and_counts_across_it() -> None:
+    prom = CannedPrometheus({"a": [(0, 0.0), (10, 100.0), (20, 30.0), (30, 80.0)]})
+    assert counter_increases(prom, "site", "energy_joules", 10, 30)["a"] == (80.0, 1, None)
+    quiet = CannedPrometheus({"a": [(t, 10.0 * t) for t in range(0, 3601, 15)]})
+    assert counter_increases(quiet, "site", "energy_joules", 600, 3600)["a"] == (30000.0, 0, None)
+    assert quiet.raw_reads == 0  # an hour of samples never read: two values and a reset count
 
 
 def row(start: str, end: str, energy: float, over: float = 0.0) -> Row:
