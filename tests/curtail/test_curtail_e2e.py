@@ -165,3 +165,28 @@ async def test_a_schedule_window_is_met_before_it_begins(tmp_path, make_sim_flee
         assert any("schedule window" in why for r in loop.audit() if r["event"] == "plan" for why in r["reasons"])
     finally:
         await stop_loop(loop)
+
+
+async def test_a_miner_that_keeps_hashing_is_released_and_the_next_one_taken(tmp_path, make_sim_fleet):
+    import time
+
+    loop = await start_loop(tmp_path, make_sim_fleet, over=1.10, verify_s=1)
+    try:
+        await loop.cycle()  # commands sent
+        first = {r["miner"] for r in loop.audit() if r["event"] == "curtailed"}
+        # One of them comes straight back (as after a reboot: the stop flag is in memory): it did not comply.
+        liar = sorted(first)[0]
+        miner = next(m for m in loop.sim.fleet.miners if m.identity.address == liar)
+        miner.control.disabled.clear()
+        loop.sim.fleet.control_changed(miner)
+        deadline = time.monotonic() + 10
+        while not any(r["event"] == "not_complied" for r in loop.audit()):
+            assert time.monotonic() < deadline, loop.audit()
+            await loop.cycle()
+        state = await loop.curtailment()
+        assert liar in {r["miner"] for r in state["refused"]} and liar not in {c["miner"] for c in state["curtailed"]}
+        await loop.cycle()  # the next candidate is taken for the liar's share
+        assert {r["miner"] for r in loop.audit() if r["event"] == "curtailed"} - first
+        assert await loop.truth_w() <= loop.allocation_w * (1 - loop.margin)
+    finally:
+        await stop_loop(loop)
