@@ -114,3 +114,26 @@ def test_csv_json_and_html_carry_every_figure() -> None:
     assert "<title>December &lt;test&gt;</title>" in html
     assert html.count("<svg") == 1 and "<td>45</td>" in html  # the summary adds the days: 20 + 25 MWh
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing loaded from elsewhere
+
+
+def test_bad_flags_and_an_unreachable_prometheus_are_one_line_each(tmp_path: Any) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def report(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "megawatch.cli", "report", "--prometheus",
+                               f"http://127.0.0.1:{port}", *argv], capture_output=True, text=True, timeout=60)
+
+    down = report("--from", "2026-12-01", "--to", "2026-12-02")
+    assert down.returncode == 1 and down.stderr.count("\n") == 1 and "cannot query" in down.stderr, down.stderr
+    bad = report("--from", "yesterday")
+    assert bad.returncode == 2 and "expected 'now'" in bad.stderr and "Traceback" not in bad.stderr
+    backwards = report("--from", "2026-12-02", "--to", "2026-12-01")
+    assert backwards.returncode == 2 and "must be after" in backwards.stderr
+    many = report("--from", "2000-01-01", "--to", "2026-01-01", "--step", "day")
+    assert many.returncode == 2 and "more than 1000 periods" in many.stderr
