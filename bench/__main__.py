@@ -2,10 +2,11 @@
 
   python -m bench                              10,000 miners, median of 3 cycles, Prometheus, pyasic
   python -m bench --miners 50 --no-pyasic --no-prometheus --interval 1 --agent-cycles 2   (the smoke test)
+  python -m bench --accounting                 only the accounting phase: each site's figure against the truth
 
 Results: bench/results/<UTC time>.json and bench/results/latest.json; process logs and the generated
 configs beside them in bench/results/<UTC time>/. Exit code 0 when the bench ran (whatever the verdicts),
-1 when a phase could not run, 2 on bad arguments.
+1 when a phase could not run or (--accounting) a site's figure was below the truth, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import collector_phase, figures, fleets
+from bench import accounting, collector_phase, figures, fleets
 from bench.fleets import AgentSpec, FleetSpec
 from bench.harness import Budget, Options, run
 from bench.procs import BenchError
@@ -80,9 +81,26 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-address", default="127.60.0.1", help="first simulated miner (default 127.60.0.1)")
     p.add_argument("--collector-agents", type=int, default=collector_phase.AGENTS, metavar="N",
                    help="the collector's round over N agent summaries; 0 leaves it out (default 200)")
+    p.add_argument("--accounting", action="store_true",
+                   help="run only the accounting phase: fault mixes against the simulator's truth (bench/README.md)")
+    p.add_argument("--accounting-miners", type=int, default=300, choices=range(4, 2001), metavar="N",
+                   help="miners per site in the accounting phase, 4 sites (default 300)")
+    p.add_argument("--accounting-cycles", type=int, default=8, choices=range(1, 61), metavar="N",
+                   help="collector cycles checked per fault mix (default 8)")
+    p.add_argument("--accounting-mixes", type=_mixes, default=list(accounting.MIXES), metavar="A,B",
+                   help="fault mixes, in order (default all: " + ",".join(accounting.MIXES) + ")")
     p.add_argument("--time-budget", type=float, default=590.0, help="stop after this many seconds (default 590)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results directory (default bench/results)")
     return p
+
+
+def _mixes(text: str) -> list[str]:
+    keys = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [k for k in keys if k not in accounting.MIXES]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(f"unknown fault mix {', '.join(unknown) or text!r} "
+                                         f"(known: {', '.join(accounting.MIXES)})")
+    return keys
 
 
 def _agent_spec(interval: float) -> AgentSpec:
@@ -103,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     budget = Budget(args.time_budget)
+    if args.accounting:
+        return _accounting(args, out, stamp, budget, sys.argv[1:] if argv is None else argv)
     document: dict[str, Any] = {
         "started_utc": stamp, "caveat": figures.CAVEAT, "argv": sys.argv[1:] if argv is None else argv,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
@@ -136,6 +156,30 @@ def main(argv: list[str] | None = None) -> int:
     (out / "latest.json").write_text(text)
     print(f"results: {out / (stamp + '.json')} (also {out / 'latest.json'})")
     return 1 if failed else 0
+
+
+def _accounting(args: argparse.Namespace, out: Path, stamp: str, budget: Budget, argv: list[str]) -> int:
+    document: dict[str, Any] = {"started_utc": stamp, "argv": argv, "phase": "accounting",
+                                "machine": {"python": platform.python_version(), "tree": _tree()}}
+    code = 0
+    try:
+        result = accounting.measure(out / stamp / "accounting", miners=args.accounting_miners,
+                                    mixes=args.accounting_mixes, cycles=args.accounting_cycles,
+                                    base=args.base_address, budget=budget, say=lambda line: print(line, flush=True))
+        document["accounting"] = result
+        print()
+        print(accounting.report(result), flush=True)
+        code = 1 if result["violations"] else 0
+    except BenchError as exc:
+        document["error"] = str(exc)
+        print(f"accounting phase stopped early: {exc}", flush=True)
+        code = 1
+    document["finished_utc"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    text = json.dumps(document, indent=2, default=str)
+    (out / f"{stamp}-accounting.json").write_text(text)
+    (out / "latest-accounting.json").write_text(text)
+    print(f"results: {out / (stamp + '-accounting.json')} (also {out / 'latest-accounting.json'})")
+    return code
 
 
 def _collector(agents: int, logs: Path, budget: Budget) -> dict[str, Any]:
