@@ -18,6 +18,7 @@ Whether the miner really stopped is not taken from its reply: the collector chec
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,13 +127,16 @@ def add_control_routes(app: web.Application, config: AgentConfig, snapshot: Call
     log = get_logger(site=config.site)
     # Checked here as well as by the server-wide middleware: this route must never work without it.
     auth = BasicAuth(config.web.users) if config.web is not None and config.web.users else None
+    locks: dict[str, asyncio.Lock] = {}  # per miner named in the snapshot: bounded by the agent's miners
+    auth_turn = asyncio.Lock()
 
     async def control(request: web.Request) -> web.Response:
         name, action = request.match_info["miner"], request.match_info["action"]
         refusal = control_refusal(config)
         if refusal is not None or auth is None:
             return json_response({"error": refusal}, status=403)
-        allowed = await auth.allows(request.headers.get("Authorization"), request.remote or "")
+        async with auth_turn:  # one check at a time: the first success is cached, a burst then waits for it
+            allowed = await auth.allows(request.headers.get("Authorization"), request.remote or "")
         if not allowed:
             return json_response({"error": "basic auth required"}, status=401)
         if action not in ACTIONS:
@@ -145,8 +149,11 @@ def add_control_routes(app: web.Application, config: AgentConfig, snapshot: Call
         if miner.dialect not in CURTAILABLE:
             return json_response({**body, "ok": False, "error": NOT_CURTAILABLE}, status=409)
         deadlines = Deadlines(config.poll.connect_timeout_s, config.poll.request_timeout_s)
+        # One command at a time per miner: LuxOS allows one session, and a stop racing a restart is no order.
+        lock = locks.setdefault(name, asyncio.Lock())
         try:
-            outcome = await act(miner.target.address, miner.target.port, miner.dialect or "", action, deadlines)
+            async with lock:
+                outcome = await act(miner.target.address, miner.target.port, miner.dialect or "", action, deadlines)
         except ControlFailed as exc:
             log.warning("miner_control_failed", miner=name, action=action, dialect=miner.dialect, error=str(exc))
             return json_response({**body, "ok": False, "error": str(exc), "commands": list(exc.commands)},

@@ -25,6 +25,7 @@ MAX_LINE = 1 << 16  # a record is a few hundred bytes; a longer line is not ours
 class AuditLog:
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.healthy = True  # the last write reached the disk (commands are held while it does not)
         self._log = get_logger()
 
     def write(self, at: float, site: str, event: str, who: str, **facts: Any) -> dict[str, Any]:
@@ -41,7 +42,13 @@ class AuditLog:
             finally:
                 os.close(fd)
         except OSError as exc:
-            self._log.error("curtailment_audit_write_failed", path=str(self.path), error=str(exc))
+            if self.healthy:
+                self._log.error("curtailment_audit_write_failed", path=str(self.path), error=str(exc))
+            self.healthy = False
+            return record
+        if not self.healthy:
+            self._log.info("curtailment_audit_write_recovered", path=str(self.path))
+        self.healthy = True
         return record
 
     def records(self) -> Iterator[dict[str, Any]]:

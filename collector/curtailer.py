@@ -23,12 +23,17 @@ import aiohttp
 from megawatch.collector import audit as ev
 from megawatch.collector.audit import AuditLog
 from megawatch.collector.config import CollectorConfig, Site, public_url
-from megawatch.collector.curtail import MinerView, Plan, SiteState, curtailed_from, needs_miners, plan_site
+from megawatch.collector.curtail import Action, MinerView, Plan, SiteState, curtailed_from, needs_miners, plan_site
 from megawatch.collector.model import FleetTotals
 from megawatch.common.logs import get_logger
 
 MAX_MINERS_BYTES = 64 << 20  # 10,000 miners' rows are ~10 MB
-CONTROL_TIMEOUT_S = 30.0  # a LuxOS logon + curtail + logoff is three exchanges of up to the agent's deadline
+CONTROL_TIMEOUT_S = 30.0
+# A 1,000-miner step takes ~30 round trips, not 1,000 (each miner still gets its commands one at a time).
+COMMANDS_AT_ONCE = 32
+# Agent answers that mean the miner itself said no (502) or cannot be stopped (409): it is not asked again.
+# Anything else (auth, overload, an agent down) is the path's failure, and the miner stays a candidate.
+MINER_REFUSED = (409, 502)  # a LuxOS logon + curtail + logoff is three exchanges of up to the agent's deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,7 @@ class Sent:
     detail: str  # the miner's replies, or why it failed
     commands: list[str] = field(default_factory=list)  # what the agent sent the miner
     agent_at: float | None = None  # the agent's clock when it had sent them
+    miner_refused: bool = False  # the miner (not the path to it) said no
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +149,22 @@ class Curtailer:
 
     async def _execute(self, site: Site, plan: Plan, miners: dict[str, MinerView], who: str, now: float
                        ) -> list[dict[str, Any]]:
-        results = []
+        results: list[dict[str, Any]] = []
+        if not self.audit.healthy:  # try again: a disk that came back lets the commands go
+            self.audit.write(now, site.id, "resumed", "collector", why="the audit log can be written again")
+        if not self.audit.healthy:
+            # What is not in the log would be forgotten by a restart (and never restarted): send nothing.
+            self._log.error("curtailment_held", site=site.id, why="the audit log cannot be written")
+            return results
         state = self.states.get(site.id, SiteState())
-        for action in plan.actions:
-            sent = await self._command(action.agent, action.miner, action.kind)
+        slots = asyncio.Semaphore(COMMANDS_AT_ONCE)
+
+        async def send(action: Action) -> Sent:
+            async with slots:
+                return await self._command(action.agent, action.miner, action.kind)
+
+        outcomes = await asyncio.gather(*(send(a) for a in plan.actions))
+        for action, sent in zip(plan.actions, outcomes, strict=True):
             ok, detail = sent.ok, sent.detail
             self.commands[(site.id, action.kind, "ok" if ok else "failed")] += 1
             results.append({"action": action.kind, "miner": action.miner, "ok": ok, "detail": detail})
@@ -156,7 +174,7 @@ class Curtailer:
                 self._log.warning("curtailment_command_failed", site=site.id, miner=action.miner,
                                   action=action.kind, error=detail)
                 self.audit.write(now, site.id, "failed", who, **facts)
-                if action.kind == "curtail":  # refused: never a candidate again until restart; next one taken
+                if action.kind == "curtail" and sent.miner_refused:  # not asked again until restart; next one taken
                     state = replace(state, refused={**state.refused, action.miner: detail})
                 continue
             if action.kind == "curtail":
@@ -194,7 +212,8 @@ class Curtailer:
             at = doc.get("at")
             return Sent(True, "; ".join(str(r) for r in doc.get("replies", [])), commands,
                         float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None)
-        return Sent(False, f"HTTP {status}: {doc.get('error') or 'no reason given'}", commands)
+        return Sent(False, f"HTTP {status}: {doc.get('error') or 'no reason given'}", commands,
+                    miner_refused=status in MINER_REFUSED)
 
     async def _miners(self, site: Site) -> list[MinerView]:
         found = await asyncio.gather(*(self._agent_miners(url) for url in site.agents))

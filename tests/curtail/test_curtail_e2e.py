@@ -190,3 +190,21 @@ async def test_a_miner_that_keeps_hashing_is_released_and_the_next_one_taken(tmp
         assert await loop.truth_w() <= loop.allocation_w * (1 - loop.margin)
     finally:
         await stop_loop(loop)
+
+
+async def test_nothing_is_sent_while_the_audit_log_cannot_be_written(tmp_path, make_sim_fleet):
+    loop = await start_loop(tmp_path, make_sim_fleet, over=1.10)
+    try:
+        audit = loop.service.curtailer.audit
+        good = audit.path
+        (tmp_path / "not-a-dir").write_text("")
+        audit.path = tmp_path / "not-a-dir" / "audit.jsonl"  # every write fails (ENOTDIR)
+        for _ in range(2):
+            await loop.cycle()
+        assert await loop.writes() == 0 and not audit.healthy
+        assert (await loop.curtailment())["plan"]["actions"]  # planned, held
+        audit.path = good
+        await loop.cycle()
+        assert await loop.writes() == loop.audited_writes() > 0
+    finally:
+        await stop_loop(loop)
