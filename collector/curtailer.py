@@ -114,6 +114,8 @@ class Curtailer:
             self._log.info("curtailment_planned", site=site.id, mode=mode, actions=len(plan.actions),
                            need_w=round(plan.need_w))
         self._planned[site.id] = plan.key()
+        if mode != "approve":  # a reload moved the site out of approve: nothing waits for an operator
+            self.pending.pop(site.id, None)
         if mode == "auto":
             await self._execute(site, plan, miners, "auto", now)
         elif mode == "approve":
