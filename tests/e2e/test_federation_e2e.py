@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 import yaml
 
+from megawatch.collector.exposition import ENERGY_COUNTERS
 from tests.e2e import processes
 from tests.e2e.processes import (
     ROOT,
@@ -44,6 +45,9 @@ FEDERATED = {"site:megawatch_miner_power_watts:sum", "site:megawatch_hashrate_ha
              "site:megawatch_facility_power_watts:sum", "site:megawatch_utilisation:ratio",
              "site:megawatch_data_age_seconds:max", "site:megawatch_facility_measured_watts:sum",
              "site:megawatch_facility_allowance_watts:sum", "site:megawatch_allowance:ratio"}
+# The collector's energy accounts and judged figure, for `megawatch report` at the central tier (docs/energy.md).
+ENERGY = {f"megawatch_{scope}_{name}" for scope in ("site", "fleet") for name in (
+    *(f"{counter}_total" for _, counter, _ in ENERGY_COUNTERS), "facility_power_watts", "utilisation_ratio")}
 
 
 def fast_rules(path: Path, interval: str) -> str:
@@ -58,7 +62,8 @@ def collector_yaml(path: Path, agents: dict[str, Proc]) -> Path:
     for site, agent in agents.items():
         lines += [f"  - id: {site}", "    allocation_mw: 4", "    pue: 1.1", "    aux_mw: 0.01",
                   f"    agents: [{agent.url}]"]
-    lines += ["listen: {address: 127.0.0.1, port: 0}", "poll: {interval_s: 1, timeout_s: 0.8}"]
+    lines += ["listen: {address: 127.0.0.1, port: 0}", "poll: {interval_s: 1, timeout_s: 0.8}",
+              "production: {difficulty: 100000000000000}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -189,11 +194,12 @@ async def test_central_prometheus_federates_site_totals_and_no_miner_series(
     # fleet:* from a site server.
     names_held = {r["metric"]["__name__"] for r in await query(http, central, 'count by (__name__) ({__name__=~".+"})')}
     central_rules = yaml.safe_load((PROM_DIR / "central-rules.yml").read_text())["groups"][0]["rules"]
-    allowed = ({r["record"] for r in central_rules if "record" in r} | FEDERATED
+    allowed = ({r["record"] for r in central_rules if "record" in r} | FEDERATED | ENERGY
                | {"megawatch_site_allocation_watts", "megawatch_fleet_allocation_watts", "up", "ALERTS",
                   "ALERTS_FOR_STATE"})
     unexpected = {n for n in names_held - allowed if not n.startswith("scrape_")}
     assert unexpected == set(), unexpected
     assert FEDERATED <= names_held, FEDERATED - names_held
+    assert ENERGY <= names_held, ENERGY - names_held
     partial = await query(http, central, '{__name__=~"fleet:.+", site_prometheus!=""}')
     assert partial == [], partial
