@@ -354,6 +354,11 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     if acting and audit_path is None:
         top.error("curtailment_audit_file", f"site(s) {', '.join(acting)} send commands (curtailment mode approve or "
                   "auto): set curtailment_audit_file or state_file, so a restart knows which miners were curtailed")
+    elif audit_file is not None and audit_path is not None:  # appended to, never replaced: a file in a folder
+        if audit_path.is_dir():
+            top.error("curtailment_audit_file", f"{str(audit_path)!r} is a directory; expected a file name")
+        elif not audit_path.parent.is_dir():
+            top.error("curtailment_audit_file", f"its directory {str(audit_path.parent)!r} does not exist")
     top.problems.raise_if_any()
     assert fleet_name is not None and fleet_mw is not None  # else raise_if_any() reported them
     return CollectorConfig(

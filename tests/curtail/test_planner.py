@@ -140,6 +140,11 @@ def test_config_errors_name_file_line_and_key(tmp_path: Path):
     assert load_collector_config(path).curtailment_audit_file == tmp_path / "audit.jsonl"
     path.write_text(SITES % "plan")
     assert load_collector_config(path).sites[0].curtailment.mode == "plan"
+    path.write_text(SITES % "auto" + "curtailment_audit_file: nowhere/audit.jsonl\n")
+    with pytest.raises(ConfigError) as info:
+        load_collector_config(path)
+    assert str(info.value) == (f"{path}:7: curtailment_audit_file: its directory "
+                               f"{str(tmp_path / 'nowhere')!r} does not exist")
 
 
 def test_the_audit_log_rebuilds_what_is_curtailed_and_survives_a_torn_line(tmp_path: Path):
