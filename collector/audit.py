@@ -19,6 +19,7 @@ from megawatch.common.logs import get_logger
 
 # Records that change which miners are curtailed; the others (plan, approve, reject, failed) are for people.
 CURTAILED, VERIFIED, RESTORED, NOT_COMPLIED = "curtailed", "verified", "restored", "not_complied"
+CAME_BACK = "came_back"  # a stopped miner hashing again by itself
 MAX_LINE = 1 << 16  # a record is a few hundred bytes; a longer line is not ours
 
 
@@ -81,6 +82,6 @@ class AuditLog:
                                         agent_at=float(agent_at) if isinstance(agent_at, (int, float)) else None)
             elif event == VERIFIED and miner in held:
                 held[miner] = replace(held[miner], verified=True)
-            elif event in (RESTORED, NOT_COMPLIED):
+            elif event in (RESTORED, NOT_COMPLIED, CAME_BACK):
                 held.pop(miner, None)
         return {site: held for site, held in sites.items() if held}

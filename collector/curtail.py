@@ -85,6 +85,7 @@ class Plan:
     reasons: tuple[str, ...]
     verified: tuple[str, ...] = ()  # miners seen stopped this step
     not_complied: tuple[tuple[str, str], ...] = ()  # (miner, why): released, next candidate taken
+    came_back: tuple[str, ...] = ()  # seen stopped before, hashing again by themselves: released
 
     @property
     def planned_w(self) -> float:
@@ -124,19 +125,23 @@ def _order(settings_site: Site, m: MinerView) -> tuple[int, bool, float]:
 
 
 def verify(state: SiteState, miners: Sequence[MinerView], now: float, verify_s: float
-           ) -> tuple[SiteState, list[str], list[tuple[str, str]]]:
-    """Mark commanded miners seen stopped; release those still hashing `verify_s` after their command."""
+           ) -> tuple[SiteState, list[str], list[tuple[str, str]], list[str]]:
+    """Mark commanded miners seen stopped; release those still hashing `verify_s` after their command, and
+    those seen stopped that hash again by themselves (a reboot clears cgminer's in-memory disable flag)."""
     seen = {m.name: m for m in miners}
     curtailed = dict(state.curtailed)
     refused = dict(state.refused)
-    verified, failed = [], []
+    verified, failed, back = [], [], []
     for name, c in state.curtailed.items():
-        if c.verified:
-            continue
         m = seen.get(name)
         sent = c.agent_at if c.agent_at is not None else c.since
         if m is None or m.last_poll_s is None or m.last_poll_s <= sent:
             continue  # no poll since the command yet
+        if c.verified:
+            if m.hashrate_hs is not None and m.hashrate_hs > c.hashrate_hs * 0.5:
+                del curtailed[name]  # not ours to restart any more; its draw is in the figure again
+                back.append(name)
+            continue
         if m.hashrate_hs is not None and m.hashrate_hs <= c.hashrate_hs * STOPPED_SHARE:
             curtailed[name] = replace(c, verified=True)
             verified.append(name)
@@ -146,7 +151,7 @@ def verify(state: SiteState, miners: Sequence[MinerView], now: float, verify_s: 
             del curtailed[name]
             refused[name] = why
             failed.append((name, why))
-    return replace(state, curtailed=curtailed, refused=refused), verified, failed
+    return replace(state, curtailed=curtailed, refused=refused), verified, failed, back
 
 
 def needs_miners(site: Site, figure_w: float | None, state: SiteState, now: float) -> bool:
@@ -163,7 +168,7 @@ def plan_site(site: Site, figure_w: float | None, miners: Sequence[MinerView], s
               ) -> tuple[Plan, SiteState]:
     """One step for one site: the plan (what to send now, and why) and the planner's state after it."""
     cfg = site.curtailment
-    state, verified, failed = verify(state, miners, now, cfg.verify_s)
+    state, verified, failed, back = verify(state, miners, now, cfg.verify_s)
     allocation = allocation_ahead(site, now, cfg.lead_s)
     limit = allocation * (1.0 - cfg.margin_ratio)
     reasons: list[str] = []
@@ -172,7 +177,7 @@ def plan_site(site: Site, figure_w: float | None, miners: Sequence[MinerView], s
                        f"{cfg.lead_s:.0f} s: steering to it now")
     pending = sum(c.power_w for c in state.curtailed.values() if not c.verified)
     base = Plan(site=site.id, at=now, limit_w=limit, figure_w=figure_w, need_w=0.0, pending_w=pending, actions=(),
-                reasons=(), verified=tuple(verified), not_complied=tuple(failed))
+                reasons=(), verified=tuple(verified), not_complied=tuple(failed), came_back=tuple(back))
     if figure_w is None:
         reasons.append("the site's figure is unknown: nothing is shed or restored on a guess")
         return replace(base, reasons=tuple(reasons)), replace(state, headroom_since=None)

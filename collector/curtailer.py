@@ -99,6 +99,10 @@ class Curtailer:
                 self.views[site.id] = {m.name: m for m in miners}
                 for name in plan.verified:
                     self.audit.write(now, site.id, ev.VERIFIED, "collector", miner=name)
+                for name in plan.came_back:
+                    self._log.warning("miner_restarted_by_itself", site=site.id, miner=name)
+                    self.audit.write(now, site.id, ev.CAME_BACK, "collector", miner=name,
+                                     why="hashing again without a restart command (rebooted?)")
                 for name, why in plan.not_complied:
                     self._log.warning("miner_not_complied", site=site.id, miner=name, why=why)
                     self.audit.write(now, site.id, ev.NOT_COMPLIED, "collector", miner=name, why=why)

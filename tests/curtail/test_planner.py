@@ -167,3 +167,10 @@ def test_verification_reads_the_agents_clock_not_ours():
     polled = replace(FLEET[0], hashrate_hs=0.0, last_poll_s=T0 - 50)
     plan, state = plan_site(site(), 99_000.0, [polled, *FLEET[1:]], SiteState(curtailed={c.miner: c}), T0 + 5)
     assert plan.verified == (c.miner,) and state.curtailed[c.miner].verified
+
+
+def test_a_stopped_miner_hashing_again_by_itself_is_released():
+    c = Curtailed("10.0.0.1:4028", "u", T0, 3000.0, 100 * TH, 30.0, verified=True)
+    rebooted = replace(FLEET[0], last_poll_s=T0 + 50)
+    plan, state = plan_site(site(), 99_000.0, [rebooted, *FLEET[1:]], SiteState(curtailed={c.miner: c}), T0 + 60)
+    assert plan.came_back == (c.miner,) and c.miner not in state.curtailed and c.miner not in state.refused
