@@ -27,6 +27,7 @@ from megawatch.simulator.config import FleetConfig, GroupConfig, SiteConfig
 from megawatch.simulator.faults import Fault, select_fraction
 from megawatch.simulator.miner import Miner, bind_listener
 from megawatch.simulator.power import idle_power_w
+from megawatch.simulator.writes import reboot_control
 from megawatch.simulator.replies import firmware_for
 
 FD_RESERVE = 512  # descriptors kept free for accepted connections, logs and the control endpoint
@@ -290,6 +291,7 @@ class Fleet:
             miner.booted_fresh = True
             if miner.fault is not None and miner.fault.kind == "reboot":
                 miner.fault = None
+            miner.control = reboot_control(miner)  # what survives a reboot (simulator/writes.py)
         self.generation += 1
         if miner.fault is not None and miner.fault.kind == "offline":
             return

@@ -60,6 +60,14 @@ class ControlState:
         return len(self.disabled) / BOARDS
 
 
+def reboot_control(miner: Miner) -> ControlState:
+    """What a reboot leaves: cgminer's and BFGMiner's disable flags live in memory and are gone; Braiins' pause,
+    LuxOS's sleep and Avalon's soft off are taken to persist (the firmware's documents disagree or are silent)."""
+    if miner.identity.dialect in _DEVICE_WRITES:
+        return ControlState()
+    return ControlState(disabled=set(miner.control.disabled))
+
+
 def handles(miner: Miner, name: str) -> bool:
     return name in WRITES.get(miner.identity.dialect, ())
 

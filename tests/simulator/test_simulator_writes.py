@@ -86,3 +86,21 @@ async def test_luxos_curtail_needs_its_one_session(make_sim_fleet, raw_request):
     assert (await row_of(fleet, m))["stopped"] == 1.0
     assert status(await send(raw_request, m, "logoff", sid))[0] == "S"
     assert status(await send(raw_request, m, "curtail", f"{sid},wakeup"))[0] == "E"  # the session is over
+
+
+async def test_a_reboot_clears_cgminers_disable_flags_but_not_a_braiins_pause(make_sim_fleet, raw_request):
+    import asyncio
+
+    fleet = await make_sim_fleet(groups=(GROUPS[0], GROUPS[2]), sites=1, allow_control=True)
+    cg, bos = fleet.miners
+    for device in range(3):
+        await send(raw_request, cg, "ascdisable", str(device))
+    await send(raw_request, bos, "pause")
+    for m in (cg, bos):
+        fleet.fleet.reboot_miner(fleet.miner(m.index), 0.05)
+    for _ in range(100):  # back within a second
+        if all(fleet.miner(m.index).listening and not fleet.miner(m.index).rebooting for m in (cg, bos)):
+            break
+        await asyncio.sleep(0.02)
+    rows = {r["index"]: r for r in fleet.fleet.miner_rows()}
+    assert rows[cg.index]["stopped"] == 0.0 and rows[bos.index]["stopped"] == 1.0
