@@ -399,12 +399,16 @@ def _check_state_file(top: Section, config: Path, state: Path) -> None:
             top.error("state_file", "is this config file itself; the collector would overwrite it with its "
                                     "alert state")
             return
+    # The collector creates a missing directory at its first write: judge the nearest one that exists.
     folder = state.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     if not folder.is_dir():
-        top.error("state_file", f"its directory {str(folder)!r} does not exist")
+        top.error("state_file", f"{str(folder)!r} is not a directory, so {str(state.parent)!r} cannot hold the "
+                                "state")
     elif not os.access(folder, os.W_OK | os.X_OK):
-        top.error("state_file", f"its directory {str(folder)!r} is not writable (the state is written there "
-                                "and renamed)")
+        top.error("state_file", f"directory {str(folder)!r} is not writable (the state is written in "
+                                f"{str(state.parent)!r} and renamed)")
 
 
 def _load_agent_client(sec: Section, here: Path) -> AgentClient:

@@ -135,9 +135,15 @@ COLLECTOR_GAPS: dict[str, tuple[str, list[str]]] = {
                                   "its alert state"]),
     "state_file_is_a_directory": ("state_file: {dir}\n",
                                   ["6: state_file: '{dir}' is a directory; expected a file name"]),
-    "state_file_directory_missing": ("state_file: {dir}/nope/state.json\n",
-                                     ["6: state_file: its directory '{dir}/nope' does not exist"]),
+    "state_file_under_a_file": ("state_file: {dir}/sites.yaml/nope/state.json\n",
+                                ["6: state_file: '{dir}/sites.yaml' is not a directory, so "
+                                 "'{dir}/sites.yaml/nope' cannot hold the state"]),
 }
+
+
+def test_a_state_directory_the_collector_can_create_is_fine(tmp_path: Path) -> None:
+    # The collector makes missing directories at its first write, as a fresh install expects.
+    assert _collector_problems(tmp_path, "state_file: {dir}/new/deeper/state.json\n") == []
 
 
 @pytest.mark.parametrize("name", COLLECTOR_GAPS)
@@ -156,7 +162,7 @@ def test_state_file_in_a_directory_that_is_not_writable(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     assert _collector_problems(tmp_path, f"state_file: {locked}/state.json\n") == [
-        f"6: state_file: its directory '{locked}' is not writable (the state is written there and renamed)"]
+        f"6: state_file: directory '{locked}' is not writable (the state is written in '{locked}' and renamed)"]
 
 
 def test_a_bad_listen_address_fails_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
