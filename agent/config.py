@@ -13,7 +13,7 @@ from pathlib import Path
 
 from megawatch.agent.dialects import DIALECTS
 from megawatch.agent.modeltable import DEFAULT_MODELS_PATH, ModelTable, load_model_table
-from megawatch.common.configfile import ConfigError, Section, describe
+from megawatch.common.configfile import ConfigError, Section, as_number, describe
 from megawatch.common.logs import load_log_settings
 from megawatch.common.webconfig import WebConfig, load_web_config
 from megawatch.common.yamlfile import file_problem
@@ -79,6 +79,13 @@ class AccountingSettings:
     last_known_horizon_s: float = 3600.0
     # A miner never read, or read without a power figure and with no model in the table: a large miner's draw.
     unknown_miner_w: float = 3500.0
+    # Added to the allowance on every draw taken from the model table (J/TH x hashrate, nameplate): the table
+    # holds a model's nominal figures, and a real unit draws more by its own spread, a hot intake, wear and PSU
+    # loss - a few percent each and they add up; 10% keeps the upper bound above a unit at the bad end of all.
+    estimate_margin_ratio: float = 0.10
+    # The same for draws the firmware reports: 0, firmware sensors being within a few percent; set it for a
+    # firmware known to under-report.
+    firmware_margin_ratio: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +238,16 @@ def _load_accounting(sec: Section) -> AccountingSettings:
         last_known_horizon_s=sec.number("last_known_horizon_s", d.last_known_horizon_s, minimum=0),
         # 0 W would count a miner nobody can see as drawing nothing: the very optimism this setting prevents.
         unknown_miner_w=sec.number("unknown_miner_w", d.unknown_miner_w, exclusive_minimum=0),
+        estimate_margin_ratio=_margin(sec, "estimate_margin_ratio", d.estimate_margin_ratio),
+        firmware_margin_ratio=_margin(sec, "firmware_margin_ratio", d.firmware_margin_ratio),
     )
     sec.done()
     return settings
+
+
+def _margin(sec: Section, name: str, default: float) -> float:
+    # A negative margin would lower the upper bound below the estimate; 1 or more doubles the figure (a typo).
+    return sec.get(name, as_number, default, expected="a number >= 0 and < 1", check=lambda v: 0 <= v < 1)
 
 
 def _load_discovery(sec: Section, base: Path) -> DiscoverySettings:

@@ -358,12 +358,17 @@ class FleetCollector(Collector):
                       ("source",))
         allowance = gauge("site_power_allowance_watts",
                           "Site power allowed for miners whose draw is not measured now (last known draw, "
-                          "nameplate or the configured default; never 0), in watts.")
+                          "nameplate or the configured default; never 0) and the margin on estimated draws, "
+                          "in watts.")
         upper = gauge("site_power_upper_bound_watts",
                       "Site power measured plus allowance: the most the site's miners may be drawing, in watts.")
         allowed = gauge("site_power_allowance_miners",
-                        "Miners counted in the allowance by basis (last_known, nameplate, default), a count of miners.",
+                        "Miners counted in the allowance by basis (last_known, nameplate, default; estimate_margin "
+                        "and firmware_margin: miners whose known draw carries a margin), a count of miners.",
                         ("basis",))
+        allowed_w = gauge("site_power_allowance_basis_watts",
+                          "Site power allowance by basis (as site_power_allowance_miners; they add up to "
+                          "site_power_allowance_watts), in watts.", ("basis",))
         unknown = gauge("site_power_unknown_miners",
                         "Miners whose draw is not measured now and is counted in the allowance (a count).")
         miners = gauge("site_miners", "Configured miners by state (up, down or stale), a count of miners.",
@@ -404,6 +409,7 @@ class FleetCollector(Collector):
                 upper.add_metric([site], t.power_upper_bound_w)
                 for basis in ALLOWANCE_BASES:
                     allowed.add_metric([site, basis.value], t.allowance_miners.get(basis.value, 0))
+                    allowed_w.add_metric([site, basis.value], t.allowance_w.get(basis.value, 0.0))
                 miners.add_metric([site, "up"], t.up)
                 miners.add_metric([site, "down"], t.down)
                 miners.add_metric([site, "stale"], t.stale)
@@ -422,6 +428,6 @@ class FleetCollector(Collector):
             sweeps.add_metric([site], c.sweeps)
             for event in EVENTS:
                 events.add_metric([site, event], c.inventory_events.get(event, 0))
-        yield from (hashrate, power, allowance, upper, allowed, unknown, miners, configured, discovered, missing,
-                    duration, last, cycles, overruns, polls, implausible, sweeps, events)
+        yield from (hashrate, power, allowance, upper, allowed, allowed_w, unknown, miners, configured, discovered,
+                    missing, duration, last, cycles, overruns, polls, implausible, sweeps, events)
 

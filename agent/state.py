@@ -36,9 +36,14 @@ class AllowanceBasis(StrEnum):
     LAST_KNOWN = "last_known"  # its last fresh draw, within accounting.last_known_horizon_s
     NAMEPLATE = "nameplate"  # the larger of its model's nominal power and its last known draw
     DEFAULT = "default"  # no model to go by: the larger of accounting.unknown_miner_w and its last known draw
+    # Not miners of unknown draw: the margin on draws taken from the model table (measured as estimated, or a
+    # last known or nameplate figure) and on firmware-reported ones, accounting.*_margin_ratio of the figure.
+    ESTIMATE_MARGIN = "estimate_margin"
+    FIRMWARE_MARGIN = "firmware_margin"
 
 
 ALLOWANCE_BASES: tuple[AllowanceBasis, ...] = tuple(AllowanceBasis)
+UNKNOWN_BASES = (AllowanceBasis.LAST_KNOWN, AllowanceBasis.NAMEPLATE, AllowanceBasis.DEFAULT)
 DEFAULT_ACCOUNTING = AccountingSettings()
 
 
@@ -125,8 +130,11 @@ class SiteTotals:
     power_estimate_w: float  # measured: a fresh hashrate x the model's J/TH
     power_unknown_miners: int  # miners counted in the allowance, not measured
     power_allowance_w: float = 0.0
+    # By AllowanceBasis value: miners (a miner with a margin on its last known draw is in two) and watts.
     allowance_miners: Mapping[str, int] = field(
-        default_factory=lambda: MappingProxyType(dict.fromkeys(ALLOWANCE_BASES, 0)))  # by AllowanceBasis value
+        default_factory=lambda: MappingProxyType(dict.fromkeys(ALLOWANCE_BASES, 0)))
+    allowance_w: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType(dict.fromkeys(ALLOWANCE_BASES, 0.0)))
     # Of `configured` (every miner counted): found in scan ranges, and listed ones that never answered (no
     # answer this run, none remembered in the inventory: a wrong address, or a unit that never came up).
     discovered: int = 0
@@ -142,12 +150,35 @@ class SiteTotals:
         return self.power_w + self.power_allowance_w
 
 
+def _margin(m: MinerState, figure: float, basis: AllowanceBasis | None,
+            settings: AccountingSettings) -> tuple[float, AllowanceBasis] | None:
+    """The margin on a miner's figure (measured when `basis` is None), and which; None for a default.
+
+    The model table holds a model's nominal figures, never a real unit's: its spread, a hot intake, wear and
+    PSU loss all draw more. A firmware figure is a reading, with no margin unless configured.
+    """
+    if basis is AllowanceBasis.DEFAULT:
+        return None  # the configured default is chosen to be generous already
+    source = m.reading.power_source if m.reading is not None else None
+    if basis is AllowanceBasis.NAMEPLATE or source is not PowerSource.FIRMWARE:
+        ratio, kind = settings.estimate_margin_ratio, AllowanceBasis.ESTIMATE_MARGIN
+    else:
+        ratio, kind = settings.firmware_margin_ratio, AllowanceBasis.FIRMWARE_MARGIN
+    return (figure * ratio, kind) if ratio > 0 and figure > 0 else None
+
+
 def summarise(miners: Iterable[MinerState], configured: int, now_s: float = math.inf,
               settings: AccountingSettings = DEFAULT_ACCOUNTING, models: ModelTable | None = None) -> SiteTotals:
     """The site's totals at `now_s` (wall clock); without a time every last known draw is past its horizon."""
     up = stale = down = 0
-    hashrate = firmware = estimate = allowed = 0.0
+    hashrate = firmware = estimate = 0.0
     bases = dict.fromkeys(ALLOWANCE_BASES, 0)
+    watts = dict.fromkeys(ALLOWANCE_BASES, 0.0)
+
+    def allow(w: float, basis: AllowanceBasis) -> None:
+        watts[basis] += w
+        bases[basis] += 1
+
     for m in miners:
         if m.status is MinerStatus.UP:
             up += 1
@@ -160,18 +191,27 @@ def summarise(miners: Iterable[MinerState], configured: int, now_s: float = math
             hashrate += current.hashrate_hs
         allowed_for = allowance(m, now_s, settings, models)
         if allowed_for is not None:
-            allowed += allowed_for[0]
-            bases[allowed_for[1]] += 1
+            allow(*allowed_for)
+            figure, basis = allowed_for
         elif current is not None and current.power_source is PowerSource.FIRMWARE:
-            firmware += current.power_w or 0.0  # measured: allowance() returned None only with a figure
+            figure, basis = current.power_w or 0.0, None  # measured: allowance() returned None only with a figure
+            firmware += figure
         elif current is not None:
-            estimate += current.power_w or 0.0
+            figure, basis = current.power_w or 0.0, None
+            estimate += figure
+        else:
+            continue
+        margin = _margin(m, figure, basis, settings)
+        if margin is not None:
+            allow(*margin)
     # Miners not in the snapshot yet (before their first poll) are never 0 W either: the default each.
     unseen = max(0, configured - (up + stale + down))
-    allowed += unseen * settings.unknown_miner_w
+    watts[AllowanceBasis.DEFAULT] += unseen * settings.unknown_miner_w
     bases[AllowanceBasis.DEFAULT] += unseen
-    return SiteTotals(configured, up, stale, down, hashrate, firmware, estimate, sum(bases.values()), allowed,
-                      MappingProxyType({b.value: n for b, n in bases.items()}))
+    return SiteTotals(configured, up, stale, down, hashrate, firmware, estimate,
+                      sum(bases[b] for b in UNKNOWN_BASES), sum(watts.values()),
+                      MappingProxyType({b.value: n for b, n in bases.items()}),
+                      MappingProxyType({b.value: w for b, w in watts.items()}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,6 +235,9 @@ def make_summary(config: AgentConfig, snap: FleetSnapshot, now_s: float) -> dict
             "power_allowance_w": t.power_allowance_w if known else None,
             "power_upper_bound_w": t.power_upper_bound_w if known else None,
             "allowance_miners": dict(t.allowance_miners) if known else None,
+            # The same parts in W; estimate_margin and firmware_margin are no miner's unknown draw but the margin
+            # on figures that are known, so a collector need not count them as unknown (docs/accounting.md).
+            "allowance_w": dict(t.allowance_w) if known else None,
         },
         # configured: every miner counted, listed or found in a scan range (what a collector takes as the total).
         "miners": {"configured": t.configured, "up": t.up if known else None,

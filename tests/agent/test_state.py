@@ -63,11 +63,51 @@ def test_totals_measure_fresh_readings_and_allow_for_the_rest() -> None:
     assert totals.power_firmware_w == 3300.0
     assert totals.power_estimate_w == 3277.5
     assert totals.power_w == 3300.0 + 3277.5
-    assert totals.power_allowance_w == 3300.0 + 3300.0 + 3 * 3500.0
+    # The estimated miner's draw is measured as estimated; the default 10% margin on it is allowance.
+    assert totals.power_allowance_w == pytest.approx(3300.0 + 3300.0 + 3 * 3500.0 + 0.10 * 3277.5)
     assert totals.power_upper_bound_w == totals.power_w + totals.power_allowance_w
-    # stale + down + no model + never polled (2)
+    # stale + down + no model + never polled (2); the margin makes no miner unknown
     assert totals.power_unknown_miners == 5
-    assert dict(totals.allowance_miners) == {"last_known": 2, "nameplate": 0, "default": 3}
+    assert dict(totals.allowance_miners) == {"last_known": 2, "nameplate": 0, "default": 3,
+                                             "estimate_margin": 1, "firmware_margin": 0}
+    assert totals.allowance_w["estimate_margin"] == pytest.approx(327.75)
+    assert sum(totals.allowance_w.values()) == pytest.approx(totals.power_allowance_w)
+
+
+def test_the_estimate_margin_is_ten_percent_by_default_and_firmware_none() -> None:
+    assert AccountingSettings().estimate_margin_ratio == 0.10
+    assert AccountingSettings().firmware_margin_ratio == 0.0
+
+
+def test_the_margin_goes_into_the_allowance_for_estimated_power_only() -> None:
+    estimated = [_state(n, MinerStatus.UP, ESTIMATED) for n in range(1, 11)]
+    firmware = [_state(n, MinerStatus.UP, READING) for n in range(11, 21)]
+    totals = summarise(estimated + firmware, 20, now_s=1000.0)
+    # Measured stays what was read or estimated; the margin is allowance, so the upper bound covers it.
+    assert totals.power_estimate_w == pytest.approx(10 * 3277.5)
+    assert totals.power_firmware_w == 10 * 3300.0
+    assert totals.power_allowance_w == pytest.approx(0.10 * 10 * 3277.5)
+    assert totals.power_upper_bound_w == pytest.approx(10 * 3277.5 * 1.10 + 10 * 3300.0)
+    assert totals.power_unknown_miners == 0
+    assert totals.allowance_miners["estimate_margin"] == 10 and totals.allowance_miners["firmware_margin"] == 0
+    assert dict(totals.allowance_w) == pytest.approx(
+        {"last_known": 0.0, "nameplate": 0.0, "default": 0.0, "estimate_margin": 3277.5, "firmware_margin": 0.0})
+
+
+def test_configured_margins_and_an_estimated_last_known_draw() -> None:
+    settings = AccountingSettings(estimate_margin_ratio=0.2, firmware_margin_ratio=0.05)
+    miners = [_state(1, MinerStatus.UP, ESTIMATED), _state(2, MinerStatus.UP, READING),
+              _state(3, MinerStatus.DOWN, ESTIMATED)]  # hung: its last estimate is still an estimate
+    totals = summarise(miners, 3, now_s=1100.0, settings=settings, models=MODELS)
+    assert totals.allowance_w["last_known"] == 3277.5
+    assert totals.allowance_w["estimate_margin"] == pytest.approx(0.2 * 2 * 3277.5)
+    assert totals.allowance_w["firmware_margin"] == pytest.approx(0.05 * 3300.0)
+    assert totals.allowance_miners["estimate_margin"] == 2 and totals.allowance_miners["firmware_margin"] == 1
+    assert totals.power_upper_bound_w == pytest.approx(3277.5 * 1.2 * 2 + 3300.0 * 1.05)
+    assert totals.power_unknown_miners == 1
+    # A miner at the configured default is not an estimate: no margin on a figure chosen to be generous.
+    down = summarise([_state(1, MinerStatus.DOWN, None)], 1, now_s=1100.0, settings=settings, models=MODELS)
+    assert down.power_allowance_w == 3500.0 and down.allowance_miners["estimate_margin"] == 0
 
 
 MODELS = load_model_table()

@@ -111,9 +111,14 @@ async def test_summary_matches_the_collector_contract(client: TestClient) -> Non
     # Measured: fresh readings only; the stale, down and unknown-power miners are allowance, never 0 W.
     assert s.power_firmware_w == 3230.0 and s.power_estimate_w == 3277.5
     assert s.miners_power_unknown == 5
-    assert s.power_allowance_w == 3277.5 + 3230.0 + 3 * 3500.0
+    # The estimated draws, measured (3277.5 W) and last known (3277.5 W), carry the 10% estimate margin.
+    assert s.power_allowance_w == pytest.approx(3277.5 + 3230.0 + 3 * 3500.0 + 0.10 * 2 * 3277.5)
     assert doc["totals"]["power_upper_bound_w"] == 3230.0 + 3277.5 + s.power_allowance_w
-    assert doc["totals"]["allowance_miners"] == {"last_known": 2, "nameplate": 0, "default": 3}
+    assert doc["totals"]["allowance_miners"] == {"last_known": 2, "nameplate": 0, "default": 3,
+                                                 "estimate_margin": 2, "firmware_margin": 0}
+    assert doc["totals"]["allowance_w"] == pytest.approx({"last_known": 3277.5 + 3230.0, "nameplate": 0.0,
+                                                          "default": 3 * 3500.0, "estimate_margin": 655.5,
+                                                          "firmware_margin": 0.0})
 
 
 async def test_summary_before_first_cycle_has_no_figures(config: AgentConfig) -> None:
