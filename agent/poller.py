@@ -20,9 +20,9 @@ from typing import Any, Protocol
 from megawatch.agent import dialects as dialect_table
 from megawatch.agent import plausibility
 from megawatch.agent.config import AgentConfig, MinerTarget
-from megawatch.agent.discovery import Outcome, Probe, fetch_replies, probe, sweep
+from megawatch.agent.discovery import Probe, ScanRanges, fetch_replies
 from megawatch.agent.identity import FirmwareIdentity
-from megawatch.agent.inventory import Inventory, identity_of
+from megawatch.agent.inventory import Inventory
 from megawatch.agent.model import MinerReading
 from megawatch.agent.modeltable import estimate_power, replace_reading
 from megawatch.agent.protocol.errors import CommandRejected, ErrorKind, LocalShortage, MinerError
@@ -35,7 +35,6 @@ from megawatch.agent.state import (
     FleetSnapshot,
     FleetState,
     MinerState,
-    MinerStatus,
     classify,
     summarise,
 )
@@ -90,7 +89,7 @@ class _Track:
     seen_key: tuple[Any, ...] | None = None  # model, firmware version, dialect last given to the inventory
 
 
-class Poller:
+class Poller(ScanRanges):
     """Polls the configured miners and publishes one FleetSnapshot per cycle to `state`."""
 
     def __init__(
@@ -131,6 +130,9 @@ class Poller:
         self._found: list[Probe] = []  # what the latest rescan found, taken at the start of the next cycle
         self._sweeps = 0
         self._tracks = self._tracks_for(config, {})
+        if len(self._tracks) != len(config.miners):
+            # Scan ranges: before the first cycle the site counts the miners it expects, not every address.
+            state.publish(FleetSnapshot.empty(config.site, len(self._tracks), config.accounting))
         self._pending: AgentConfig | None = None  # a reloaded config, taken at the start of the next cycle
         self._own_deadlines = own_deadlines
         self._cycle = 0
@@ -176,56 +178,6 @@ class Poller:
             if discovery is not None:
                 discovery.cancel()
                 await asyncio.gather(discovery, return_exceptions=True)
-
-    def _discovers(self) -> bool:
-        """Rescans run for scan ranges, and for the inventory's serials and MACs when it is kept in a file."""
-        config = self._config
-        return config.discovery.state_file is not None or any(not t.expected for t in config.miners)
-
-    async def _discover_forever(self, first: asyncio.Event) -> None:
-        while True:
-            t0 = self._clock.monotonic()
-            try:
-                await self.rescan()
-            except Exception as exc:  # noqa: BLE001 - a bug of ours must not stop the polling
-                self._log.error("discovery_failed", exc_info=exc)
-            first.set()
-            wait = self._config.discovery.rescan_interval_s - (self._clock.monotonic() - t0)
-            await self._sleep(max(1.0, wait))
-
-    async def rescan(self) -> int:
-        """Probe every scan-range address not polled yet, and every polled miner for its identity.
-
-        What answers joins at the start of the next cycle; an address where nothing answers is not a miner and is
-        not counted at all. Returns how many new miners were found.
-        """
-        from megawatch.agent.protocol import client
-
-        config = self._config
-        tracked = {t.target.name for t in self._tracks}
-        targets = [*(t.target for t in self._tracks),
-                   *(t for t in config.miners if not t.expected and t.name not in tracked)]
-        deadlines = self._deadlines if not self._own_deadlines else client.Deadlines(
-            connect_s=min(config.discovery.connect_timeout_s, config.poll.request_timeout_s),
-            request_s=config.poll.request_timeout_s)
-        found: list[Probe] = []
-
-        def note(result: Probe) -> None:
-            if result.outcome is Outcome.FOUND:
-                found.append(result)
-
-        async def one(target: MinerTarget) -> Probe:
-            return await probe(target, query=self._query, deadlines=deadlines, models=config.models,
-                               max_reply_bytes=config.poll.max_reply_bytes, deadline_s=config.poll.request_timeout_s)
-
-        t0 = self._clock.monotonic()
-        await sweep(targets, one, config.discovery.concurrency, note)
-        self._found.extend(found)
-        self._sweeps += 1
-        new = sum(1 for p in found if p.target.name not in tracked)
-        self._log.log(20 if new else 10, "discovery_sweep_finished", addresses=len(targets), found=len(found),
-                      new=new, duration_s=round(self._clock.monotonic() - t0, 3))
-        return new
 
     async def poll_once(self) -> FleetSnapshot:
         """Run one cycle: poll every miner that is due, then publish and return the new snapshot."""
@@ -283,82 +235,8 @@ class Poller:
         """
         self._pending = config
 
-    def _tracks_for(self, config: AgentConfig, known: dict[str, _Track]) -> list[_Track]:
-        """Listed miners, and scan-range ones found before (now or in an earlier run, from the inventory)."""
-        remembered = set(self.inventory.present())
-        tracks = []
-        for target in config.miners:
-            track = known.get(target.name)
-            if track is None:
-                if not target.expected and target.name not in remembered:
-                    continue  # not seen yet: rescans look for it; an empty address is no miner
-                track = _Track(target, target.dialect, needs_detect=target.dialect is None,
-                               discovered=not target.expected)
-                entry = self.inventory.entries.get(target.name)
-                track.seen_s = entry.last_seen_s if entry is not None and entry.present else None
-            elif track.target != target:
-                hinted = target.dialect is not None and target.dialect != track.dialect
-                track.target, track.discovered = target, not target.expected
-                if hinted:
-                    track.dialect, track.needs_detect, track.joins_fail = target.dialect, False, False
-            tracks.append(track)
-        return tracks
-
-    def _take_found(self, now_s: float) -> None:
-        """Miners the latest rescan found: new ones join this cycle; every answer updates the inventory."""
-        found, self._found = self._found, []
-        if not found:
-            return
-        tracked = {t.target.name: t for t in self._tracks}
-        wanted = {t.name: t for t in self._config.miners}
-        for result in found:
-            name = result.target.name
-            track = tracked.get(name)
-            if track is None:
-                target = wanted.get(name)
-                if target is None:
-                    continue  # dropped by a reload while the sweep ran
-                track = _Track(target, result.dialect, needs_detect=result.dialect is None, discovered=True)
-                self._tracks.append(track)
-                tracked[name] = track
-            track.seen_s = now_s
-            if result.identity is not None:
-                self.inventory.observe(name, result.identity, now_s, announce=track.discovered)
-
-    def _observe(self, miners: tuple[MinerState, ...], now_s: float) -> tuple[MinerState, ...]:
-        """Give the inventory what this cycle's answers say (model, firmware) and forget discovered miners down
-        for longer than discovery.forget_after_s. Cheap per miner: the inventory hears only of changes."""
-        inventory, models = self.inventory, self._config.models
-        forget_s = self._config.discovery.forget_after_s
-        gone: set[int] = set()
-        for i, (track, m) in enumerate(zip(self._tracks, miners)):
-            reading = m.reading
-            if m.status is MinerStatus.UP and reading is not None:
-                track.seen_s = now_s
-                key = (reading.model, reading.firmware_version, m.dialect)
-                entry = inventory.entries.get(track.target.name)
-                if key != track.seen_key or entry is None or not entry.present:
-                    track.seen_key = key
-                    inventory.observe(track.target.name, identity_of(m.dialect or reading.dialect, {}, reading, models),
-                                      now_s, announce=track.discovered)
-                else:
-                    entry.last_seen_s = now_s
-            elif track.discovered and m.status is MinerStatus.DOWN and track.seen_s is not None \
-                    and now_s - track.seen_s > forget_s:
-                gone.add(i)
-                inventory.vanish(track.target.name, now_s)
-        if gone:
-            self._tracks = [t for i, t in enumerate(self._tracks) if i not in gone]
-            miners = tuple(m for i, m in enumerate(miners) if i not in gone)
-        if inventory.dirty:
-            self._save_inventory(now_s)
-        return miners
-
-    def _save_inventory(self, now_s: float) -> None:
-        try:
-            self.inventory.save()
-        except OSError as exc:
-            self._log.warning("inventory_save_failed", path=str(self.inventory.path), error=str(exc))
+    def _new_track(self, target: MinerTarget, dialect: str | None, *, discovered: bool) -> _Track:
+        return _Track(target, dialect, needs_detect=dialect is None, discovered=discovered)
 
     def _apply(self, config: AgentConfig) -> None:
         tracks = self._tracks_for(config, {t.target.name: t for t in self._tracks})

@@ -315,7 +315,8 @@ class Fleet:
         miner.boot_tick = self.clock.tick()
         miner.booted_fresh = True
         self.generation += 1
-        self._log.info("miner_swapped", miner=old.address, serial=miner.identity.serial, model=miner.identity.model.name)
+        self._log.info("miner_swapped", miner=old.address, serial=miner.identity.serial,
+                       model=miner.identity.model.name)
 
     def control_changed(self, miner: Miner) -> None:
         """A write command stopped or restarted boards: every cached reply and snapshot is out of date."""

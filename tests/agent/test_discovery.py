@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import MakeSimFleet, SimFleet
 from structlog.testing import capture_logs
 
-from conftest import MakeSimFleet, SimFleet
 from megawatch.agent.config import AgentConfig, load_agent_config
 from megawatch.agent.exposition import FleetCollector
 from megawatch.agent.modeltable import load_model_table
@@ -44,7 +44,8 @@ def block() -> ipaddress.IPv4Network:
 def fleet_config(net: ipaddress.IPv4Network) -> FleetConfig:
     table = load_model_table()
     groups = tuple(GroupConfig(count, table.lookup(model), dialect)  # type: ignore[arg-type]
-                   for dialect, model, count in (("bmminer", "Antminer S19 Pro", 30), ("btminer", "Whatsminer M30S++", 25),
+                   for dialect, model, count in (("bmminer", "Antminer S19 Pro", 30),
+                                                 ("btminer", "Whatsminer M30S++", 25),
                                                  ("luxos", "Antminer S21", 25), ("cgminer", "Antminer S19", 20)))
     site = SiteConfig("gappy", str(net.network_address + 1), 4028, None, 25.0, groups, density=0.5)
     assert site.offsets()[-1] < 253
@@ -80,7 +81,9 @@ async def test_scan_range_counts_only_miners(gappy: tuple[SimFleet, ipaddress.IP
     empty_listed = str(net.network_address + 254)  # a listed address where nothing answers: expected, so down
     config = agent_config(tmp_path, net, f"    expect: maybe\n  - address: {empty_listed}\n    port: 4029\n")
     assert len(config.miners) == 255  # 254 hosts of the block (scan range) and one listed address
-    poller = Poller(config, FleetState(config.site, len(config.miners)))
+    state = FleetState(config.site, len(config.miners))
+    poller = Poller(config, state)
+    assert state.snapshot.totals.configured == 1  # before any sweep: the listed miner, not the block's addresses
     snap = await _cycle(poller, rescan=True)
     n = len(sim.miners)
     t = snap.totals
@@ -90,8 +93,8 @@ async def test_scan_range_counts_only_miners(gappy: tuple[SimFleet, ipaddress.IP
     assert t.power_unknown_miners == 1
     summary = make_summary(config, snap, snap.finished_s or 0.0)
     assert summary["miners"] == {"configured": n + 1, "up": n, "down": 1, "stale": 0, "discovered": n, "missing": 1}
-    samples = {(s.name, s.labels.get("state", "")): s.value for f in FleetCollector(poller_state(poller, snap)).collect()
-               for s in f.samples}
+    collector = FleetCollector(poller_state(poller, snap))
+    samples = {(s.name, s.labels.get("state", "")): s.value for f in collector.collect() for s in f.samples}
     assert samples[("megawatch_site_miners_discovered", "")] == n
     assert samples[("megawatch_site_miners_missing", "")] == 1
     assert samples[("megawatch_site_miners", "down")] == 1
@@ -140,7 +143,8 @@ async def test_appear_vanish_and_swap_each_log_one_event(gappy: tuple[SimFleet, 
         snap = await _cycle(poller)
         snap = await _cycle(poller, rescan=True)  # a rescan does not bring back what does not answer
     assert _events(logs, "miner_vanished") == [f"{leaver.host}:4028"]
-    assert (snap.totals.discovered, snap.totals.up, snap.totals.down, snap.totals.power_unknown_miners) == (n - 1, n - 1, 0, 0)
+    t = snap.totals
+    assert (t.discovered, t.up, t.down, t.power_unknown_miners) == (n - 1, n - 1, 0, 0)
 
     # Swapped for another model: seen in the next poll. Swapped for the same model: seen by its serial at a rescan.
     await sim.backend.swap([bm.index], "Antminer S19")

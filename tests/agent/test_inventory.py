@@ -33,11 +33,13 @@ def test_identity_from_real_replies() -> None:
     summary = _golden("btminer/whatsminer-m20s-20200917.22/summary.bin")
     reading = MinerReading(dialect="btminer", model="M20S", boards=(Board(0), Board(1), Board(2)))
     ident = identity_of("btminer", {"summary": summary}, reading, MODELS)  # type: ignore[dict-item]
-    assert (ident.make, ident.model, ident.mac, ident.hashboards) == ("MicroBT", "Whatsminer M20S", "C4:11:04:01:3C:75", 3)
+    assert (ident.make, ident.model, ident.mac, ident.hashboards) == \
+        ("MicroBT", "Whatsminer M20S", "C4:11:04:01:3C:75", 3)
     assert ident.nameplate_hs == 67051e9  # the unit's own Factory GHS, not the model's
     version = _golden("avalon/24102401_25462b2_9ddf522/version.bin")
     ident = identity_of("avalon", {"version": version}, None, MODELS)  # type: ignore[dict-item]
-    assert (ident.mac, ident.hardware_id, ident.unit) == ("12:34:56:78:90:12", "020100008c699117", "mac:12:34:56:78:90:12")
+    assert (ident.mac, ident.hardware_id, ident.unit) == \
+        ("12:34:56:78:90:12", "020100008c699117", "mac:12:34:56:78:90:12")
     stats = _golden("bmminer/antminer-s19-bmminer-1.0.0/stats.bin")
     ident = identity_of("bmminer", {"stats": stats}, MinerReading(dialect="bmminer", model="Antminer S19"), MODELS)  # type: ignore[dict-item]
     assert (ident.hardware_id, ident.nameplate_hs, ident.make) == ("803c2c867510481c", 63919e9, "Bitmain")
@@ -57,7 +59,8 @@ def test_identity_from_real_replies() -> None:
 
 def test_one_event_per_change(tmp_path: Path) -> None:
     inv = Inventory(tmp_path / "inv.json", "s1", models=MODELS)
-    a = UnitIdentity(dialect="luxos", model="Antminer S21", firmware_version="2025.4.8", serial="S1", mac="02:00:00:00:00:01")
+    a = UnitIdentity(dialect="luxos", model="Antminer S21", firmware_version="2025.4.8", serial="S1",
+                     mac="02:00:00:00:00:01")
     with capture_logs() as logs:
         inv.observe("m1", a, 100.0)
         inv.observe("m1", UnitIdentity(model="Antminer S21", firmware_version="2025.4.8"), 110.0)  # a poll: no change

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import MakeSimFleet, SimFleet
+
 from megawatch.agent import dialects
 from megawatch.agent.config import load_agent_config
 from megawatch.agent.discovery import Outcome
@@ -120,7 +120,8 @@ def test_absurd_ranges_are_refused_without_the_flag() -> None:
         plan(["10.0.0.1/24"], [], 4028, False)
     # Exclusions and overlaps: each address once, excluded ones never.
     targets = plan(["127.5.0.0/29", "127.5.0.4-127.5.0.9"], ["127.5.0.2", "127.5.0.8/31"], 4028, False)
-    assert [t.address for t in targets] == ["127.5.0.1", "127.5.0.3", "127.5.0.4", "127.5.0.5", "127.5.0.6", "127.5.0.7"]
+    assert [t.address for t in targets] == ["127.5.0.1", "127.5.0.3", "127.5.0.4", "127.5.0.5", "127.5.0.6",
+                                            "127.5.0.7"]
 
 
 async def test_cli_refuses_a_slash_eight_and_names_the_flag() -> None:
