@@ -50,13 +50,18 @@ def _share(estimate_w: float | None, miner_w: float | None) -> float | None:
     return _ratio(estimate_w if estimate_w is not None else 0.0, miner_w)
 
 
-def _status(views: tuple[AgentView, ...], draw: Draw) -> SiteStatus:
-    """Worst first: no_data, stale, dark (all allowance), partial (some), ok (all measured, all agents fresh)."""
+def _status(views: tuple[AgentView, ...], draw: Draw, margin_w: float = 0.0) -> SiteStatus:
+    """Worst first: no_data, stale, dark (all allowance), partial (some), ok (all measured, all agents fresh).
+
+    The agents' margin on draws they know (estimated, or by firmware) is allowance, judged with the rest, but
+    it stands for no miner out of sight: a site whose every miner is read is ok, however it is read.
+    """
     if not any(v.has_data for v in views):
         return SiteStatus.NO_DATA
     if all(v.stale for v in views):
         return SiteStatus.STALE
-    allowance = draw.miner_allowance_w or 0.0
+    allowance = (draw.miner_allowance_w or 0.0) - margin_w
+    allowance = allowance if allowance > 1e-6 else 0.0  # what a float sum leaves of the margin is no miner
     if allowance > 0 and not draw.miner_power_w:
         return SiteStatus.DARK
     if allowance > 0 or not all(v.up and not v.stale for v in views):
@@ -82,6 +87,7 @@ class _Part:
     allowance_nameplate: int | None = None
     allowance_default: int | None = None
     agents_allowed_for: int = 0
+    margin_w: float = 0.0  # of power_allowance_w: the agent's margin on draws it knows
 
 
 def _part(summary: AgentSummary | None, stale: bool, unknown_agent_w: float) -> _Part:
@@ -96,11 +102,12 @@ def _part(summary: AgentSummary | None, stale: bool, unknown_agent_w: float) -> 
         return replace(counted, power_allowance_w=carried if carried is not None else unknown_agent_w,
                        agents_allowed_for=1)
     allowed = summary.power_allowance_w
-    if summary.upper_bound_w is None:  # fresh, yet no power figure at all: as good as never heard from
+    if summary.power_w is None and not allowed:  # fresh, yet no power figure at all: as good as never heard from
         allowed = unknown_agent_w
     return replace(counted, power_firmware_w=summary.power_firmware_w, power_estimate_w=summary.power_estimate_w,
                    power_allowance_w=allowed, allowance_last_known=summary.allowance_last_known,
-                   allowance_nameplate=summary.allowance_nameplate, allowance_default=summary.allowance_default)
+                   allowance_nameplate=summary.allowance_nameplate, allowance_default=summary.allowance_default,
+                   margin_w=(summary.allowance_margin_w or 0.0) if allowed == summary.power_allowance_w else 0.0)
 
 
 def make_draw(allocation_w: float, parts: Sequence[_Part | Draw],
@@ -170,7 +177,7 @@ def aggregate_site(site: Site, observations: Mapping[str, AgentObservation], now
     return SiteTotals(
         site_id=site.id,
         name=site.name,
-        status=_status(views, draw),
+        status=_status(views, draw, sum(p.margin_w for p in parts)),
         draw=draw,
         data_age_s=max(ages) if ages else None,
         stale=any(v.stale for v in views),

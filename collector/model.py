@@ -35,6 +35,8 @@ class AgentSummary:
     allowance_last_known: int | None = None  # miners in the allowance, by basis
     allowance_nameplate: int | None = None
     allowance_default: int | None = None
+    # Of power_allowance_w, the margin on draws that are known (estimated, or by firmware): no miner's unknown draw.
+    allowance_margin_w: float | None = None
 
     @property
     def power_w(self) -> float | None:

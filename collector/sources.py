@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from megawatch.collector.config import public_url
-from megawatch.collector.model import AgentObservation, AgentSummary
+from megawatch.collector.model import AgentObservation, AgentSummary, add
 from megawatch.common.logs import get_logger
 from megawatch.common.redact import redact_url_in
 
@@ -49,7 +49,10 @@ SUMMARY_FIELDS: Mapping[str, tuple[str, ...]] = {
     "allowance_last_known": ("totals", "allowance_miners", "last_known"),
     "allowance_nameplate": ("totals", "allowance_miners", "nameplate"),
     "allowance_default": ("totals", "allowance_miners", "default"),
+    "allowance_estimate_margin_w": ("totals", "allowance_w", "estimate_margin"),
+    "allowance_firmware_margin_w": ("totals", "allowance_w", "firmware_margin"),
 }
+_MARGINS = ("allowance_estimate_margin_w", "allowance_firmware_margin_w")
 _TEXT = ("agent_id", "site")
 _COUNTS = ("miners_power_unknown", "miners_up", "miners_down", "miners_stale", "miners_total",
            "allowance_last_known", "allowance_nameplate", "allowance_default")
@@ -80,7 +83,8 @@ MAX_AGENT_W = 2e9
 MAX_AGENT_HS = 1e20
 MAX_AGENT_MINERS = 1_000_000
 _LIMITS = {"power_firmware_w": MAX_AGENT_W, "power_estimate_w": MAX_AGENT_W, "hashrate_hs": MAX_AGENT_HS,
-           "power_allowance_w": MAX_AGENT_W}
+           "power_allowance_w": MAX_AGENT_W, "allowance_estimate_margin_w": MAX_AGENT_W,
+           "allowance_firmware_margin_w": MAX_AGENT_W}
 _POWER = ("power_firmware_w", "power_estimate_w")
 
 
@@ -106,16 +110,23 @@ def parse_summary(doc: Any, rejected: list[str] | None = None) -> AgentSummary:
             problems.append(f"{'.'.join(path)}: {problem}")
             dropped.add(name)
         values[name] = value
-    if dropped.intersection(_POWER) and values["miners_total"] is not None:
+    # A power figure that lied, or none at all from an agent past its first cycle (a summary that says nothing
+    # of its draw, whatever it says of its allowance): which miners it covers is not known, so none is measured.
+    power_unknown = bool(dropped.intersection(_POWER)) or all(values[n] is None for n in _POWER)
+    if power_unknown:
         values["miners_power_unknown"] = values["miners_total"]
     unknown = values["miners_power_unknown"]
-    if unknown is not None and (values["power_allowance_w"] is None or dropped.intersection(_POWER)) \
-            and _at(doc, ("totals", "power_w")) is not None:
-        # No allowance given (an older agent, or one dropped above), or a power figure that lied: every miner
+    if unknown is not None and (values["power_allowance_w"] is None or power_unknown):
+        # No allowance given (an older agent, or one dropped above), or no power figure to trust: every miner
         # whose draw is not known counts at the default, or the agent's own allowance if that is larger.
         values["power_allowance_w"] = max(unknown * LEGACY_UNKNOWN_MINER_W, values["power_allowance_w"] or 0.0)
-        values.update(allowance_default=unknown, allowance_last_known=None, allowance_nameplate=None)
-    summary = AgentSummary(**values)
+        values.update(allowance_default=unknown, allowance_last_known=None, allowance_nameplate=None,
+                      **dict.fromkeys(_MARGINS))
+    if power_unknown and not values["power_allowance_w"]:
+        # Nothing to count its miners by: no figure at all, so the collector counts it as never heard from.
+        values["power_allowance_w"] = None
+    margins = [values.pop(n) for n in _MARGINS]
+    summary = AgentSummary(**values, allowance_margin_w=add(*margins))
     if summary.cycle_ts is None and summary.power_w is None and summary.hashrate_hs is None:
         raise SummaryNotReady("no poll cycle finished yet")
     return summary

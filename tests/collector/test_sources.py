@@ -13,7 +13,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
+from megawatch.collector.aggregate import aggregate_site
 from megawatch.collector.config import Alerting, CollectorConfig, Site, Thresholds
+from megawatch.collector.model import SiteStatus
 from megawatch.collector.service import CollectorService
 from megawatch.collector.sources import (
     SUMMARY_FIELDS,
@@ -26,6 +28,7 @@ from megawatch.collector.sources import (
 )
 from megawatch.collector.web import make_app
 from tests.collector.fakes import FakeAgent, fake_agent
+from tests.collector.helpers import MW, make_site, make_summary, observed
 
 
 def test_parse_summary_reads_base_units_and_keeps_unknown_as_none() -> None:
@@ -239,6 +242,65 @@ def test_a_power_figure_that_lies_leaves_every_miner_allowed_for() -> None:
     s = parse_summary(_doc(power_w={"firmware": 9e15, "estimate": 0.0}, power_allowance_w=20_900.0))
     assert s.power_firmware_w is None and s.miners_power_unknown == 20
     assert s.power_allowance_w == 20 * 3500.0 and s.allowance_default == 20 and s.allowance_last_known is None
+
+
+@pytest.mark.parametrize("totals", [
+    {"power_w": {"firmware": None, "estimate": None}, "power_unknown_miners": 0},
+    {"power_w": {"firmware": None, "estimate": None}, "power_unknown_miners": 0, "power_allowance_w": 0.0},
+    {"power_w": None, "power_unknown_miners": 0, "power_allowance_w": 0.0},
+    {"power_w": None, "power_unknown_miners": 0},
+    {"power_w": None},
+], ids=["nulls-no-allowance", "nulls-zero-allowance", "null-zero-allowance", "null-no-allowance", "null-only"])
+def test_a_summary_without_any_power_figure_counts_every_miner_as_unknown_never_zero(
+        totals: dict[str, object]) -> None:
+    doc = _doc(**totals)
+    if "power_unknown_miners" not in totals:
+        del doc["totals"]["power_unknown_miners"]  # type: ignore[index]
+    s = parse_summary(doc)
+    # The agent finished a cycle yet says nothing of its draw: each of its 20 miners at the default.
+    assert s.power_w is None and s.miners_power_unknown == 20
+    assert s.power_allowance_w == 20 * 3500.0 and s.allowance_default == 20
+    site = make_site(allocation_mw=1.0)
+    url = site.agents[0]
+    t = aggregate_site(site, {url: observed(url, s, at=100.0)}, now=101.0, stale_after_s=60.0)
+    assert t.draw.facility_power_w == 20 * 3500.0 and t.draw.miner_allowance_w == 20 * 3500.0
+    assert t.status is SiteStatus.DARK
+
+
+def test_a_summary_without_power_or_a_miner_count_counts_as_an_agent_never_heard_from() -> None:
+    doc = _doc(power_w=None, power_unknown_miners=0, power_allowance_w=0.0)
+    doc["miners"] = {}
+    s = parse_summary(doc)
+    assert s.power_allowance_w is None and s.upper_bound_w is None
+    site = make_site(allocation_mw=1.0, agents=2)
+    url = site.agents[0]
+    t = aggregate_site(site, {url: observed(url, s, at=100.0)}, now=101.0, stale_after_s=60.0)
+    # Its share of the allocation, and the other agent's (never heard from): the site reads at its allocation.
+    assert t.draw.facility_power_w == pytest.approx(1.0 * MW) and t.status is SiteStatus.DARK
+
+
+def test_a_fresh_summary_with_no_power_and_zero_allowance_is_never_zero_in_the_totals() -> None:
+    # Built directly (a summary parse_summary would have fixed): the aggregate does not trust it either.
+    site = make_site(allocation_mw=1.0)
+    url = site.agents[0]
+    s = make_summary(power_w=None, estimate_w=None, allowance_w=0.0)
+    t = aggregate_site(site, {url: observed(url, s, at=100.0)}, now=101.0, stale_after_s=60.0)
+    assert t.draw.facility_power_w == pytest.approx(1.0 * MW) and t.status is not SiteStatus.OK
+
+
+def test_the_margin_on_known_draws_is_judged_but_leaves_a_fully_read_site_ok() -> None:
+    margins = {"last_known": 0.0, "nameplate": 0.0, "default": 0.0, "estimate_margin": 5_000.0,
+               "firmware_margin": 1_000.0}
+    read = parse_summary(_doc(power_unknown_miners=0, power_allowance_w=6_000.0, allowance_w=margins))
+    assert read.allowance_margin_w == 6_000.0
+    site = make_site(allocation_mw=1.0)
+    url = site.agents[0]
+    t = aggregate_site(site, {url: observed(url, read, at=100.0)}, now=101.0, stale_after_s=60.0)
+    assert t.draw.facility_power_w == 66_000.0 and t.draw.miner_allowance_w == 6_000.0
+    assert t.status is SiteStatus.OK  # every miner read: the margin is no miner out of sight
+    hung = parse_summary(_doc(power_allowance_w=6_000.0 + 5 * 3300.0, allowance_w=margins | {"last_known": 16_500.0}))
+    t = aggregate_site(site, {url: observed(url, hung, at=100.0)}, now=101.0, stale_after_s=60.0)
+    assert t.status is SiteStatus.PARTIAL and t.draw.facility_power_w == 60_000.0 + 22_500.0
 
 
 def _strict_json(text: str) -> object:
