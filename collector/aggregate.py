@@ -50,7 +50,7 @@ def _share(estimate_w: float | None, miner_w: float | None) -> float | None:
     return _ratio(estimate_w if estimate_w is not None else 0.0, miner_w)
 
 
-def _status(views: tuple[AgentView, ...], draw: Draw, margin_w: float = 0.0) -> SiteStatus:
+def _status(views: tuple[AgentView, ...], draw: Draw, margin_w: float) -> SiteStatus:
     """Worst first: no_data, stale, dark (all allowance), partial (some), ok (all measured, all agents fresh).
 
     The agents' margin on draws they know (estimated, or by firmware) is allowance, judged with the rest, but
@@ -125,11 +125,13 @@ def make_draw(allocation_w: float, parts: Sequence[_Part | Draw],
         allowance_w = add(*(d.miner_allowance_w for d in draws))
         facility_measured = add(*(d.facility_measured_w for d in draws))
         facility_allowance = add(*(d.facility_allowance_w for d in draws))
+        facility_margin = add(*(d.facility_margin_w for d in draws))
     else:
         allowance_w = add(*(p.power_allowance_w for p in parts if isinstance(p, _Part)))
         measured = miner_w if miner_w is not None else 0.0  # nothing measured is 0 W measured, not unknown
         facility_measured = overhead(measured) if overhead is not None else measured
         facility_allowance = allowance_w * pue if allowance_w is not None else None
+        facility_margin = sum(p.margin_w for p in parts if isinstance(p, _Part)) * pue
     upper_w = add(miner_w, allowance_w)
     facility_upper = add(facility_measured, facility_allowance)
     # The judged figure starts as the upper bound; a fresh site meter replaces it later (collector/sitemeter.py),
@@ -160,6 +162,7 @@ def make_draw(allocation_w: float, parts: Sequence[_Part | Draw],
         allowance_nameplate=add(*(p.allowance_nameplate for p in parts)),
         allowance_default=add(*(p.allowance_default for p in parts)),
         agents_allowed_for=add(*(p.agents_allowed_for for p in parts)),
+        facility_margin_w=facility_margin,
     )
 
 

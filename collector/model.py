@@ -118,6 +118,8 @@ class Draw:
     allowance_nameplate: int | None = None
     allowance_default: int | None = None
     agents_allowed_for: int | None = None  # agents whose whole figure is allowance (stale or never answered)
+    # Of the facility allowance, the agents' margin on draws they know (estimated): no miner out of sight.
+    facility_margin_w: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

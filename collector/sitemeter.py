@@ -172,7 +172,8 @@ def apply_meter(totals: SiteTotals, config: MeterConfig, obs: MeterObservation |
     """A metered site judged on its meter when trusted (all of it measured), else on its miners' figure with the
     declared non-miner load (known, like aux) and the load only the meter saw (an allowance: not measured now)."""
     d = totals.draw
-    miners = d.facility_power_w
+    # Reconciled at face value: the agents' margin on their estimates is for judging, not a draw the meter sees.
+    miners = d.facility_power_w - (d.facility_margin_w or 0.0) if d.facility_power_w is not None else None
     measured = d.facility_measured_w + config.non_miner_load_w if d.facility_measured_w is not None else None
     meter = judge_meter(obs, config, miners + config.non_miner_load_w if miners is not None else None, now,
                         measured * (1 - tolerance) if measured is not None else None)

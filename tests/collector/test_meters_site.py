@@ -295,3 +295,19 @@ async def test_reload_keeps_an_unchanged_meter_and_starts_a_changed_one_afresh()
         assert service.meters.clients["a"] is not client and "a" not in service.meter_obs
         service.apply_config(replace(cfg, sites=(replace(site, meter=None),)))
         assert not service.meters.clients and not service.meter_obs
+
+
+def test_the_meter_is_reconciled_with_the_miners_at_face_value_not_with_their_estimate_margin() -> None:
+    # Every miner read, 0.8 MW of the agents' margin on their estimates in the allowance: judged, not drawn.
+    cfg = metered_config()
+    margin = 0.8 * MW
+    obs = {url: observed(url, replace(make_summary(power_w=8.0 * MW / len(s.agents)), power_allowance_w=margin,
+                                      allowance_margin_w=margin), NOW)
+           for s in cfg.sites for url in s.agents}
+    plain = aggregate_fleet(cfg, obs, NOW)
+    a = plain.sites[0]
+    assert a.draw.facility_power_w == pytest.approx(MINERS_A + margin * 1.1) and a.status.value == "ok"
+    fleet = apply_meters(plain, cfg, {"a": read(None, FIGURE_A, NOW - 5)}, NOW)
+    meter = fleet.sites[0].meter
+    assert meter is not None and meter.miners_facility_power_w == pytest.approx(FIGURE_A)
+    assert meter.reconciliation_ratio == pytest.approx(0.0, abs=1e-9)  # a healthy site: no mismatch
