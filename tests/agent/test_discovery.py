@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 from conftest import MakeSimFleet, SimFleet
 from structlog.testing import capture_logs
@@ -19,7 +20,8 @@ from megawatch.agent.modeltable import load_model_table
 from megawatch.agent.poller import Poller
 from megawatch.agent.state import FleetSnapshot, FleetState, MinerStatus
 from megawatch.agent.web import make_summary
-from megawatch.simulator.config import ControlConfig, FleetConfig, GroupConfig, SiteConfig
+from megawatch.common.configfile import ConfigError
+from megawatch.simulator.config import ControlConfig, FleetConfig, GroupConfig, SiteConfig, load_fleet_config
 
 FORGET_S = 600.0
 
@@ -182,3 +184,35 @@ async def test_inventory_survives_a_restart(gappy: tuple[SimFleet, ipaddress.IPv
     assert _events(logs, "miner_appeared") == []
     row = next(r for r in second.inventory.rows() if r["miner"] == f"{bt.host}:4028")
     assert row["serial"] and row["mac"] == sim.miner(bt.index).identity.mac and row["present"] is True
+
+
+def test_fleet_file_density_spreads_miners_with_the_same_holes(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text("sites:\n  - id: s\n    address: 127.3.0.1\n    density: 0.5\n"
+                    "    groups: [{count: 40, model: Antminer S19, dialect: cgminer}]\n")
+    site = load_fleet_config(path).sites[0]
+    hosts = [h for h, _ in site.endpoints()]
+    assert len(hosts) == 40 and len(set(hosts)) == 40 and hosts == [h for h, _ in site.endpoints()]
+    assert int(ipaddress.IPv4Address(hosts[-1])) - int(ipaddress.IPv4Address("127.3.0.1")) + 1 > 45  # holes
+    path.write_text(path.read_text().replace("density: 0.5", "density: 0"))
+    with pytest.raises(ConfigError, match=r"fleet.yaml:4: sites\[0\]\.density"):
+        load_fleet_config(path)
+
+
+async def test_control_endpoint_swaps_units(gappy: tuple[SimFleet, ipaddress.IPv4Network]) -> None:
+    sim, _ = gappy
+    bm = sim.of_dialect("bmminer")[0]
+    before = sim.miner(bm.index).identity
+    async with aiohttp.ClientSession() as http:
+        async def post(body: dict[str, object]) -> tuple[int, dict[str, object]]:
+            async with http.post(sim.control_url + "/api/v1/swaps", json=body) as response:
+                return response.status, await response.json()
+
+        assert (await post({"miners": [bm.host], "model": "Whatsminer M30S"}))[0] == 400  # not an Antminer
+        assert (await post({"miners": ["127.9.9.9"]}))[0] == 404
+        assert (await post({"miners": [bm.host], "colour": "red"}))[0] == 400
+        status, body = await post({"miners": [bm.host], "model": "Antminer S19"})
+    assert status == 200 and body["swapped"] == 1
+    after = sim.miner(bm.index).identity
+    assert (after.unit, after.model.name, after.host) == (1, "Antminer S19", before.host)
+    assert after.serial != before.serial and after.mac != before.mac
