@@ -49,7 +49,7 @@ def plain(value: float, digits: int = 2) -> float:
     return round(value, digits)
 
 
-Handler = Callable[[Identity, Snapshot, int], "Section | Bare"]  # (miner, tick values, now)
+Handler = Callable[[Identity, Snapshot, int], "Section | Bare | dict[str, Any]"]  # (miner, tick values, now)
 
 
 @dataclass(frozen=True, slots=True)
