@@ -79,7 +79,7 @@ class ConnectionCap:
         asyncio.get_running_loop().call_later(FIRST_REQUEST_S, self._first_request_due, handler)
         return handler
 
-    def _first_request_due(self, handler: RequestHandler[web.Request]) -> None:
+    def _first_request_due(self, handler: RequestHandler) -> None:
         if handler in self._served:
             self._served.discard(handler)
         elif handler not in self._busy and handler.transport is not None:
