@@ -27,6 +27,7 @@ from megawatch.agent.protocol.framing import reply_notes
 from megawatch.agent.state import MinerState, MinerStatus
 
 Query = Callable[..., Awaitable[Any]]
+SAVE_EVERY_S = 300.0  # the inventory file's last-seen times lag by at most this much
 
 
 class Outcome(StrEnum):
@@ -168,6 +169,7 @@ class ScanRanges:
     _sleep: Callable[[float], Awaitable[None]]
     _log: Any
     inventory: Inventory
+    _inventory_saved_s: float = 0.0
 
     def _new_track(self, target: MinerTarget, dialect: str | None, *, discovered: bool) -> Any:
         raise NotImplementedError  # the poller's
@@ -286,11 +288,13 @@ class ScanRanges:
         if gone:
             self._tracks = [t for i, t in enumerate(self._tracks) if i not in gone]
             miners = tuple(m for i, m in enumerate(miners) if i not in gone)
-        if inventory.dirty:
+        # Changes at once; last-seen times at least every few minutes, so a restart forgets nobody early.
+        if inventory.dirty or now_s - self._inventory_saved_s >= SAVE_EVERY_S:
             self._save_inventory(now_s)
         return miners
 
     def _save_inventory(self, now_s: float) -> None:
+        self._inventory_saved_s = now_s
         try:
             self.inventory.save()
         except OSError as exc:

@@ -216,3 +216,21 @@ async def test_control_endpoint_swaps_units(gappy: tuple[SimFleet, ipaddress.IPv
     after = sim.miner(bm.index).identity
     assert (after.unit, after.model.name, after.host) == (1, "Antminer S19", before.host)
     assert after.serial != before.serial and after.mac != before.mac
+
+
+async def test_a_restart_forgets_nobody_early(gappy: tuple[SimFleet, ipaddress.IPv4Network], tmp_path: Path) -> None:
+    sim, net = gappy
+    config = agent_config(tmp_path, net)
+    clock = WallClock()
+    first = Poller(config, FleetState(config.site, len(config.miners)), clock=clock)
+    await _cycle(first, rescan=True)
+    clock.offset += 400
+    await _cycle(first)  # nothing changed: the file still learns when each miner last answered
+    clock.offset += FORGET_S - 300  # past forget_after_s since the first answer, not since the last
+    gone = sim.miners[0]
+    sim.set_fault([gone], "offline")
+    second = Poller(config, FleetState(config.site, len(config.miners)), clock=clock)
+    with capture_logs() as logs:
+        snap = await _cycle(second)
+    n = len(sim.miners)
+    assert (snap.totals.discovered, snap.totals.down) == (n, 1) and _events(logs, "miner_vanished") == []
