@@ -247,7 +247,8 @@ SITE_RECORDS: tuple[tuple[str, str, str], ...] = (
      "non-miner load is measured too and the load only the meter saw is allowance.",
      SITE_MEASURED, _metered(_pue_aux(_MEASURED_OR_0), _METER_W, _NON_MINER)),
     ("", SITE_ALLOWANCE, _metered(_pue("site:megawatch_miner_allowance_watts:sum"), f"0 * {_METER_W}", _UNSEEN)),
-    ("", SITE_POWER, _metered(_pue_aux(_UPPER), _METER_W, f"{_NON_MINER}\n  + on (site) ({_UNSEEN})")),
+    # _NON_MINER is an `or`, which binds looser than `+`: unbracketed it would drop the unseen load.
+    ("", SITE_POWER, _metered(_pue_aux(_UPPER), _METER_W, f"({_NON_MINER})\n  + on (site) ({_UNSEEN})")),
     ("", "site:megawatch_allowance:ratio", f"{SITE_ALLOWANCE} / on (site) {SITE_POWER}"),
     ("", "site:megawatch_utilisation:ratio", f"{SITE_POWER} / on (site) {SITE_ALLOCATION}"),
     ("", "site:megawatch_data_age_seconds:max",
