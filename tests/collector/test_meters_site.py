@@ -311,3 +311,10 @@ def test_the_meter_is_reconciled_with_the_miners_at_face_value_not_with_their_es
     meter = fleet.sites[0].meter
     assert meter is not None and meter.miners_facility_power_w == pytest.approx(FIGURE_A)
     assert meter.reconciliation_ratio == pytest.approx(0.0, abs=1e-9)  # a healthy site: no mismatch
+    # 1 MW the miners do not see is carried as such when the meter drops out; the margin is judged on top, as
+    # before the meter had its say: the estimates' error is not known without it.
+    seen = read(None, FIGURE_A + 1.0 * MW, NOW - 5)
+    carried = remember_unseen(seen, apply_meters(plain, cfg, {"a": seen}, NOW).sites[0].meter)  # type: ignore[arg-type]
+    assert carried.unseen_w == pytest.approx(1.0 * MW)
+    lost = apply_meters(plain, cfg, {"a": replace(carried, answered=False, up=False)}, NOW).sites[0]
+    assert lost.draw.facility_power_w == pytest.approx(FIGURE_A + 1.0 * MW + margin * 1.1)

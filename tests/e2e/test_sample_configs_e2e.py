@@ -135,7 +135,10 @@ async def test_shipped_sample_configs_run_together_and_both_sites_have_data(
         # Firmware-reported power where the dialect gives it, the model table's estimate where it does not.
         expected_w = sim["power_w_reported"] + sim["power_w_estimable"]
         assert view["miner_power_w"] == pytest.approx(expected_w, rel=0.01)
-        assert view["facility_power_w"] == pytest.approx(view["miner_power_w"] * site.pue + site.aux_w, rel=1e-9)
+        # Every miner read: the allowance is only the agents' 10% margin on the estimated draws, judged with them.
+        assert view["miner_allowance_w"] == pytest.approx(0.10 * view["power_estimate_w"], rel=1e-6)
+        assert view["facility_power_w"] == pytest.approx(
+            (view["miner_power_w"] + view["miner_allowance_w"]) * site.pue + site.aux_w, rel=1e-9)
         assert view["allocation_w"] in {site.allocation_w, *(w.allocation_w for w in site.schedule)}
         assert 0 < view["utilisation_ratio"] < 1
         assert [a["up"] for a in view["agents"]] == [True]
