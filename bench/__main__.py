@@ -6,7 +6,8 @@
 
 Results: bench/results/<UTC time>.json and bench/results/latest.json; process logs and the generated
 configs beside them in bench/results/<UTC time>/. Exit code 0 when the bench ran (whatever the verdicts),
-1 when a phase could not run or (--accounting) a site's figure was below the truth, 2 on bad arguments.
+1 when a phase could not run or (--accounting) a site's figure, or outside a surge its miners' upper bound, was
+below the truth, 2 on bad arguments.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def _accounting(args: argparse.Namespace, out: Path, stamp: str, budget: Budget,
         document["accounting"] = result
         print()
         print(accounting.report(result), flush=True)
-        code = 1 if result["violations"] else 0
+        code = 1 if result["violations"] or result["upper_bound_violations"] else 0
     except BenchError as exc:
         document["error"] = str(exc)
         print(f"accounting phase stopped early: {exc}", flush=True)

@@ -12,6 +12,10 @@ are checked, each against the truth fetched right after it:
   accuracy (METER_TOLERANCE): an instrument, not a bound. Anything lower is a violation, printed loudly;
 - beside it the miners' own figures (measured, allowance, upper bound), what the site read before
   allowances (measured only: the under-count the issue is about) and the meter, each as error against truth.
+  The miners' upper bound must not be below what the miners truly draw (truth less undeclared load) either:
+  a site without a meter is judged on it. Except in a mix the miners cannot see (`miners_blind`: a surge
+  draws more at the same hashrate, which no reading shows; meters and their reconciliation alert are for
+  that), a cycle where it is lower is a violation too.
 
 The faults are cleared (and every site back to ok on its meter) before the next mix.
 """
@@ -172,6 +176,9 @@ class Mix:
     title: str
     apply: Callable[[Rig, dict[str, Any]], None]
     meters_down: tuple[str, ...] = ()  # sites whose meter must be judged untrusted before checking
+    # The fault changes what miners draw without changing anything they report: no upper bound the miners'
+    # readings give can cover it, so only the site's figure (a meter) is held to the truth.
+    miners_blind: bool = False
 
 
 def _everywhere(action: Callable[[Rig, str, int], None]) -> Callable[[Rig, dict[str, Any]], None]:
@@ -210,7 +217,7 @@ MIXES: dict[str, Mix] = {m.key: m for m in (
     Mix("dark", "every miner of site a hung: the site is dark to its agent",
         lambda rig, _: rig.fault("a", "hang", 1.0)),
     Mix("surge", "power surge x1.3 on 10% of every site's miners",
-        _everywhere(lambda r, site, _: r.fault(site, "power_surge", 0.1, factor=1.3))),
+        _everywhere(lambda r, site, _: r.fault(site, "power_surge", 0.1, factor=1.3)), miners_blind=True),
     Mix("meter_stale", "every meter stale (a gateway repeating its cache)",
         _everywhere(lambda r, site, _: r.meter_fault(site, "stale")), _ALL),
     Mix("meter_offline", "every meter offline (connection refused)",
@@ -325,13 +332,24 @@ def run_mix(rig: Rig, mix: Mix, cycles: int, timeout_s: float, say: Callable[[st
         truth = rig.truth()
         by_id = {s["id"]: s for s in body["sites"]}
         checked.append([row(by_id[spec.id], truth["sites"][spec.id], spec) for spec in SITES])
+    return {**judge(mix, checked, say), "settle_s": settle_s}
+
+
+def judge(mix: Mix, checked: list[list[dict[str, Any]]], say: Callable[[str], None]) -> dict[str, Any]:
+    """A mix's checked cycles (rows from `row`): each violation printed at once, and counted."""
     violations = [r for cycle in checked for r in cycle if r["violation"]]
     for r in violations:
         say(f"  !!! VIOLATION {mix.key} site {r['site']}: truth {r['truth_w'] / 1e3:,.1f} kW > figure "
             f"{(r['figure_w'] or 0) / 1e3:,.1f} kW ({r['source']}, meter {r['meter_state']}, status {r['status']})")
-    return {"key": mix.key, "title": mix.title, "settle_s": settle_s, "cycles": checked,
-            "violations": len(violations),
-            "upper_bound_short": sum(1 for cycle in checked for r in cycle if r["upper_bound_short"])}
+    short = [r for cycle in checked for r in cycle if r["upper_bound_short"]]
+    if not mix.miners_blind:
+        for r in short:
+            say(f"  !!! VIOLATION {mix.key} site {r['site']}: the miners truly draw "
+                f"{r['miners_visible_truth_w'] / 1e3:,.1f} kW > their upper bound {r['upper_bound_w'] / 1e3:,.1f} kW "
+                f"({_pct(r['err_upper_bound_visible'])}, status {r['status']})")
+    return {"key": mix.key, "title": mix.title, "cycles": checked,
+            "violations": len(violations), "miners_blind": mix.miners_blind,
+            "upper_bound_short": len(short), "upper_bound_violations": 0 if mix.miners_blind else len(short)}
 
 
 def measure(logs: Path, *, miners: int, mixes: list[str], cycles: int, base: str, budget: Any,
@@ -386,7 +404,8 @@ def measure(logs: Path, *, miners: int, mixes: list[str], cycles: int, base: str
             proc.stop()
     return {"miners_per_site": miners, "cycles": cycles, "meter_tolerance": METER_TOLERANCE, "mixes": results,
             "violations": sum(m["violations"] for m in results),
-            "upper_bound_short": sum(m["upper_bound_short"] for m in results)}
+            "upper_bound_short": sum(m["upper_bound_short"] for m in results),
+            "upper_bound_violations": sum(m["upper_bound_violations"] for m in results)}
 
 
 def _kw(value: float | None) -> str:
@@ -409,7 +428,7 @@ def report(result: dict[str, Any]) -> str:
         cycles = mix["cycles"]
         for i, r in enumerate(cycles[-1]):
             mine = [c[i] for c in cycles]
-            bad = sum(1 for c in mine if c["violation"])
+            bad = sum(1 for c in mine if c["violation"] or (c["upper_bound_short"] and not mix["miners_blind"]))
             worst = min((c["err_figure"] for c in mine if c["err_figure"] is not None), default=None)
             verdict = f"ok (worst {_pct(worst)})" if not bad else f"VIOLATED in {bad} of {len(mine)} cycles"
             sources = {src: sum(1 for c in mine if c["source"] == src) for src in {c["source"] for c in mine}}
@@ -429,16 +448,21 @@ def report(result: dict[str, Any]) -> str:
               "against those miners' true draw; figure: what the allocation is judged on (the meter when trusted, "
               f"allowed its {METER_TOLERANCE:.1%} accuracy)."]
     site_cycles = sum(len(m["cycles"]) for m in result["mixes"]) * len(SITES)
-    short = result["upper_bound_short"]
-    if short:
-        worst = min((r for m in result["mixes"] for c in m["cycles"] for r in c),
-                    key=lambda r: r["err_upper_bound_visible"] if r["err_upper_bound_visible"] is not None else 0)
-        lines.append(f"NOTE: the miners' upper bound was below what they truly draw in {short} of {site_cycles} site-"
-                     f"cycles, worst {_pct(worst['err_upper_bound_visible'])} (site {worst['site']}): the upper "
-                     "bound takes firmware readings and estimates at face value, so a site without a meter is judged "
-                     "that much low.")
+    for blind in (False, True):
+        rows = [r for m in result["mixes"] if m["miners_blind"] is blind for c in m["cycles"] for r in c]
+        short = [r for r in rows if r["upper_bound_short"]]
+        if not short:
+            continue
+        worst = min(short, key=lambda r: r["err_upper_bound_visible"])
+        where = ("in a mix the miners cannot see (a surge: more draw at the same hashrate), where the meter is the "
+                 "figure" if blind else "with nothing hidden from the miners: VIOLATION")
+        lines.append(f"NOTE: the miners' upper bound was below what they truly draw in {len(short)} of {len(rows)} "
+                     f"site-cycles, worst {_pct(worst['err_upper_bound_visible'])} (site {worst['site']}), {where}.")
     total = result["violations"]
     lines.append(f"truth > figure: {total} violation(s) in {site_cycles} site-cycles" +
                  ("" if not total else "  <<< A SITE'S FIGURE UNDER-COUNTED ITS TRUE DRAW"))
+    upper = result.get("upper_bound_violations", 0)
+    lines.append(f"miners' truth > their upper bound (outside surge mixes): {upper} violation(s)" +
+                 ("" if not upper else "  <<< A SITE WITHOUT A METER WOULD BE JUDGED LOW"))
     return "\n".join(lines)
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from bench.accounting import METER_TOLERANCE, SITES, row
+from bench.accounting import METER_TOLERANCE, SITES, judge, report, row
+from bench.accounting import MIXES as ALL_MIXES
 
 REPO = Path(__file__).resolve().parents[2]
 MIXES = ("none", "hung10")
@@ -32,12 +33,14 @@ def test_tiny_accounting_phase_prints_every_mix_and_no_violation(tmp_path: Path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     out = done.stdout
     assert "truth > figure: 0 violation(s)" in out and "VIOLAT" not in out
+    assert "their upper bound (outside surge mixes): 0 violation(s)" in out
     for key in MIXES:
         table = out.split(f"\n{key}: ", 1)[1].split("\n\n", 1)[0].splitlines()
         assert "measured only" in table[1] and "upper bound" in table[1] and "figure [source]" in table[1]
         assert [line.split()[0] for line in table[2:]] == [s.id for s in SITES]
     result = json.loads((tmp_path / "latest-accounting.json").read_text())["accounting"]
     assert result["violations"] == 0 and [m["key"] for m in result["mixes"]] == list(MIXES)
+    assert result["upper_bound_violations"] == 0
     _, hung = result["mixes"]
     # One of the eight miners of every site hung: it is allowed for, never counted as 0 W.
     last = hung["cycles"][-1]
@@ -71,3 +74,23 @@ def test_a_figure_under_the_truth_is_a_violation_and_a_meter_gets_only_its_accur
     # The miners' own upper bound (900 + 50 W) is under what they draw, and the estimate error shows why.
     assert r["upper_bound_short"] and r["err_estimate"] == pytest.approx(-0.25)
     assert r["err_measured_only"] == pytest.approx(-0.10)
+
+
+def test_the_miners_upper_bound_under_their_draw_is_a_violation_except_in_a_surge() -> None:
+    spec = SITES[0]
+    # Metered: the figure (the meter's) is right, but the miners' own upper bound (950 W) is under their draw.
+    short = row(_site(1000.0, "meter"), TRUTH, spec)
+    covered = row(_site(1000.0, "meter") | {"miner_allowance_w": 100.0}, TRUTH, spec)
+    assert short["upper_bound_short"] and not short["violation"] and not covered["upper_bound_short"]
+    said: list[str] = []
+    at_rest = judge(ALL_MIXES["none"], [[short], [covered]], said.append)
+    assert at_rest["upper_bound_violations"] == 1 and at_rest["violations"] == 0
+    assert len(said) == 1 and "!!! VIOLATION none site a: the miners truly draw 1.0 kW" in said[0]
+    # A surge draws more at the same hashrate: no reading shows it, so it is shown, not counted.
+    surge = judge(ALL_MIXES["surge"], [[short]], said.append)
+    assert surge["upper_bound_violations"] == 0 and surge["upper_bound_short"] == 1 and len(said) == 1
+    text = report({"miners_per_site": 1, "cycles": 2, "mixes": [at_rest | {"settle_s": 0.0}, surge],
+                   "violations": 0, "upper_bound_short": 2, "upper_bound_violations": 1})
+    assert "miners' truth > their upper bound (outside surge mixes): 1 violation(s)" in text
+    assert "VIOLATED in 1 of 2 cycles" in text.split("\nsurge: ")[0]
+    assert "in a mix the miners cannot see" in text
