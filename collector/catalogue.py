@@ -110,6 +110,10 @@ SITE_POWER = "site:megawatch_facility_power_watts:sum"
 SITE_MEASURED = "site:megawatch_facility_measured_watts:sum"
 SITE_ALLOWANCE = "site:megawatch_facility_allowance_watts:sum"
 SITE_ALLOCATION = "site:megawatch_allocation_watts:max"
+# Of the allowance, the agents' margin on draws they estimate (uncertainty on known draw), and the rest: draw not
+# known now. SiteUnknownShareHigh judges the latter, so a healthy all-estimated site does not fire it.
+SITE_MARGIN = "site:megawatch_facility_margin_watts:sum"
+SITE_UNKNOWN = "site:megawatch_facility_unknown_watts:sum"
 FLEET_POWER = "fleet:megawatch_facility_power_watts:sum"
 FLEET_MEASURED = "fleet:megawatch_facility_measured_watts:sum"
 FLEET_ALLOWANCE = "fleet:megawatch_facility_allowance_watts:sum"
@@ -119,6 +123,10 @@ UPPER_BOUND_CARRY = "1d"  # an agent's upper bound outlives its answers: losing 
 
 def _draw_parts(subject: Any) -> tuple[float | None, float | None]:
     return subject.draw.facility_measured_w, subject.draw.facility_allowance_w
+
+
+def _unknown_parts(subject: Any) -> tuple[float | None, float | None]:
+    return subject.draw.facility_measured_w, subject.draw.facility_unknown_w
 
 ALERTS: dict[str, AlertSpec] = {a.name: a for a in (
     AlertSpec(
@@ -144,15 +152,16 @@ ALERTS: dict[str, AlertSpec] = {a.name: a for a in (
         parts=(SITE_MEASURED, SITE_ALLOWANCE), measure_parts=_draw_parts),
     AlertSpec(
         "SiteUnknownShareHigh", Severity.WARNING, Subject.SITE, "site_unknown_share_high",
-        means="More than `unknown_share_ratio` of the site's figure is allowance (miners or agents whose draw is not "
-              "known now), not measured: too much of it is assumed to trust the figure.",
-        summary="{who}: {value} of its figure is allowance, not measured (warning above {line}): {measured} "
-                "measured, {allowance} allowed for.",
+        means="More than `unknown_share_ratio` of the site's figure is allowance for draw not known now (miners or "
+              "agents out of sight): too much of it is assumed to trust the figure. The agents' margin on the draws "
+              "they estimate is uncertainty on known draw and does not count.",
+        summary="{who}: {value} of its figure is allowance for draw not known now (warning above {line}): "
+                "{measured} measured, {allowance} allowed for miners or agents out of sight.",
         action="Find why miners do not answer (hung APIs, a switch, a down agent) and whether their power is "
                "still on; the over-allocation alerts count them at their allowance meanwhile.",
-        value="site:megawatch_allowance:ratio", unit=Unit.RATIO, line="{unknown_share_ratio}",
-        source="thresholds.unknown_share_ratio", hysteresis=True, measure=lambda s: s.draw.allowance_ratio,
-        parts=(SITE_MEASURED, SITE_ALLOWANCE), measure_parts=_draw_parts),
+        value="site:megawatch_unknown:ratio", unit=Unit.RATIO, line="{unknown_share_ratio}",
+        source="thresholds.unknown_share_ratio", hysteresis=True, measure=lambda s: s.draw.unknown_ratio,
+        parts=(SITE_MEASURED, SITE_UNKNOWN), measure_parts=_unknown_parts),
     AlertSpec(
         "SiteDataStale", Severity.WARNING, Subject.SITE, "site_data_stale",
         means="Some of the site's agent data is older than `stale_after_s`; its last known figures are still "

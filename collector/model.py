@@ -113,13 +113,30 @@ class Draw:
     facility_measured_w: float | None = None
     facility_allowance_w: float | None = None
     facility_upper_bound_w: float | None = None
-    allowance_ratio: float | None = None  # facility allowance / facility upper bound: the unknown share
+    allowance_ratio: float | None = None  # facility allowance / facility upper bound (margin included)
     allowance_last_known: int | None = None  # miners in the allowance, by basis
     allowance_nameplate: int | None = None
     allowance_default: int | None = None
     agents_allowed_for: int | None = None  # agents whose whole figure is allowance (stale or never answered)
     # Of the facility allowance, the agents' margin on draws they know (estimated): no miner out of sight.
     facility_margin_w: float | None = None
+
+    # Properties, not fields: a figure re-based later (a site meter, collector/sitemeter.py) keeps them true.
+    @property
+    def facility_unknown_w(self) -> float | None:
+        """The allowance for draw not known now (miners or agents out of sight): the margin is uncertainty on
+        known draw, not unknown draw. Never below 0 W: a trusted meter leaves no allowance, yet keeps the margin."""
+        if self.facility_allowance_w is None:
+            return None
+        return max(0.0, self.facility_allowance_w - (self.facility_margin_w or 0.0))
+
+    @property
+    def unknown_ratio(self) -> float | None:
+        """The share of the facility upper bound that is not known now: what SiteUnknownShareHigh judges."""
+        upper = self.facility_upper_bound_w
+        if upper is None or upper <= 0:
+            return None
+        return (self.facility_unknown_w or 0.0) / upper
 
 
 @dataclass(frozen=True, slots=True)

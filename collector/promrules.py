@@ -30,8 +30,10 @@ from megawatch.collector.catalogue import (
     FLEET_POWER,
     SITE_ALLOCATION,
     SITE_ALLOWANCE,
+    SITE_MARGIN,
     SITE_MEASURED,
     SITE_POWER,
+    SITE_UNKNOWN,
     STALL_CYCLES,
     UPPER_BOUND_CARRY,
     AlertPath,
@@ -250,6 +252,14 @@ SITE_RECORDS: tuple[tuple[str, str, str], ...] = (
     # _NON_MINER is an `or`, which binds looser than `+`: unbracketed it would drop the unseen load.
     ("", SITE_POWER, _metered(_pue_aux(_UPPER), _METER_W, f"({_NON_MINER})\n  + on (site) ({_UNSEEN})")),
     ("", "site:megawatch_allowance:ratio", f"{SITE_ALLOWANCE} / on (site) {SITE_POWER}"),
+    ("The agents' margin on the draws they estimate, x PUE: uncertainty on known draw, not draw out of sight. "
+     "Only from agents answering now, as measured is: a dark agent's whole figure is unknown, margin and all. "
+     "The rest of the allowance (never below 0 W: a trusted meter leaves none) is what SiteUnknownShareHigh "
+     "judges.",
+     SITE_MARGIN, _pue('sum by (site) (megawatch_site_power_allowance_basis_watts{job="megawatch-agent",'
+                       'basis=~".*_margin"})')),
+    ("", SITE_UNKNOWN, f"clamp_min({SITE_ALLOWANCE} - on (site) ({SITE_MARGIN} or 0 * {SITE_ALLOWANCE}), 0)"),
+    ("", "site:megawatch_unknown:ratio", f"{SITE_UNKNOWN} / on (site) {SITE_POWER}"),
     ("", "site:megawatch_utilisation:ratio", f"{SITE_POWER} / on (site) {SITE_ALLOCATION}"),
     ("", "site:megawatch_data_age_seconds:max",
      'time() - min by (site) (last_over_time(megawatch_agent_last_cycle_timestamp_seconds{job="megawatch-agent"}'

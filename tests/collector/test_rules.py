@@ -236,7 +236,38 @@ def test_a_site_going_dark_never_resolves_its_over_allocation() -> None:
     assert [firing(e, "SiteUnknownShareHigh") for e in evs] == [False, False, False, True, True]
     share = next(x for x in evs[-1].active if x.name == "SiteUnknownShareHigh")
     assert share.summary.startswith(
-        "Site a (Site A): 100.0% of its figure is allowance, not measured (warning above 10%)")
+        "Site a (Site A): 100.0% of its figure is allowance for draw not known now (warning above 10%)")
+
+
+def _estimated(cfg: CollectorConfig, hung: int) -> FleetTotals:
+    """Site a's 100 miners all estimated at 90 kW with a 10 % margin; `hung` of them at their last known draw."""
+    a, b = cfg.sites[0].agents[0], cfg.sites[1].agents[0]
+    margin_w = 0.9 * MW  # on the answering miners' estimates and on the hung ones' last known estimates alike
+    summary = replace(make_summary(power_w=0.0, estimate_w=(100 - hung) * 0.09 * MW, up=100 - hung, down=hung,
+                                   allowance_w=hung * 0.09 * MW + margin_w, unknown=hung),
+                      allowance_margin_w=margin_w)
+    return aggregate_fleet(cfg, {a: observed(a, summary, at=0), b: observed(b, make_summary(power_w=5 * MW), at=0)},
+                           0)
+
+
+def test_the_estimate_margin_is_not_unknown_share() -> None:
+    # All estimated, the margin alone is 9.1 % of the figure: under the 10 % line, with or without the margin.
+    cfg = config(hold_s=0.0)
+    fleet = _estimated(cfg, 0)
+    assert round(fleet.sites[0].draw.allowance_ratio, 4) == 0.0909 and fleet.sites[0].draw.unknown_ratio == 0.0
+    assert not firing(RuleEngine(cfg.thresholds).evaluate(fleet, 0), "SiteUnknownShareHigh")
+    # Two hung miners take the allowance share past 10 % (10.9 %), yet only 1.8 % of the figure is unknown.
+    fleet = _estimated(cfg, 2)
+    assert round(fleet.sites[0].draw.allowance_ratio, 4) == 0.1091
+    assert round(fleet.sites[0].draw.unknown_ratio, 4) == 0.0182
+    assert not firing(RuleEngine(cfg.thresholds).evaluate(fleet, 0), "SiteUnknownShareHigh")
+    # Fifteen hung: 13.6 % unknown fires, and its text counts the unknown draw, not the margin.
+    ev = RuleEngine(cfg.thresholds).evaluate(_estimated(cfg, 15), 0)
+    assert firing(ev, "SiteUnknownShareHigh")
+    share = next(x for x in ev.active if x.name == "SiteUnknownShareHigh")
+    assert share.summary.startswith("Site a (Site A): 13.6% of its figure is allowance for draw not known now "
+                                    "(warning above 10%): 7.65 MW measured, 1.35 MW allowed for miners or agents "
+                                    "out of sight."), share.summary
 
 
 def test_unknown_share_follows_its_threshold() -> None:

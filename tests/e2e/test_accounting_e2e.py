@@ -135,6 +135,10 @@ async def test_a_dark_site_keeps_its_over_allocation_firing(procs: Procs, http: 
     query = f'site:megawatch_allowance:ratio{{site="{SITE}"}}'
     ratio = await get_json(http, prom.url + "/api/v1/query?" + urlencode({"query": query}))
     assert float(ratio["data"]["result"][0]["value"][1]) == 1.0
+    # The share SiteUnknownShareHigh judges leaves the estimate margin out; dark miners are all unknown draw.
+    query = f'site:megawatch_unknown:ratio{{site="{SITE}"}}'
+    unknown = await get_json(http, prom.url + "/api/v1/query?" + urlencode({"query": query}))
+    assert float(unknown["data"]["result"][0]["value"][1]) > 0.5, unknown
 
 
 async def _unknown_share(http: aiohttp.ClientSession, collector: Proc) -> bool:
