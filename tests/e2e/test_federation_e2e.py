@@ -10,6 +10,7 @@ arrive through both site servers, and hold no per-miner series at all while the 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -39,12 +40,17 @@ http = processes.http
 PROM_DIR = ROOT / "configs" / "prometheus"
 SITES = ("site-a", "site-b")
 PER_MINER = '{__name__=~"megawatch_miner_.*"}'
+
+
+def _federated_records() -> set[str]:
+    """The site records federation.yml asks for by exact name (tests/scale checks it asks for every one)."""
+    config = yaml.safe_load((PROM_DIR / "federation.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j.get("metrics_path") == "/federate"]
+    return {m.group(1) for s in job["params"]["match[]"] if (m := re.fullmatch(r'\{__name__="([^"]+)"\}', s))}
+
+
 # The site tier's recording rules federation.yml asks for, by name.
-FEDERATED = {"site:megawatch_miner_power_watts:sum", "site:megawatch_hashrate_hashes_per_second:sum",
-             "site:megawatch_miners:sum", "site:megawatch_allocation_watts:max",
-             "site:megawatch_facility_power_watts:sum", "site:megawatch_utilisation:ratio",
-             "site:megawatch_data_age_seconds:max", "site:megawatch_facility_measured_watts:sum",
-             "site:megawatch_facility_allowance_watts:sum", "site:megawatch_allowance:ratio"}
+FEDERATED = _federated_records()
 # The collector's energy accounts and judged figure, for `megawatch report` at the central tier (docs/energy.md).
 ENERGY = {f"megawatch_{scope}_{name}" for scope in ("site", "fleet") for name in (
     *(f"{counter}_total" for _, counter, _ in ENERGY_COUNTERS), "facility_power_watts", "utilisation_ratio")}
