@@ -231,11 +231,11 @@ class MinerRenderer:
         if family.field is not None:
             get = attrgetter(family.field)
             # `v - v == 0` drops None's neighbours NaN and inf: unknown is absent.
-            lines = [f"{p}{v}\n" for p, c in zip(heads, currents)
+            lines = [f"{p}{v}\n" for p, c in zip(heads, currents, strict=True)
                      if c is not None and (v := get(c)) is not None and v - v == 0]
         elif family.value is not None:
             value = family.value
-            lines = [f"{p}{v}\n" for p, m in zip(heads, miners) if (v := value(m)) is not None]
+            lines = [f"{p}{v}\n" for p, m in zip(heads, miners, strict=True) if (v := value(m)) is not None]
         elif name in _INDEXED:
             # Boards and fans: the label text depends only on the slot number, cached by it.
             lines = _INDEXED[name](heads, currents, settings, self._labels.setdefault(name, {}))
@@ -243,11 +243,11 @@ class MinerRenderer:
             extra, samples = family.labels, family.samples
             cache = self._labels.setdefault(name, {})
             lines = []
-            for p, m in zip(heads, miners):
+            for p, m in zip(heads, miners, strict=True):
                 for values, v in samples(m, settings):
                     labels = cache.get(values)
                     if labels is None:
-                        labels = ",".join(f'{k}="{_escape(x)}"' for k, x in zip(extra, values))
+                        labels = ",".join(f'{k}="{_escape(x)}"' for k, x in zip(extra, values, strict=True))
                         cache[values] = labels
                     lines.append(f"{p}{labels}}} {v}\n")
         return "".join(lines)
@@ -258,7 +258,7 @@ def _temperature_lines(heads: list[str], currents: list[MinerReading | None], se
     """Same samples as `_temperatures`, label text cached per board index."""
     boards_too = settings.board_temperatures
     lines: list[str] = []
-    for p, c in zip(heads, currents):
+    for p, c in zip(heads, currents, strict=True):
         if c is None:
             continue
         for board in c.boards:
@@ -268,7 +268,8 @@ def _temperature_lines(heads: list[str], currents: list[MinerReading | None], se
             labels = cache.get(board.index)
             if labels is None:
                 index = _escape(str(board.index))
-                labels = cache[board.index] = (f'board="{index}",sensor="chip"}} ', f'board="{index}",sensor="board"}} ')
+                labels = cache[board.index] = (f'board="{index}",sensor="chip"}} ',
+                                               f'board="{index}",sensor="board"}} ')
             if chip is not None:
                 lines.append(f"{p}{labels[0]}{chip}\n")
             if boards_too and board_temp is not None:
@@ -280,7 +281,7 @@ def _fan_lines(heads: list[str], currents: list[MinerReading | None], _: Exposit
                cache: dict[Any, Any]) -> list[str]:
     """Same samples as `_fans`, label text cached per fan index."""
     lines: list[str] = []
-    for p, c in zip(heads, currents):
+    for p, c in zip(heads, currents, strict=True):
         if c is None:
             continue
         for fan in c.fans:

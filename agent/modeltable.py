@@ -117,7 +117,7 @@ _FIELD_POSITION = {name: position for position, name in enumerate(MinerReading._
 
 def replace_reading(reading: MinerReading, **changes: object) -> MinerReading:
     """MinerReading._replace without its per-call generic machinery (once per poll, most miners)."""
-    values = list(reading)
+    values: list[object] = list(reading)
     for name, value in changes.items():
         values[_FIELD_POSITION[name]] = value
     return tuple.__new__(MinerReading, values)

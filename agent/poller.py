@@ -276,7 +276,7 @@ class Poller(ScanRanges):
                 await self._poll_miner(track)
             # A bug of ours (client, parser, refused command) must cost one miner's poll, not the whole
             # cycle: it is logged with its traceback, once per miner, and the miner counts as failed.
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._note_bug(track, "poll_crashed", exc)
                 self._record_failure(track, ErrorKind.MALFORMED, t0, f"internal error: {exc!r}")
 
@@ -360,7 +360,7 @@ class Poller(ScanRanges):
     def _parse(self, track: _Track, module: ModuleType, replies: dict[str, dict[str, Any]]) -> MinerReading | None:
         try:
             reading: MinerReading = module.parse(replies)
-        except Exception as exc:  # noqa: BLE001 - parse never raises on miner content: this is our bug
+        except Exception as exc:  # parse never raises on miner content: this is our bug
             self._note_bug(track, "parse_failed", exc)
             return None
         if track.target.model is not None:

@@ -19,8 +19,8 @@ from megawatch.collector.catalogue import ALERTS, COLLECTOR_ALERT_NAMES
 from megawatch.collector.curtailconfig import CurtailSettings, load_curtailment
 from megawatch.collector.meterconfig import MeterConfig, check_meter_timeouts, load_meter
 from megawatch.collector.production import Production, load_production
-from megawatch.common.configfile import ConfigError, Section
 from megawatch.common import yamlfile
+from megawatch.common.configfile import ConfigError, Section
 from megawatch.common.logs import load_log_settings
 from megawatch.common.redact import public_url as public_url  # the collector's modules import it from here
 from megawatch.common.webconfig import WebConfig, load_web_config

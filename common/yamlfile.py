@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import yaml
 
@@ -38,7 +38,7 @@ class YamlFileError(Exception):
         self.message, self.line = message, line
 
 
-class _Loader(_Base):  # type: ignore[misc, valid-type]
+class _Loader(_Base):  # type: ignore[misc]  # a base chosen at run time
     """The safe loader (no Python objects); keys and values are built by `_Builder`, not by this class."""
 
 
@@ -140,6 +140,14 @@ def load(text: str) -> Any:
             from None
 
 
+class _Mark(Protocol):  # PyYAML's and libyaml's marks alike
+    line: int
+
+
+def _line(mark: _Mark | None) -> int | None:
+    return mark.line + 1 if mark is not None else None
+
+
 def _count_events(text: str) -> None:
     """Refuse too many values or too deep a nesting from the event stream, before any node is composed
     (composing is what costs memory, and PyYAML's composer recurses once per level)."""
@@ -152,11 +160,11 @@ def _count_events(text: str) -> None:
                 values += 1
                 if values > MAX_VALUES:
                     raise YamlFileError(f"more than {MAX_VALUES:,} values (keys, items and scalars); a config "
-                                        f"file may hold at most {MAX_VALUES:,}", event.start_mark.line + 1)
+                                        f"file may hold at most {MAX_VALUES:,}", _line(event.start_mark))
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    raise YamlFileError(f"nested more than {MAX_DEPTH} levels deep", event.start_mark.line + 1)
+                    raise YamlFileError(f"nested more than {MAX_DEPTH} levels deep", _line(event.start_mark))
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
     finally:

@@ -27,8 +27,8 @@ from megawatch.simulator.config import FleetConfig, GroupConfig, SiteConfig
 from megawatch.simulator.faults import Fault, select_fraction
 from megawatch.simulator.miner import Miner, bind_listener
 from megawatch.simulator.power import idle_power_w
-from megawatch.simulator.writes import reboot_control
 from megawatch.simulator.replies import firmware_for
+from megawatch.simulator.writes import reboot_control
 
 FD_RESERVE = 512  # descriptors kept free for accepted connections, logs and the control endpoint
 SUM_KEYS = (

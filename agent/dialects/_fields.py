@@ -9,7 +9,8 @@ import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar, overload
 
 from megawatch.agent.model import Pool
 from megawatch.common.redact import public_url, public_user
@@ -23,6 +24,7 @@ _HASH_UNITS: dict[str, float] = {
     "TH": 1e12,
     "PH": 1e15,
 }
+T = TypeVar("T")
 _SUFFIX = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _LARGEST_FLOAT = int(sys.float_info.max)
 _LARGEST_FLOAT_VALUE = sys.float_info.max
@@ -128,32 +130,6 @@ def to_hs(value: Any, unit: str) -> float | None:
     return hs if math.isfinite(hs) else None  # 1e300 GH/s from a garbage reply overflows to inf
 
 
-def find_hashrate(section: Mapping[str, Any], window: str) -> float | None:
-    """Find "<unit>S <window>" (e.g. "MHS 5s", "GHS av") whatever the unit prefix, in H/s."""
-    for unit in ("MHS", "GHS", "THS", "KHS"):
-        key = f"{unit} {window}"
-        if key in section:
-            return to_hs(section[key], unit)
-    return None
-
-
-def short_window_hashrate(section: Mapping[str, Any]) -> float | None:
-    """The shortest rolling window the firmware reports: 5 s normally, 20 s (BFGMiner), 30 s (Avalon)."""
-    for window in ("5s", "20s", "30s", "1m"):
-        value = find_hashrate(section, window)
-        if value is not None:
-            return value
-    return None
-
-
-def first(section: Mapping[str, Any], *keys: str) -> Any:
-    """The first present key's value: for spelling variants like "Getworks"/"Getwork"."""
-    for key in keys:
-        if key in section:
-            return section[key]
-    return None
-
-
 def dash_list(value: Any) -> list[float | None]:
     """Split bmminer's "38-48-47-52" strings; "-", "", "0-0-0-0" give no values."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -231,12 +207,13 @@ def malformed(value: Any) -> bool:
 
 
 def read(
-    item: Mapping[str, Any], key: str, convert: Callable[[Any], Any], problems: list[str], where: str
-) -> Any:
+    item: Mapping[str, Any], key: str, convert: Callable[[Any], T | None], problems: list[str], where: str
+) -> T | None:
     """`convert(item[key])`; a value that is present but not numeric gives None and a note in `problems`."""
     value = item.get(key)
     kind = type(value)
-    if value is None or (kind is float and _isfinite(value)) or (kind is int and -_LARGEST_FLOAT <= value <= _LARGEST_FLOAT):
+    if (value is None or (kind is float and _isfinite(value))
+            or (kind is int and -_LARGEST_FLOAT <= value <= _LARGEST_FLOAT)):
         return convert(value)  # the usual cases, without parsing the value twice
     if malformed(value):
         problems.append(f"{where}.{key}: not a number: {value!r:.60}")
@@ -323,7 +300,7 @@ def _hashrate(item: Mapping[str, Any], windows: Sequence[str], problems: list[st
         for unit in ("MHS", "GHS", "THS", "KHS"):
             key = f"{unit} {window}"
             if key in item:
-                return read(item, key, lambda v, unit=unit: to_hs(v, unit), problems, where)
+                return read(item, key, partial(to_hs, unit=unit), problems, where)
     return None
 
 
@@ -390,9 +367,13 @@ def _user(user: str | None) -> str | None:
 def _pool_status(status: str) -> str:
     """"Alive" -> "alive", "Deed" -> "dead": one shared string per status."""
     lowered = status.lower()
-    return shared(_POOL_STATUS_ALIASES.get(lowered, lowered))  # type: ignore[return-value]
+    return shared(_POOL_STATUS_ALIASES.get(lowered, lowered))
 
 
+@overload
+def shared(value: str) -> str: ...
+@overload
+def shared(value: None) -> None: ...
 def shared(value: str | None) -> str | None:
     """One copy of a string that thousands of miners repeat (model, firmware, version, pool URL, status).
 
@@ -450,7 +431,10 @@ def mark_active_pool(found: tuple[Pool, ...]) -> tuple[Pool, ...]:
 
 
 def short_rate(item: Mapping[str, Any], problems: list[str], where: str) -> float | None:
-    """The shortest rolling rate of one section or device ("MHS 5s", "GHS 5s", "MHS 20s", ...) in H/s, noted if malformed."""
+    """The shortest rolling rate ("MHS 5s", "GHS 5s", "MHS 20s", ...) of a section or device in H/s.
+
+    A malformed value is noted in `problems`.
+    """
     return _hashrate(item, _SHORT_WINDOWS, problems, where)
 
 
