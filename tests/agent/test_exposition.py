@@ -132,7 +132,8 @@ def test_rendered_in_blocks_of_miners_the_text_is_the_same(block: int) -> None:
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_check_metrics_is_clean() -> None:
     text = _exposition(fixed_snapshot(), ExpositionSettings(board_temperatures=True, all_pools=True))
-    proc = subprocess.run(["promtool", "check", "metrics"], check=False, input=text, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(["promtool", "check", "metrics"], check=False, input=text, capture_output=True, text=True,
+                          timeout=30)
     assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
 
 

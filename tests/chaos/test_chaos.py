@@ -18,7 +18,6 @@ import aiohttp
 import pytest
 
 from megawatch.agent.modeltable import load_model_table
-
 from tests.chaos.harness import (
     INTERVAL_S,
     REQUEST_TIMEOUT_S,
@@ -128,8 +127,12 @@ async def test_hostile_miners_cost_only_themselves(procs: Procs, http: aiohttp.C
                 estimate = row["hashrate_hs"] * spec.joules_per_hash if spec and row["hashrate_hs"] else None
                 assert any(row["hashrate_hs"] == pytest.approx(hs, rel=0.01)
                            and (row["power_w"] is None or row["power_w"] == pytest.approx(w, rel=0.01)
-                                or row["power_source"] == "estimate" and row["power_w"] == pytest.approx(estimate))
-                           for hs, w in truths), (cycle, {k: row[k] for k in ("dialect", "model", "hashrate_hs", "power_w", "power_source", "firmware")}, truths)
+                                or (row["power_source"] == "estimate" and row["power_w"] == pytest.approx(estimate)))
+                           for hs, w in truths), (
+                    cycle,
+                    {k: row[k] for k in ("dialect", "model", "hashrate_hs", "power_w", "power_source", "firmware")},
+                    truths,
+                )
         if cycle % 2 == 0:  # the flipped addresses have settled: they must read as the miner now behind them
             for name, proxy in flip_names.items():
                 host, port = proxy.targets[proxy.current]

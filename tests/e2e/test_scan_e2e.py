@@ -29,7 +29,8 @@ http = processes.http
 def _fleet(net: ipaddress.IPv4Network) -> FleetConfig:
     table = load_model_table()
     groups = tuple(GroupConfig(count, table.lookup(model), dialect)  # type: ignore[arg-type]
-                   for dialect, model, count in (("bmminer", "Antminer S19 Pro", 30), ("btminer", "Whatsminer M30S", 25),
+                   for dialect, model, count in (("bmminer", "Antminer S19 Pro", 30),
+                                                 ("btminer", "Whatsminer M30S", 25),
                                                  ("luxos", "Antminer S21", 20), ("avalon", "Avalon A1246", 15)))
     site = SiteConfig("e2e", str(net.network_address + 1), 4028, None, 25.0, groups, density=0.5)
     assert site.offsets()[-1] < 253

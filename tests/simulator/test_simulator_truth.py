@@ -33,7 +33,8 @@ async def reported(raw_request, m) -> tuple[float, float | None]:
     if m.dialect == "btminer":
         power = (await ask(raw_request, m.host, m.port, "summary"))["SUMMARY"][0]["Power"]
     elif m.dialect == "bosminer":
-        power = (await ask(raw_request, m.host, m.port, "tunerstatus"))["TUNERSTATUS"][0]["ApproximateMinerPowerConsumption"]
+        tuner = (await ask(raw_request, m.host, m.port, "tunerstatus"))["TUNERSTATUS"][0]
+        power = tuner["ApproximateMinerPowerConsumption"]
     elif m.dialect == "luxos":
         power = (await ask(raw_request, m.host, m.port, "power"))["POWER"][0]["Watts"]
     elif m.dialect == "avalon":
@@ -59,7 +60,10 @@ async def polled_sums(raw_request, miners, spec_of) -> dict[str, dict[str, float
 
 async def test_truth_is_the_sum_of_what_miners_report(sim_fleet, raw_request):
     truth = await sim_fleet.truth()
-    spec_of = lambda m: sim_fleet.miner(m.index).identity.model
+
+    def spec_of(m):
+        return sim_fleet.miner(m.index).identity.model
+
     sums = await polled_sums(raw_request, sim_fleet.miners, spec_of)
     for site, polled in sums.items():
         # What the miners say (and the J/TH arithmetic on it) is summed exactly.
@@ -92,7 +96,10 @@ async def test_truth_leaves_out_miners_that_do_not_answer(sim_fleet, raw_request
     assert after["miners_hashing"] == before["sites"]["site-a"]["miners_hashing"] - 1  # hung ones still hash
     assert after["faults"] == {"offline": 1, "hang": 2, "slow": 1}
     answering = [m for m in sim_fleet.miners if m.site == "site-a" and m not in hidden]
-    spec_of = lambda m: sim_fleet.miner(m.index).identity.model
+
+    def spec_of(m):
+        return sim_fleet.miner(m.index).identity.model
+
     polled = (await polled_sums(raw_request, answering, spec_of))["site-a"]
     assert after["hashrate_hs"] == pytest.approx(polled["hashrate_hs"], rel=1e-4)
     assert after["power_w_unobserved"] > 0
