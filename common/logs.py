@@ -82,4 +82,5 @@ def _is_bad_request(exc: BaseException) -> bool:
 
 
 def get_logger(**initial: object) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(**initial)  # type: ignore[no-any-return]
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(**initial)  # the wrapper configured above
+    return logger

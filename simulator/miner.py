@@ -221,7 +221,8 @@ class MinerConnection(asyncio.Protocol):
             transport.write(faults.quirk(reply[:-1]) + b"\0")
             transport.close()
         elif kind == "lie":
-            transport.write(faults.lie(reply[:-1], fault.power_w, fault.duplicate >= 0.5) + b"\0")  # type: ignore[union-attr]
+            assert fault is not None  # kind comes from it
+            transport.write(faults.lie(reply[:-1], fault.power_w, fault.duplicate >= 0.5) + b"\0")
             transport.close()
         elif kind == "malformed":
             transport.write(faults.malform(reply[:-1]) + b"\0")
