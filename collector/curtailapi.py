@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from megawatch.collector.curtail import Plan
 from megawatch.collector.curtailconfig import MODES
 from megawatch.collector.curtailer import Curtailer
+from megawatch.common.httpbody import read_capped
 from megawatch.common.strictjson import json_response
 from megawatch.common.webconfig import BasicAuth, WebConfig, _parse_basic
 
@@ -73,7 +74,7 @@ def add_curtailment_routes(app: web.Application, curtailer: Curtailer, web_confi
         credentials = _parse_basic(header)
         who = credentials[0] if credentials else "?"
         try:
-            body = json.loads(await request.content.read(4096))
+            body = json.loads(await read_capped(request.content, 4096))
             plan_id = body["plan"]
             if not isinstance(plan_id, int) or isinstance(plan_id, bool):
                 raise TypeError

@@ -25,6 +25,7 @@ from megawatch.collector.audit import AuditLog
 from megawatch.collector.config import CollectorConfig, Site, public_url
 from megawatch.collector.curtail import Action, MinerView, Plan, SiteState, curtailed_from, needs_miners, plan_site
 from megawatch.collector.model import FleetTotals
+from megawatch.common.httpbody import read_capped
 from megawatch.common.logs import get_logger
 
 MAX_MINERS_BYTES = 64 << 20  # 10,000 miners' rows are ~10 MB
@@ -201,7 +202,7 @@ class Curtailer:
             async with asyncio.timeout(CONTROL_TIMEOUT_S):
                 async with self.session.post(url, auth=self.auth, allow_redirects=False,
                                              ssl=self.ssl_context if self.ssl_context is not None else True) as resp:
-                    body = await resp.content.read(1 << 16)
+                    body = await read_capped(resp.content, 1 << 16)
                     status = resp.status
         except TimeoutError:
             return Sent(False, f"agent gave no answer within {CONTROL_TIMEOUT_S:g} s")
@@ -230,7 +231,7 @@ class Curtailer:
             async with asyncio.timeout(self.config.poll_timeout_s):
                 async with self.session.get(agent + "/api/v1/miners", auth=self.auth, allow_redirects=False,
                                             ssl=self.ssl_context if self.ssl_context is not None else True) as resp:
-                    body = await resp.content.read(MAX_MINERS_BYTES + 1)
+                    body = await read_capped(resp.content, MAX_MINERS_BYTES)
                     status = resp.status
             if status != 200 or len(body) > MAX_MINERS_BYTES:
                 raise ValueError(f"HTTP {status}" if status != 200 else "reply too large")

@@ -29,6 +29,7 @@ from megawatch.collector.config import Site
 from megawatch.collector.curtailapi import curtailment_json
 from megawatch.collector.model import Alert, AlertPhase, Severity, SiteStatus, SiteTotals
 from megawatch.collector.service import CollectorService
+from megawatch.common.httpbody import read_capped
 from megawatch.common.redact import public_url
 from megawatch.common.strictjson import json_response
 
@@ -242,7 +243,7 @@ class MinerFetcher:
                                               allow_redirects=False) as resp:
                     if resp.status != 200:
                         return None, f"HTTP {resp.status}"
-                    raw = await resp.content.read(MINERS_MAX_BYTES + 1)
+                    raw = await read_capped(resp.content, MINERS_MAX_BYTES)
                     if len(raw) > MINERS_MAX_BYTES:
                         return None, f"answer larger than {MINERS_MAX_BYTES} bytes"
             body = orjson.loads(raw)

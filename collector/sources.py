@@ -19,6 +19,7 @@ import aiohttp
 
 from megawatch.collector.config import public_url
 from megawatch.collector.model import AgentObservation, AgentSummary, add
+from megawatch.common.httpbody import read_capped
 from megawatch.common.logs import get_logger
 from megawatch.common.redact import redact_url_in
 
@@ -199,7 +200,7 @@ class AgentReader:
             async with asyncio.timeout(self.timeout_s):
                 async with self.session.get(url + SUMMARY_PATH, allow_redirects=False, auth=self.auth,
                                             ssl=self.ssl_context if self.ssl_context is not None else True) as resp:
-                    body = await resp.content.read(self.max_bytes + 1)
+                    body = await read_capped(resp.content, self.max_bytes)
                     status = resp.status
         except TimeoutError:
             raise SummaryError(f"no answer within {self.timeout_s:g} s") from None
