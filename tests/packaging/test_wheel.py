@@ -231,3 +231,7 @@ poll: {{interval_s: 1, timeout_s: 0.8}}
     # The cgminer S19s report no power: their share is the model table's estimate, so the table was loaded.
     assert site["power_estimate_w"] > 0 and site["power_firmware_w"] > 0
     assert site["miner_power_w"] == pytest.approx(truth["power_w_reported"] + truth["power_w_estimable"], rel=0.01)
+    # The status page and its scripts are package data: an installed collector serves them, not a checkout.
+    for page, kind in (("/", "text/html"), ("/static/page.js", "javascript")):
+        with urllib.request.urlopen(f"http://127.0.0.1:{collector_port}{page}", timeout=5) as resp:
+            assert resp.status == 200 and kind in resp.headers["Content-Type"], (page, resp.headers["Content-Type"])
