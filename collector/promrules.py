@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path as FsPath
 
 import yaml
 
@@ -44,6 +43,7 @@ from megawatch.collector.catalogue import (
     setting,
 )
 from megawatch.collector.config import CollectorConfig, Thresholds
+from megawatch.common.textout import emit
 
 CENTRAL_INTERVAL_S = 30.0  # configs/prometheus/federation.yml pulls the site servers every 30 s
 
@@ -374,12 +374,4 @@ def run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 2
     text = render(config, args.config, central=args.central)
-    if args.out is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        FsPath(args.out).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        print(f"{args.out}: cannot write: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    return 0
+    return emit(text, args.out)

@@ -27,9 +27,10 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from megawatch.common.textout import emit
 
 J_PER_MWH = 3.6e9
 JOB = 'job="megawatch-collector"'
@@ -318,12 +319,4 @@ def run(args: argparse.Namespace) -> int:
     else:
         from megawatch.reporthtml import render_html
         text = render_html(rows, meta, args.title)
-    if args.out is None:
-        sys.stdout.write(text)
-        return 0
-    try:
-        Path(args.out).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        print(f"{args.out}: cannot write: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    return 0
+    return emit(text, args.out)
